@@ -1,0 +1,24 @@
+"""Data sets: the in-memory array format, its on-disk ``.npz`` form and the built-in demos."""
+
+from nasseg.data.arrays import (
+    DataError,
+    PatchDataset,
+    SegmentationData,
+    load_arrays,
+    save_arrays,
+    split_indices,
+)
+from nasseg.data.demo import DEMO_SETS, make_demo
+from nasseg.data.source import load_data
+
+__all__ = [
+    "DataError",
+    "SegmentationData",
+    "save_arrays",
+    "load_arrays",
+    "split_indices",
+    "PatchDataset",
+    "DEMO_SETS",
+    "make_demo",
+    "load_data",
+]

@@ -1,0 +1,87 @@
+"""Derive: turn searched scores into one discrete architecture.
+
+Op choices take their argmax; connection choices keep the candidates whose gate
+sigmoid(beta) >= tau, then nodes nothing live consumes are removed (every live node keeps at
+least one input). Knobs keep their run values.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from nasseg.derive.arch_file import write_arch
+from nasseg.derive.cost import count_flops, count_parameters
+from nasseg.files import read_json
+from nasseg.runs import RunFolder
+from nasseg.space import SearchSpace, create_space, space_name
+
+__all__ = ["derive_architecture", "derive_run", "check_tau"]
+
+
+def check_tau(tau: float) -> float:
+    """``tau`` if it lies in (0, 1), else a ``ValueError`` saying so."""
+    if not 0.0 < tau < 1.0:
+        raise ValueError(f"tau must lie in (0, 1), got {tau}")
+    return tau
+
+
+def derive_architecture(space: SearchSpace, scores: Mapping[str, Any], tau: float,
+                        input_shape: Sequence[int]) -> dict[str, Any]:
+    """The ``arch.json`` content for ``space`` (a supernet) given ``arch_params.json`` scores."""
+    check_tau(tau)
+    op_scores = scores.get("op", {})
+    gate_scores = {label: entry["probs"] for label, entry in scores.get("connection", {}).items()}
+    missing = [label for label, info in space.choice_infos.items()
+               if (info.kind == "op" and label not in op_scores)
+               or (info.kind == "connection" and label not in gate_scores)]
+    if missing:
+        raise ValueError(f"the scores lack choices of this space: {missing}")
+    sample: dict[str, Any] = dict(space.knob_values)
+    choices: dict[str, Any] = {}
+    kept = space.graph.prune(gate_scores, tau)
+    for label, info in space.choice_infos.items():
+        if info.kind == "op":
+            probs = op_scores[label]["probs"]
+            best = max(range(len(probs)), key=probs.__getitem__)
+            sample[label] = info.candidates[best]
+            choices[label] = {"kind": "op", "node": info.node, "candidates": list(info.candidates),
+                              "scores": probs, "chosen": info.candidates[best]}
+        elif info.kind == "connection":
+            sample[label] = kept[label]
+            choices[label] = {"kind": "connection", "node": info.node,
+                              "sources": list(info.candidates), "scores": gate_scores[label],
+                              "kept": kept[label]}
+    derived = space.freeze(sample)
+    example = space.example_input(input_shape[1:], input_shape[0])
+    return {
+        "space": space_name(space),
+        "space_args": space.init_arguments,
+        "knobs": dict(space.knob_values),
+        "sample": sample,
+        "tau": tau,
+        "choices": choices,
+        "params": count_parameters(derived),
+        "supernet_params": count_parameters(space),
+        "flops": count_flops(derived, example),
+        "input_shape": list(input_shape),
+    }
+
+
+def derive_run(run_dir: str | Path, tau: float | None = None, out: str | Path | None = None
+               ) -> tuple[Path, dict[str, Any]]:
+    """Derive from a search run folder; write ``arch.json`` (default ``RUN/arch.json``).
+
+    ``tau`` defaults to the space's own default. Returns the written path and its content.
+    """
+    run = RunFolder(Path(run_dir))
+    run.require(run.config, run.arch_params)
+    config = read_json(run.config, "run description")
+    scores = read_json(run.arch_params, "architecture parameter file")
+    space = create_space(config["space"], knobs=config["knobs"], **config["space_args"])
+    tau = space.default_tau if tau is None else tau
+    arch = derive_architecture(space, scores, tau, config["input_shape"])
+    arch["data"] = config["data"]
+    arch["epochs_searched"] = scores.get("epochs_done")
+    target = Path(out) if out is not None else run.arch
+    write_arch(target, arch)
+    return target, arch

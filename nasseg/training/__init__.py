@@ -1,0 +1,1 @@
+"""Training building blocks shared by the search engine and the retrainer."""

@@ -1,0 +1,156 @@
+"""Retrain a derived architecture from scratch and measure it on the validation cases.
+
+The network is rebuilt from ``arch.json`` alone; training follows the space's stages (a
+declarative recipe, one stage by default); the best validation epoch's weights are kept.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nasseg import __version__
+from nasseg.data import SegmentationData, load_data, split_indices
+from nasseg.derive import build_derived, count_flops, count_parameters, read_arch
+from nasseg.files import save_torch, write_json
+from nasseg.metrics import chance_dice
+from nasseg.runs import RunFolder
+from nasseg.space import SearchSpace, TrainingStage
+from nasseg.training.device import resolve_device
+from nasseg.training.evaluate import evaluate_dice
+from nasseg.training.guards import check_finite
+from nasseg.training.loaders import EpochLoader, move_batch
+from nasseg.training.runlog import RunLog, logger
+from nasseg.training.seeding import seed_everything, set_deterministic
+
+__all__ = ["TrainConfig", "train_architecture", "stage_schedule"]
+
+
+@dataclass
+class TrainConfig:
+    """Settings of a retrain (AdamW with cosine decay)."""
+
+    epochs: int = 30
+    batch_size: int = 2
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    val_fraction: float = 0.2
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    num_workers: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def stage_schedule(stages: list[TrainingStage], epochs: int) -> list[TrainingStage]:
+    """The stage of every epoch: each stage gets its fraction of ``epochs`` (at least one)."""
+    total = sum(s.fraction for s in stages)
+    counts = [max(1, round(epochs * s.fraction / total)) for s in stages]
+    counts[-1] = max(1, epochs - sum(counts[:-1]))
+    return [s for s, n in zip(stages, counts) for _ in range(n)]
+
+
+def _trainable(model: nn.Module, stage: TrainingStage) -> list[nn.Parameter]:
+    params = [p for name, p in model.named_parameters()
+              if not stage.trainable or name.startswith(stage.trainable)]
+    if not params:
+        raise ValueError(f"training stage {stage.name!r} selects no parameters "
+                         f"(prefixes {stage.trainable})")
+    return params
+
+
+def _fit(model: SearchSpace, data: SegmentationData, split: dict[str, list[int]],
+         config: TrainConfig, run: RunFolder, device: torch.device) -> dict[str, Any]:
+    train = EpochLoader(data, split["train"], config.batch_size, True, config.seed,
+                        config.num_workers)
+    val = EpochLoader(data, split["val"], config.batch_size, False, config.seed,
+                      config.num_workers)
+    schedule = stage_schedule(model.training_stages(), config.epochs)
+    best: dict[str, Any] = {"dice_mean": -1.0}
+    log = RunLog(run.tensorboard)
+    optimizer, current_stage = None, None
+    try:
+        for epoch, stage in enumerate(schedule):
+            if stage is not current_stage:
+                optimizer = torch.optim.AdamW(_trainable(model, stage), lr=config.lr,
+                                              weight_decay=config.weight_decay)
+                current_stage = stage
+            lr = config.lr * (0.1 + 0.9 * (1 + math.cos(math.pi * epoch / config.epochs)) / 2)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            start, losses = time.perf_counter(), []
+            model.train()
+            for step, batch in enumerate(log.progress(train.epoch(epoch), len(train),
+                                                      f"epoch {epoch + 1}/{config.epochs}")):
+                batch = move_batch(batch, device)
+                loss = model.compute_loss(model.forward_batch(batch), batch)
+                check_finite(loss, "training", epoch, step)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(model.parameters(), 12.0)
+                optimizer.step()
+                losses.append(loss.detach().item())
+            dice, per_class = evaluate_dice(model, val.epoch(0), data.num_classes, device)
+            log.scalars({"loss/train": sum(losses) / len(losses), "dice/val_mean": dice,
+                         **{f"dice/val_{n}": d for n, d in zip(data.class_names[1:], per_class)}},
+                        epoch + 1)
+            logger.info("epoch %d/%d [%s]  loss %.4f  val Dice %.3f  (%.1fs)", epoch + 1,
+                        config.epochs, stage.name, sum(losses) / len(losses), dice,
+                        time.perf_counter() - start)
+            if dice > best["dice_mean"]:
+                best = {"dice_mean": dice, "dice_per_class": per_class, "epoch": epoch + 1}
+                save_torch(run.model, {"model": model.state_dict()})
+    finally:
+        log.close()
+    return best
+
+
+def train_architecture(arch_path: str | Path, out: str | Path, data: str | None = None,
+                       config: TrainConfig | None = None) -> dict[str, Any]:
+    """Train the network of ``arch_path`` from scratch into the folder ``out``.
+
+    Writes ``model.pt`` (best validation epoch, with its architecture), ``metrics.json`` and
+    TensorBoard logs; returns the metrics. ``data`` defaults to the data set searched on.
+    """
+    config = config or TrainConfig()
+    arch = read_arch(arch_path)
+    data_spec = data or arch.get("data")
+    if data_spec is None:
+        raise ValueError(f"{arch_path}: names no data set; pass --data")
+    dataset = load_data(data_spec)
+    expected = arch["input_shape"][0], arch["space_args"].get("num_classes")
+    if (dataset.in_channels, dataset.num_classes) != expected:
+        raise ValueError(f"{data_spec}: {dataset.in_channels} channels / {dataset.num_classes} "
+                         f"classes, but {arch_path} was built for {expected[0]} / {expected[1]}")
+    run = RunFolder(Path(out))
+    run.ensure_new()
+    write_json(run.config, {"kind": "train", "nasseg_version": __version__,
+                            "arch": str(Path(arch_path).resolve()), "data": data_spec,
+                            "train": config.__dict__})
+    seed_everything(config.seed)
+    set_deterministic(config.deterministic)
+    device = resolve_device(config.device)
+    model = build_derived(arch).to(device)
+    train_idx, val_idx = split_indices(dataset.num_cases, config.val_fraction, config.seed)
+    split = {"train": train_idx, "val": val_idx}
+    write_json(run.split, split)
+    best = _fit(model, dataset, split, config, run, device)
+    state = torch.load(run.model, map_location="cpu", weights_only=False)
+    save_torch(run.model, {**state, "arch": arch})
+    example = model.example_input(arch["input_shape"][1:], arch["input_shape"][0]).to(device)
+    metrics = {
+        "dice_mean": best["dice_mean"],
+        "dice_per_class": dict(zip(dataset.class_names[1:], best["dice_per_class"])),
+        "best_epoch": best["epoch"], "epochs": config.epochs,
+        "chance_dice": chance_dice(dataset.labels[val_idx], dataset.num_classes),
+        "params": count_parameters(model), "flops": count_flops(model, example),
+        "data": data_spec, "arch": str(Path(arch_path).resolve()),
+        "num_val_cases": len(val_idx),
+    }
+    write_json(run.metrics, metrics)
+    return metrics

@@ -1,0 +1,1 @@
+"""Search strategies: the differentiable (DARTS-style) engine."""

@@ -1,0 +1,270 @@
+"""The differentiable search engine: bi-level DARTS in plain PyTorch.
+
+Weights train on one half of the training cases, architecture parameters on the other.
+First order by default; second order unrolls one weight step and takes the Hessian-vector
+product by finite differences (Liu et al., DARTS, ICLR 2019, eq. 7-8). The architecture step
+computes gradients for the architecture parameters only (weights are switched to
+``requires_grad=False``), which spares the weight-gradient work of a naive step.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from nasseg.data import SegmentationData, split_indices
+from nasseg.files import save_torch, write_json
+from nasseg.runs import RunFolder, RunFolderError
+from nasseg.searches.darts.config import SearchConfig
+from nasseg.searches.darts.relax import ArchParameters, relax
+from nasseg.space import SearchSpace
+from nasseg.training.device import resolve_device
+from nasseg.training.evaluate import evaluate_dice
+from nasseg.training.guards import check_finite
+from nasseg.training.loaders import EpochLoader, move_batch
+from nasseg.training.runlog import RunLog, logger
+from nasseg.training.seeding import rng_state, set_rng_state
+
+__all__ = ["DartsSearch", "EpochSummary"]
+
+
+@dataclass
+class EpochSummary:
+    """What one epoch produced (logged, kept in the checkpoint's history)."""
+
+    epoch: int
+    weight_loss: float
+    arch_loss: float | None
+    val_dice: float
+    seconds: float
+
+
+@contextmanager
+def _grad_enabled(params: Sequence[nn.Parameter], enabled: bool) -> Iterator[None]:
+    """Temporarily switch ``requires_grad`` of ``params``."""
+    before = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(enabled)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, before):
+            p.requires_grad_(flag)
+
+
+def _split(data: SegmentationData, config: SearchConfig) -> dict[str, list[int]]:
+    train, val = split_indices(data.num_cases, config.val_fraction, config.seed)
+    if len(train) < 2:
+        raise ValueError(f"{data.name}: {data.num_cases} cases leave fewer than 2 for training; "
+                         "a search needs one for the weights and one for the architecture")
+    half = len(train) // 2
+    return {"weights": train[:half], "arch": train[half:], "val": val}
+
+
+class DartsSearch:
+    """One search of ``space`` (the supernet, built under the run's seed) on ``data``.
+
+    Call :meth:`run`; it writes everything into ``run`` (see :mod:`nasseg.runs`) and can resume
+    from the folder's checkpoint.
+    """
+
+    def __init__(self, space: SearchSpace, data: SegmentationData, run: RunFolder,
+                 config: SearchConfig, show_progress: bool | None = None) -> None:
+        self.config = config
+        self.run_folder = run
+        self.data = data
+        self.device = resolve_device(config.device)
+        self.model = space
+        self.arch = relax(space)
+        self.model.to(self.device)
+        self.arch.to(self.device)
+        self.weights = [p for p in self.model.parameters() if p.requires_grad]
+        self.arch_params = list(self.arch.parameters())
+        self.weight_opt = torch.optim.AdamW(self.weights, lr=config.weight_lr,
+                                            weight_decay=config.weight_decay)
+        self.arch_opt = torch.optim.Adam(self.arch_params, lr=config.arch_lr,
+                                         betas=config.arch_betas,
+                                         weight_decay=config.arch_weight_decay)
+        self.split = _split(data, config)
+        bs, seed, nw = config.batch_size, config.seed, config.num_workers
+        self.weight_loader = EpochLoader(data, self.split["weights"], bs, True, seed, nw)
+        self.arch_loader = EpochLoader(data, self.split["arch"], bs, True, seed + 1, nw)
+        self.val_loader = EpochLoader(data, self.split["val"], bs, False, seed, nw)
+        self.show_progress = show_progress
+        self.start_epoch = 0
+        self.history: list[dict[str, Any]] = []
+
+    # ----- losses and steps -------------------------------------------------------------------
+    def _loss(self, batch: dict[str, torch.Tensor], what: str, epoch: int, step: int
+              ) -> torch.Tensor:
+        batch = move_batch(batch, self.device)
+        loss = self.model.compute_loss(self.model.forward_batch(batch), batch)
+        check_finite(loss, what, epoch, step)
+        return loss
+
+    def _arch_grads(self, loss: torch.Tensor) -> list[torch.Tensor]:
+        grads = torch.autograd.grad(loss, self.arch_params, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(self.arch_params, grads)]
+
+    def _arch_step(self, arch_batch: dict, weight_batch: dict, epoch: int, step: int) -> float:
+        with _grad_enabled(self.weights, False):
+            if self.config.order == 1:
+                loss = self._loss(arch_batch, "architecture", epoch, step)
+                grads = self._arch_grads(loss)
+            else:
+                loss, grads = self._unrolled_grads(arch_batch, weight_batch, epoch, step)
+            reg = self.config.gate_reg * self.arch.binarization_loss().to(self.device)
+            reg_grads = self._arch_grads(reg) if reg.requires_grad else None
+        for i, p in enumerate(self.arch_params):
+            p.grad = grads[i] + (reg_grads[i] if reg_grads is not None else 0)
+        self.arch_opt.step()
+        return loss.detach().item()
+
+    def _unrolled_grads(self, arch_batch: dict, weight_batch: dict, epoch: int, step: int
+                        ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """DARTS second order: grad_a L_val(w', a) - xi * Hessian-vector product, with
+        w' = w - xi * grad_w L_train(w, a) and the product by central finite differences."""
+        xi = self.weight_opt.param_groups[0]["lr"]
+        backup = [w.detach().clone() for w in self.weights]
+        with _grad_enabled(self.weights, True), _grad_enabled(self.arch_params, False):
+            train_loss = self._loss(weight_batch, "weight (unrolled)", epoch, step)
+            g_train = torch.autograd.grad(train_loss, self.weights, allow_unused=True)
+        with torch.no_grad():
+            for w, g in zip(self.weights, g_train):
+                if g is not None:
+                    w.sub_(xi * (g + self.config.weight_decay * w))
+        with _grad_enabled(self.weights, True):
+            val_loss = self._loss(arch_batch, "architecture", epoch, step)
+            grads = torch.autograd.grad(val_loss, self.arch_params + self.weights,
+                                        allow_unused=True)
+        n = len(self.arch_params)
+        d_arch = [torch.zeros_like(p) if g is None else g for p, g in zip(self.arch_params, grads[:n])]
+        d_w = [torch.zeros_like(w) if g is None else g for w, g in zip(self.weights, grads[n:])]
+        eps = 0.01 / (torch.sqrt(sum((g * g).sum() for g in d_w)) + 1e-12)
+
+        def arch_grad_at(sign: float) -> list[torch.Tensor]:
+            with torch.no_grad():
+                for w, b, g in zip(self.weights, backup, d_w):
+                    w.copy_(b + sign * eps * g)
+            return self._arch_grads(self._loss(weight_batch, "weight (unrolled)", epoch, step))
+
+        g_plus, g_minus = arch_grad_at(1.0), arch_grad_at(-1.0)
+        with torch.no_grad():
+            for w, b in zip(self.weights, backup):
+                w.copy_(b)
+        grads_out = [da - xi * (gp - gm) / (2 * eps)
+                     for da, gp, gm in zip(d_arch, g_plus, g_minus)]
+        return val_loss, grads_out
+
+    def _weight_step(self, batch: dict, epoch: int, step: int) -> float:
+        with _grad_enabled(self.arch_params, False):
+            loss = self._loss(batch, "weight", epoch, step)
+            self.weight_opt.zero_grad(set_to_none=True)
+            loss.backward()
+        nn.utils.clip_grad_norm_(self.weights, 12.0)
+        self.weight_opt.step()
+        return loss.detach().item()
+
+    # ----- epochs -----------------------------------------------------------------------------
+    def _set_lr(self, epoch: int) -> None:
+        """Cosine decay of the weight learning rate to 10 %, a function of the epoch alone."""
+        lr0 = self.config.weight_lr
+        lr = 0.1 * lr0 + 0.9 * lr0 * (1 + math.cos(math.pi * epoch / self.config.epochs)) / 2
+        for group in self.weight_opt.param_groups:
+            group["lr"] = lr
+
+    def _arch_batches(self, epoch: int) -> Iterator[dict]:
+        round_ = 0
+        while True:
+            yield from self.arch_loader.epoch(epoch * 1000 + round_)
+            round_ += 1
+
+    def _epoch(self, epoch: int, log: RunLog) -> EpochSummary:
+        start = time.perf_counter()
+        self._set_lr(epoch)
+        self.model.train()
+        search_arch = epoch >= self.config.warmup_epochs
+        arch_batches = self._arch_batches(epoch)
+        w_losses, a_losses = [], []
+        batches = log.progress(self.weight_loader.epoch(epoch), len(self.weight_loader),
+                               f"epoch {epoch + 1}/{self.config.epochs}")
+        for step, batch in enumerate(batches):
+            if search_arch:
+                a_losses.append(self._arch_step(next(arch_batches), batch, epoch, step))
+            w_losses.append(self._weight_step(batch, epoch, step))
+        dice, per_class = evaluate_dice(self.model, self.val_loader.epoch(0),
+                                        self.data.num_classes, self.device)
+        summary = EpochSummary(epoch, sum(w_losses) / len(w_losses),
+                               sum(a_losses) / len(a_losses) if a_losses else None, dice,
+                               time.perf_counter() - start)
+        self._log_epoch(log, summary, per_class)
+        return summary
+
+    def _log_epoch(self, log: RunLog, s: EpochSummary, per_class: list[float]) -> None:
+        values = {"loss/weights": s.weight_loss, "dice/val_mean": s.val_dice,
+                  "time/epoch_seconds": s.seconds}
+        if s.arch_loss is not None:
+            values["loss/architecture"] = s.arch_loss
+        for name, d in zip(self.data.class_names[1:], per_class):
+            values[f"dice/val_{name}"] = d
+        scores = self.arch.scores()
+        for label, entry in scores["op"].items():
+            for cand, p in zip(entry["candidates"], entry["probs"]):
+                values[f"alpha/{label}/{cand}"] = p
+        for label, entry in scores["connection"].items():
+            for i, p in enumerate(entry["probs"]):
+                values[f"gate/{label}/{i}"] = p
+        log.scalars(values, s.epoch + 1)
+        arch_text = "" if s.arch_loss is None else f"  arch loss {s.arch_loss:.4f}"
+        logger.info("epoch %d/%d  weight loss %.4f%s  val Dice %.3f  (%.1fs)", s.epoch + 1,
+                    self.config.epochs, s.weight_loss, arch_text, s.val_dice, s.seconds)
+
+    # ----- checkpoints ------------------------------------------------------------------------
+    def _save(self, epochs_done: int) -> None:
+        save_torch(self.run_folder.checkpoint, {
+            "epochs_done": epochs_done,
+            "model": self.model.state_dict(),
+            "arch": self.arch.state_dict(),
+            "weight_opt": self.weight_opt.state_dict(),
+            "arch_opt": self.arch_opt.state_dict(),
+            "rng": rng_state(),
+            "history": self.history,
+        })
+        write_json(self.run_folder.arch_params, {"epochs_done": epochs_done,
+                                                 **self.arch.scores()})
+
+    def resume(self) -> None:
+        """Load the folder's checkpoint: weights, architecture, both optimizers, RNG, history."""
+        path = self.run_folder.checkpoint
+        if not path.exists():
+            raise RunFolderError(f"{path}: no checkpoint to resume from")
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=False)
+            self.model.load_state_dict(state["model"])
+            self.arch.load_state_dict(state["arch"])
+            self.weight_opt.load_state_dict(state["weight_opt"])
+            self.arch_opt.load_state_dict(state["arch_opt"])
+        except (RuntimeError, KeyError, EOFError, ValueError) as exc:
+            raise RunFolderError(f"{path}: unreadable or not from this search ({exc})") from None
+        set_rng_state(state["rng"])
+        self.history = list(state["history"])
+        self.start_epoch = int(state["epochs_done"])
+        logger.info("resuming %s after epoch %d", self.run_folder.path, self.start_epoch)
+
+    def run(self) -> ArchParameters:
+        """Search from the current epoch to the last; checkpoint after every epoch."""
+        write_json(self.run_folder.split, self.split)
+        log = RunLog(self.run_folder.tensorboard, self.show_progress)
+        try:
+            for epoch in range(self.start_epoch, self.config.epochs):
+                summary = self._epoch(epoch, log)
+                self.history.append(summary.__dict__)
+                self._save(epoch + 1)
+        finally:
+            log.close()
+        return self.arch

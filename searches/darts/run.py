@@ -1,0 +1,77 @@
+"""A whole search run: folder, description, seeded supernet, engine, and the derived arch.json."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from nasseg import __version__
+from nasseg.data import load_data
+from nasseg.derive import derive_run
+from nasseg.files import read_json, write_json
+from nasseg.runs import RunFolder
+from nasseg.searches.darts.config import SearchConfig
+from nasseg.searches.darts.engine import DartsSearch
+from nasseg.space import create_space, space_name
+from nasseg.training.seeding import seed_everything, set_deterministic
+
+__all__ = ["SearchRun", "start_search", "resume_search"]
+
+
+@dataclass
+class SearchRun:
+    """A finished search: its folder and the derived architecture."""
+
+    folder: RunFolder
+    arch_path: Path
+    arch: dict[str, Any]
+
+
+def _execute(run: RunFolder, description: dict[str, Any], resume: bool,
+             show_progress: bool | None) -> SearchRun:
+    config = SearchConfig.from_dict(description["search"])
+    data = load_data(description["data"])
+    seed_everything(config.seed)
+    set_deterministic(config.deterministic)
+    space = create_space(description["space"], knobs=description["knobs"],
+                         **description["space_args"])
+    engine = DartsSearch(space, data, run, config, show_progress)
+    if resume:
+        engine.resume()
+    engine.run()
+    arch_path, arch = derive_run(run.path)
+    return SearchRun(run, arch_path, arch)
+
+
+def start_search(run_dir: Path, space: str, data: str, knobs: Mapping[str, Any],
+                 space_args: Mapping[str, Any], config: SearchConfig,
+                 show_progress: bool | None = None) -> SearchRun:
+    """Search ``space`` on ``data`` into a new ``run_dir`` (refused if it already holds a run)."""
+    run = RunFolder(Path(run_dir))
+    dataset = load_data(data)
+    args = {"in_channels": dataset.in_channels, "num_classes": dataset.num_classes,
+            "spatial_dims": dataset.spatial_dims, **space_args}
+    built = create_space(space, knobs=knobs, **args)  # fail on bad names before writing anything
+    run.ensure_new()
+    description = {
+        "kind": "search", "nasseg_version": __version__,
+        "space": space_name(built), "space_args": built.init_arguments,
+        "knobs": dict(built.knob_values), "data": data, "class_names": dataset.class_names,
+        "input_shape": [dataset.in_channels, *dataset.images.shape[2:]],
+        "search": config.to_dict(),
+    }
+    write_json(run.config, description)
+    return _execute(run, description, resume=False, show_progress=show_progress)
+
+
+def resume_search(run_dir: Path, epochs: int | None = None,
+                  show_progress: bool | None = None) -> SearchRun:
+    """Continue the search in ``run_dir`` from its last checkpoint (optionally to more epochs)."""
+    run = RunFolder(Path(run_dir))
+    run.require(run.config, run.checkpoint)
+    description = read_json(run.config, "run description")
+    if epochs is not None and epochs != description["search"]["epochs"]:
+        description["search"]["epochs"] = epochs
+        SearchConfig.from_dict(description["search"])
+        write_json(run.config, description)
+    return _execute(run, description, resume=True, show_progress=show_progress)
