@@ -1,0 +1,4 @@
+"""``python -m nasseg.cli``."""
+from nasseg.cli import main
+
+main()

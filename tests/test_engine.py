@@ -1,0 +1,151 @@
+"""The differentiable engine: it moves the architecture, its second order is right, it stops on
+NaN, and a killed search resumes to exactly the architecture of an unbroken one."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch.func import functional_call
+
+from nasseg.data import load_arrays
+from nasseg.files import read_json
+from nasseg.runs import RunFolder
+from nasseg.searches.darts import DartsSearch, SearchConfig
+from nasseg.space import create_space
+from nasseg.training.guards import NonFiniteLossError
+from nasseg.training.seeding import seed_everything
+
+TINY = {"in_channels": 1, "num_classes": 3, "spatial_dims": 3, "features": 4, "levels": 2}
+
+
+def _engine(small3d: Path, tmp_path: Path, **config) -> DartsSearch:
+    seed_everything(0)
+    run = RunFolder(tmp_path / "run")
+    run.path.mkdir(parents=True, exist_ok=True)
+    cfg = SearchConfig(**{"epochs": 2, "warmup_epochs": 0, "device": "cpu", **config})
+    return DartsSearch(create_space("unet", **TINY), load_arrays(small3d), run, cfg,
+                       show_progress=False)
+
+
+def test_search_moves_architecture_parameters(small3d, tmp_path):
+    engine = _engine(small3d, tmp_path, arch_lr=3e-3)
+    before = engine.arch.labelled_state()
+    engine.run()
+    after = engine.arch.labelled_state()
+    for kind in ("alpha", "beta"):
+        for label in before[kind]:
+            assert not torch.allclose(before[kind][label], after[kind][label]), label
+    scores = read_json(engine.run_folder.arch_params)
+    assert set(scores["op"]) == {"enc0_op", "enc1_op", "dec0_op"}
+    assert scores["epochs_done"] == 2
+
+
+def test_warmup_keeps_architecture_frozen(small3d, tmp_path):
+    engine = _engine(small3d, tmp_path, epochs=1, warmup_epochs=1)
+    before = engine.arch.labelled_state()
+    engine.run()
+    after = engine.arch.labelled_state()
+    assert all(torch.equal(before["alpha"][k], after["alpha"][k]) for k in before["alpha"])
+
+
+def test_architecture_step_computes_no_weight_gradients(small3d, tmp_path):
+    engine = _engine(small3d, tmp_path)
+    batch = next(engine.arch_loader.epoch(0))
+    engine._arch_step(batch, batch, 0, 0)
+    assert all(w.grad is None for w in engine.weights)
+    assert all(a.grad is not None and a.grad.abs().sum() > 0 for a in engine.arch_params)
+
+
+def _smooth(module: torch.nn.Module) -> None:
+    """Swap kinks (LeakyReLU, max pooling) for smooth ops, so finite differences converge."""
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.LeakyReLU):
+                setattr(parent, name, torch.nn.SiLU())
+            elif isinstance(child, torch.nn.MaxPool3d):
+                setattr(parent, name, torch.nn.AvgPool3d(2, ceil_mode=True))
+
+
+def test_second_order_matches_exact_unrolled_gradient(small3d, tmp_path):
+    """The finite-difference Hessian-vector product equals autograd's exact unrolled gradient
+    (on a smooth network: with ReLU-like kinks finite differences only approximate it)."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        engine = _engine(small3d, tmp_path, order=2, weight_decay=0.0)
+        _smooth(engine.model)
+        engine.model.double()
+        engine.arch.double()
+        for group in engine.weight_opt.param_groups:
+            group["lr"] = 0.05
+        wb = {k: (v.double() if k == "image" else v) for k, v in next(engine.weight_loader.epoch(0)).items()}
+        ab = {k: (v.double() if k == "image" else v) for k, v in next(engine.arch_loader.epoch(0)).items()}
+        _, approx = engine._unrolled_grads(ab, wb, 0, 0)
+
+        names = [n for n, _ in engine.model.named_parameters()]
+        weights = [p for _, p in engine.model.named_parameters()]
+        model = engine.model
+
+        def loss_with(params, batch):
+            out = functional_call(model, dict(zip(names, params)), (batch["image"],))
+            return model.compute_loss(out, batch)
+
+        g = torch.autograd.grad(loss_with(weights, wb), weights, create_graph=True)
+        unrolled = [w - 0.05 * gi for w, gi in zip(weights, g)]
+        exact = torch.autograd.grad(loss_with(unrolled, ab), engine.arch_params)
+        for a, e in zip(approx, exact):
+            assert torch.allclose(a, e, rtol=2e-2, atol=1e-6), (a, e)
+        first = torch.autograd.grad(loss_with(weights, ab), engine.arch_params)
+        assert any(not torch.allclose(f, e, rtol=1e-3) for f, e in zip(first, exact))
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_checkpoint(small3d, tmp_path):
+    engine = _engine(small3d, tmp_path, epochs=1)
+    engine.run()
+    saved = engine.run_folder.checkpoint.read_bytes()
+    engine = _engine(small3d, tmp_path, epochs=2)
+    engine.resume()
+    engine.model.compute_loss = lambda out, batch: out.sum() * float("nan")
+    with pytest.raises(NonFiniteLossError, match="became nan at epoch 1, step 0"):
+        engine.run()
+    assert engine.run_folder.checkpoint.read_bytes() == saved
+
+
+def _search_cmd(data: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "nasseg.cli", "search", "--data", str(data), "--out", str(out),
+            "--epochs", "4", "--warmup-epochs", "1", "--seed", "3", "--deterministic",
+            "--device", "cpu", "--space-arg", "features=4", "--space-arg", "levels=2", *extra]
+
+
+def test_killed_search_resumes_to_the_same_architecture(small3d, tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    unbroken = tmp_path / "unbroken"
+    subprocess.run(_search_cmd(small3d, unbroken), check=True, env=env, capture_output=True)
+
+    broken = tmp_path / "broken"
+    proc = subprocess.Popen(_search_cmd(small3d, broken), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (broken / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = torch.load(broken / "checkpoint.pt", weights_only=False)["epochs_done"]
+    assert 1 <= done < 4, "the kill should land mid-search"
+    resumed = subprocess.run(_search_cmd(small3d, broken, "--resume"), env=env,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {broken} after epoch {done}" in resumed.stderr
+
+    a = torch.load(unbroken / "checkpoint.pt", weights_only=False)["arch"]
+    b = torch.load(broken / "checkpoint.pt", weights_only=False)["arch"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
