@@ -45,3 +45,11 @@ def demo3d_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("data") / "demo3d20.npz"
     save_arrays(_crop(make_demo("demo3d"), 20, 32, "demo3d20"), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def small2d(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 demo2d images cropped to 32x32, saved as a nasseg .npz file."""
+    path = tmp_path_factory.mktemp("data") / "small2d.npz"
+    save_arrays(_crop(make_demo("demo2d"), 12, 32, "small2d"), path)
+    return path

@@ -129,5 +129,7 @@ def test_user_space_registers_and_round_trips_its_name():
         pass
 
     assert "test_chain" in list_spaces()
-    assert space_name(create_space("test_chain")) == "test_chain"
-    assert space_name(_Chain) == f"{__name__}:_Chain"
+    assert isinstance(create_space("test_chain"), Registered)
+    # another process would not know "test_chain": the import path is what gets written
+    assert space_name(create_space("test_chain")) == f"{__name__}:{Registered.__qualname__}"
+    assert space_name(create_space("unet")) == "unet"

@@ -22,8 +22,8 @@ DEFAULT_DATA = "demo3d"
               help="Demo data set name (demo3d, demo2d) or a nasseg .npz array file.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Run folder [default: runs/SPACE-DATA, numbered if taken].")
-@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--warmup-epochs", type=click.IntRange(min=0), default=4, show_default=True,
+@click.option("--epochs", type=click.IntRange(min=1), default=40, show_default=True)
+@click.option("--warmup-epochs", type=click.IntRange(min=0), default=10, show_default=True,
               help="Epochs that train weights only before the architecture moves.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--order", type=click.Choice(["1", "2"]), default="1", show_default=True,

@@ -16,6 +16,7 @@ __all__ = ["register_space", "get_space_class", "create_space", "list_spaces", "
            "UnknownSpaceError"]
 
 _REGISTRY: dict[str, type[SearchSpace]] = {}
+_FROM_ENTRY_POINTS: set[str] = set()
 S = TypeVar("S", bound=type[SearchSpace])
 
 
@@ -43,6 +44,7 @@ def _load_builtin_and_plugins() -> None:
     for ep in entry_points(group="nasseg.spaces"):
         if ep.name not in _REGISTRY:
             register_space(ep.name)(ep.load())
+            _FROM_ENTRY_POINTS.add(ep.name)
 
 
 def list_spaces() -> list[str]:
@@ -70,10 +72,16 @@ def get_space_class(name: str) -> type[SearchSpace]:
 
 
 def space_name(space: SearchSpace | type[SearchSpace]) -> str:
-    """The name to write into ``arch.json``: the registry name, else ``module:ClassName``."""
+    """The name to write into ``arch.json``, one that another process can resolve.
+
+    Built-in and entry-point spaces are found by their registry name anywhere; a user's class
+    registered at import time is only known once its module is imported, so it is written as
+    ``module:ClassName``.
+    """
     cls = space if isinstance(space, type) else type(space)
     registered = getattr(cls, "space_name", None)
-    if registered and _REGISTRY.get(registered) is cls:
+    if registered and _REGISTRY.get(registered) is cls and (
+            cls.__module__.startswith("nasseg.") or registered in _FROM_ENTRY_POINTS):
         return registered
     return f"{cls.__module__}:{cls.__qualname__}"
 
