@@ -127,11 +127,13 @@ def _search_cmd(data: Path, out: Path, *extra: str) -> list[str]:
 def test_killed_search_resumes_to_the_same_architecture(small3d, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     unbroken = tmp_path / "unbroken"
-    subprocess.run(_search_cmd(small3d, unbroken), check=True, env=env, capture_output=True)
+    # cwd: away from the source folder, so `python -m` imports the installed package
+    run = dict(env=env, cwd=tmp_path)
+    subprocess.run(_search_cmd(small3d, unbroken), check=True, capture_output=True, **run)
 
     broken = tmp_path / "broken"
-    proc = subprocess.Popen(_search_cmd(small3d, broken), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_search_cmd(small3d, broken), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, **run)
     deadline = time.time() + 120
     while not (broken / "checkpoint.pt").exists() and time.time() < deadline:
         time.sleep(0.05)
@@ -139,8 +141,8 @@ def test_killed_search_resumes_to_the_same_architecture(small3d, tmp_path):
     proc.wait()
     done = torch.load(broken / "checkpoint.pt", weights_only=False)["epochs_done"]
     assert 1 <= done < 4, "the kill should land mid-search"
-    resumed = subprocess.run(_search_cmd(small3d, broken, "--resume"), env=env,
-                             capture_output=True, text=True)
+    resumed = subprocess.run(_search_cmd(small3d, broken, "--resume"), capture_output=True,
+                             text=True, **run)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming {broken} after epoch {done}" in resumed.stderr
 

@@ -10,13 +10,9 @@ Connection choices. NNI's DARTS relaxes an ``InputChoice`` with ``Differentiable
 softmax over the candidates, and ``n_chosen=None`` is turned into ``n_chosen=1``
 (``nni/nas/oneshot/pytorch/supermodule/differentiable.py``, ``DifferentiableMixedInput.__init__``),
 so the export keeps exactly one input per connection; a one-candidate connection (a U-Net skip)
-has a constant weight of 1 and is always kept. That class subclasses ``InputChoice``, and
-nasseg's ``Connection.forward`` sums every candidate without calling its choice when the choice
-``isinstance`` of ``InputChoice``, so NNI's mixed input would be skipped and its weights would
-never get a gradient. The bridge therefore hands NNI's mixed input to ``Connection`` behind a
-thin forwarding module (``connections="nni"``, the default), or, with ``connections="sigmoid"``,
-replaces it by independent sigmoid gates (any subset kept, gate >= ``tau``), the relaxation
-nasseg's own search uses for connections. Op choices always use NNI's ``DifferentiableMixedLayer``
+has a constant weight of 1 and is always kept. ``connections="nni"`` (the default) leaves that
+as NNI does it; ``connections="sigmoid"`` replaces it by independent sigmoid gates (any subset
+kept, gate >= ``tau``), the relaxation nasseg's own search uses for connections. Op choices always use NNI's ``DifferentiableMixedLayer``
 (softmax).
 
 NNI and Lightning are imported inside the functions: importing them costs about 120 MB.
@@ -127,17 +123,6 @@ def _nni_classes() -> dict[str, type]:
             return torch.optim.Adam(self.model.parameters(), lr=self.learning_rate,
                                     weight_decay=self.weight_decay)
 
-    class CallInput(torch.nn.Module):
-        """Forwards to NNI's ``DifferentiableMixedInput``, hiding that it is an ``InputChoice``
-        (``Connection.forward`` sums all candidates itself when its choice is one)."""
-
-        def __init__(self, mixed: torch.nn.Module) -> None:
-            super().__init__()
-            self.mixed = mixed
-
-        def forward(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-            return self.mixed(list(inputs))
-
     class SigmoidGatedInput(BaseSuperNetModule):
         """Independent sigmoid gates over a connection's candidates (any subset, nasseg's
         relaxation); exports the candidates whose gate is >= ``tau``."""
@@ -179,15 +164,14 @@ def _nni_classes() -> dict[str, type]:
                 if name in self._arch_parameter_names:
                     yield param
 
-    return {"SegmentationModule": SegmentationModule, "CallInput": CallInput,
-            "SigmoidGatedInput": SigmoidGatedInput}
+    return {"SegmentationModule": SegmentationModule, "SigmoidGatedInput": SigmoidGatedInput}
 
 
-def _connection_hook(mode: str, tau: float):
-    """An NNI mutation hook that relaxes the ``InputChoice`` inside each nasseg ``Connection``."""
+def _sigmoid_connection_hook(tau: float):
+    """An NNI mutation hook that relaxes the ``InputChoice`` inside each nasseg ``Connection``
+    with independent sigmoid gates instead of NNI's softmax."""
     from nni.nas.nn.pytorch import InputChoice
     from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
-    from nni.nas.oneshot.pytorch.supermodule.differentiable import DifferentiableMixedInput
 
     from nasseg.space.base import Connection
 
@@ -199,16 +183,11 @@ def _connection_hook(mode: str, tau: float):
             return True  # put there by this hook below: already a supernet module
         if isinstance(module, Connection) and type(module.choice) is InputChoice:
             choice = module.choice
-            if mode == "nni":
-                mixed = DifferentiableMixedInput.mutate(choice, f"{name}.choice", memo,
-                                                        mutate_kwargs)
-                module.choice = classes["CallInput"](mixed)
-            else:
-                alpha = memo[choice.label]
-                with torch.no_grad():
-                    alpha.zero_()  # every gate starts undecided at 0.5, as in nasseg's search
-                module.choice = classes["SigmoidGatedInput"](choice.n_candidates, alpha,
-                                                             choice.label, tau)
+            alpha = memo[choice.label]
+            with torch.no_grad():
+                alpha.zero_()  # every gate starts undecided at 0.5, as in nasseg's search
+            module.choice = classes["SigmoidGatedInput"](choice.n_candidates, alpha,
+                                                         choice.label, tau)
         return None  # the Connection itself stays; NNI goes on into its children
 
     return hook
@@ -319,7 +298,8 @@ def run_nni_darts(space: Any, train_data: Any, val_data: Any, epochs: int = 1, *
     with _quiet():
         strategy = DARTS(arc_learning_rate=arc_learning_rate, gradient_clip_val=gradient_clip_val,
                          warmup_epochs=warmup_epochs,
-                         mutation_hooks=[_connection_hook(connections, tau)])
+                         mutation_hooks=[_sigmoid_connection_hook(tau)]
+                         if connections == "sigmoid" else None)
         supernet = strategy.mutate_model(copy.deepcopy(space))
 
         training = _nni_classes()["SegmentationModule"](learning_rate, weight_decay)

@@ -89,7 +89,10 @@ class Connection(nn.Module):
             if x is None:
                 raise RuntimeError(f"connection {self.label!r}: kept input {i} was not computed")
             aligned[i] = self.align[str(i)](x, size) if self.align else x
-        if self.choice is None or isinstance(self.choice, InputChoice):
+        # An exact InputChoice is the unrelaxed space: sum the kept inputs. Anything else is a
+        # relaxation put in its place (nasseg's gates, or NNI's mixed input, an InputChoice
+        # subclass), which weighs the candidates itself.
+        if self.choice is None or type(self.choice) is InputChoice:
             kept = [aligned[i] for i in self.kept]
             return torch.stack(kept).sum(0) if kept else None
         return self.choice(aligned)
