@@ -30,4 +30,5 @@ def derive(run: Path, tau: float | None, out: Path | None) -> None:
     click.echo(f"derived at tau {arch['tau']}: {path}")
     click.echo(f"  {kept}/{total} connections kept; {arch['params']:,} parameters "
                f"(supernet {arch['supernet_params']:,}); {arch['flops'] / 1e9:.3f} GFLOPs")
+    click.echo(f"  picture: {path.with_suffix('.svg')}")
     click.echo(f"next: nasseg train {path}")

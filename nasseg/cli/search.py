@@ -11,7 +11,7 @@ from nasseg.runs import fresh_run_dir
 
 __all__ = ["search"]
 
-DEFAULT_SPACE = "unet"
+DEFAULT_SPACE = "uxnet"
 DEFAULT_DATA = "demo3d"
 
 
@@ -22,16 +22,14 @@ DEFAULT_DATA = "demo3d"
               help="Demo data set name (demo3d, demo2d) or a nasseg .npz array file.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Run folder [default: runs/SPACE-DATA, numbered if taken].")
-@click.option("--epochs", type=click.IntRange(min=1), default=40, show_default=True)
-@click.option("--warmup-epochs", type=click.IntRange(min=0), default=10, show_default=True,
+@click.option("--epochs", type=click.IntRange(min=1), default=25, show_default=True)
+@click.option("--warmup-epochs", type=click.IntRange(min=0), default=5, show_default=True,
               help="Epochs that train weights only before the architecture moves.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--order", type=click.Choice(["1", "2"]), default="1", show_default=True,
               help="DARTS first order, or second order (unrolled).")
 @click.option("--arch-lr", type=float, default=3e-4, show_default=True,
               help="Adam learning rate of the architecture parameters (DARTS: 3e-4).")
-@click.option("--gate-reg", type=float, default=0.1, show_default=True,
-              help="Weight of the gate binarization regularizer J.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--set", "knob_items", multiple=True, metavar="LABEL=VALUE",
               help="Fix a knob of the space for this run (repeatable).")
@@ -43,7 +41,7 @@ DEFAULT_DATA = "demo3d"
               help="Continue the search in --out from its last checkpoint.")
 @user_errors
 def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: int,
-           batch_size: int, order: str, arch_lr: float, gate_reg: float, seed: int,
+           batch_size: int, order: str, arch_lr: float, seed: int,
            knob_items: tuple[str, ...], arg_items: tuple[str, ...], device: str,
            deterministic: bool, resume: bool) -> None:
     """Search an architecture of SPACE on DATA; derive it into RUN/arch.json."""
@@ -61,7 +59,7 @@ def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: 
             out = fresh_run_dir(Path("runs"), f"{space.replace(':', '.')}-{Path(data).stem}")
         config = SearchConfig(epochs=epochs, warmup_epochs=min(warmup_epochs, epochs),
                               batch_size=batch_size, order=int(order), arch_lr=arch_lr,
-                              gate_reg=gate_reg, seed=seed, deterministic=deterministic,
+                              seed=seed, deterministic=deterministic,
                               device=device)
         click.echo(f"searching space {space!r} on {data!r} into {out}", err=True)
         result = start_search(out, space, data, knobs, space_args, config)
@@ -69,6 +67,7 @@ def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: 
     click.echo(f"search finished: {result.folder.path}")
     click.echo(f"  derived architecture (tau {arch['tau']}): {result.arch_path}  "
                f"({arch['params']:,} of {arch['supernet_params']:,} parameters)")
+    click.echo(f"  picture: {result.arch_path.with_suffix('.svg')}")
     click.echo(f"  TensorBoard: tensorboard --logdir {result.folder.tensorboard}")
     click.echo(f"next: nasseg train {result.arch_path}   "
                f"(or re-derive: nasseg derive {result.folder.path} --tau 0.6)")

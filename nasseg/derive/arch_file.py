@@ -14,6 +14,8 @@ machine. Keys (stable):
 ``flops``           FLOPs of one forward pass on ``input_shape`` (a multiply-add counts 2)
 ``input_shape``     [channels, *patch size]
 ``data``            the data set searched on
+``graph``           ``fixed`` edges ([source, node] pairs) and ``outputs`` of the node graph
+``layout``          node -> [column, row] for drawing (empty: laid out by depth)
 """
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 
 from nasseg.derive.arch_file import write_arch
 from nasseg.derive.cost import count_flops, count_parameters
+from nasseg.derive.draw import draw_architecture
 from nasseg.files import read_json
 from nasseg.runs import RunFolder
 from nasseg.space import SearchSpace, create_space, space_name
@@ -64,12 +65,16 @@ def derive_architecture(space: SearchSpace, scores: Mapping[str, Any], tau: floa
         "supernet_params": count_parameters(space),
         "flops": count_flops(derived, example),
         "input_shape": list(input_shape),
+        "graph": {"fixed": [[s, n] for n, srcs in space.graph.fixed.items() for s in srcs],
+                  "outputs": list(space.graph.outputs)},
+        "layout": {n: list(p) for n, p in (space.node_positions() or {}).items()},
     }
 
 
 def derive_run(run_dir: str | Path, tau: float | None = None, out: str | Path | None = None
                ) -> tuple[Path, dict[str, Any]]:
-    """Derive from a search run folder; write ``arch.json`` (default ``RUN/arch.json``).
+    """Derive from a search run folder; write ``arch.json`` (default ``RUN/arch.json``) and its
+    picture beside it (same name, ``.svg``).
 
     ``tau`` defaults to the space's own default. Returns the written path and its content.
     """
@@ -84,4 +89,5 @@ def derive_run(run_dir: str | Path, tau: float | None = None, out: str | Path | 
     arch["epochs_searched"] = scores.get("epochs_done")
     target = Path(out) if out is not None else run.arch
     write_arch(target, arch)
+    draw_architecture(arch, target.with_suffix(".svg"))
     return target, arch

@@ -22,7 +22,11 @@ from nasseg.losses import DiceCELoss
 from nasseg.space.graph import SpaceGraph
 from nasseg.space.knobs import KnobError, check_knob_value, current_fixed_knobs
 
-__all__ = ["SearchSpace", "Connection", "TrainingStage", "ChoiceInfo", "SampleError"]
+__all__ = ["SearchSpace", "Connection", "TrainingStage", "ChoiceInfo", "SampleError", "GATE_REG"]
+
+#: The knob every space with connection choices gets: the weight of the gate binarization
+#: regularizer J = -mean((sigmoid(beta) - 0.5)^2) in the architecture loss.
+GATE_REG = "gate_reg"
 
 ModuleOrFactory = Union[nn.Module, Callable[[], nn.Module]]
 Outputs = Union[torch.Tensor, Mapping[str, torch.Tensor]]
@@ -154,18 +158,30 @@ class SearchSpace(ModelSpace):
             return _build(candidates[name])
         return LayerChoice({name: _build(c) for name, c in candidates.items()}, label=label)
 
+    def declare_connection(self, label: str, node: str, sources: Sequence[str]) -> None:
+        """Declare that ``node`` sums any subset of ``sources`` under ``label``, without building
+        anything yet: spaces whose nodes may die declare every connection first, then build the
+        live nodes (and their :meth:`connection_choice`) asking :meth:`is_live`."""
+        if not sources:
+            raise ValueError(f"connection choice {label!r} needs at least one source")
+        known = self.graph.connections.get(label)
+        if known is not None:
+            if (known.node, known.sources) != (node, tuple(sources)):
+                raise ValueError(f"connection {label!r} is declared twice, differently")
+            return
+        self.graph.add_connection(label, node, sources)
+        self.choice_infos[label] = ChoiceInfo(label, "connection", tuple(sources), node)
+        self._live = None
+        if GATE_REG not in self.knob_specs:
+            self.knob(GATE_REG, low=0.0, high=10.0, default=0.1)
+
     def connection_choice(self, label: str, node: str, sources: Sequence[str],
                           align: Callable[[int], nn.Module] | None = None) -> Connection:
         """``node`` sums any subset of the outputs of ``sources``, each aligned by ``align(i)``.
 
-        Declare every connection (and :meth:`fixed_edge`) before building modules that depend
-        on :meth:`is_live`.
+        Declares the connection (see :meth:`declare_connection`) and builds its module.
         """
-        if not sources:
-            raise ValueError(f"connection choice {label!r} needs at least one source")
-        self.graph.add_connection(label, node, sources)
-        self.choice_infos[label] = ChoiceInfo(label, "connection", tuple(sources), node)
-        self._live = None
+        self.declare_connection(label, node, sources)
         kept = None
         if self.is_frozen:
             kept = self._sample_value(label)
@@ -237,6 +253,10 @@ class SearchSpace(ModelSpace):
     def training_stages(self) -> list[TrainingStage]:
         """The training recipe; the default is one stage that trains everything."""
         return [TrainingStage("all")]
+
+    def node_positions(self) -> dict[str, tuple[float, float]] | None:
+        """Where to draw each node (column, row); None lets the drawing lay nodes out by depth."""
+        return None
 
     def example_input(self, patch_size: Sequence[int], in_channels: int) -> torch.Tensor:
         """A zero input of one patch, used to count FLOPs."""

@@ -19,7 +19,6 @@ class SearchConfig:
         weight_lr, weight_decay: AdamW for the network weights.
         arch_lr, arch_betas, arch_weight_decay: Adam for alphas and betas (DARTS: 3e-4,
             (0.5, 0.999), 1e-3).
-        gate_reg: weight of the binarization regularizer J on the connection gates.
         val_fraction: share of cases held out for validation Dice; the rest is halved into a
             weight half and an architecture half.
         seed, deterministic: repeatability; ``deterministic`` asks torch for deterministic kernels.
@@ -36,7 +35,6 @@ class SearchConfig:
     arch_lr: float = 3e-4
     arch_betas: tuple[float, float] = (0.5, 0.999)
     arch_weight_decay: float = 1e-3
-    gate_reg: float = 0.1
     val_fraction: float = 0.2
     seed: int = 0
     deterministic: bool = False

@@ -22,7 +22,7 @@ from nasseg.files import save_torch, write_json
 from nasseg.runs import RunFolder, RunFolderError
 from nasseg.searches.darts.config import SearchConfig
 from nasseg.searches.darts.relax import ArchParameters, relax
-from nasseg.space import SearchSpace
+from nasseg.space import GATE_REG, SearchSpace
 from nasseg.training.device import resolve_device
 from nasseg.training.evaluate import evaluate_dice
 from nasseg.training.guards import check_finite
@@ -87,9 +87,12 @@ class DartsSearch:
         self.arch_params = list(self.arch.parameters())
         self.weight_opt = torch.optim.AdamW(self.weights, lr=config.weight_lr,
                                             weight_decay=config.weight_decay)
+        # A space with nothing left to search (all ablations off) trains its weights only.
         self.arch_opt = torch.optim.Adam(self.arch_params, lr=config.arch_lr,
                                          betas=config.arch_betas,
-                                         weight_decay=config.arch_weight_decay)
+                                         weight_decay=config.arch_weight_decay
+                                         ) if self.arch_params else None
+        self.gate_reg = float(space.knob_values.get(GATE_REG, 0.0))
         self.split = _split(data, config)
         bs, seed, nw = config.batch_size, config.seed, config.num_workers
         self.weight_loader = EpochLoader(data, self.split["weights"], bs, True, seed, nw)
@@ -118,7 +121,7 @@ class DartsSearch:
                 grads = self._arch_grads(loss)
             else:
                 loss, grads = self._unrolled_grads(arch_batch, weight_batch, epoch, step)
-            reg = self.config.gate_reg * self.arch.binarization_loss().to(self.device)
+            reg = self.gate_reg * self.arch.binarization_loss().to(self.device)
             reg_grads = self._arch_grads(reg) if reg.requires_grad else None
         for i, p in enumerate(self.arch_params):
             p.grad = grads[i] + (reg_grads[i] if reg_grads is not None else 0)
@@ -188,7 +191,7 @@ class DartsSearch:
         start = time.perf_counter()
         self._set_lr(epoch)
         self.model.train()
-        search_arch = epoch >= self.config.warmup_epochs
+        search_arch = epoch >= self.config.warmup_epochs and self.arch_opt is not None
         arch_batches = self._arch_batches(epoch)
         w_losses, a_losses = [], []
         batches = log.progress(self.weight_loader.epoch(epoch), len(self.weight_loader),
@@ -231,7 +234,7 @@ class DartsSearch:
             "model": self.model.state_dict(),
             "arch": self.arch.state_dict(),
             "weight_opt": self.weight_opt.state_dict(),
-            "arch_opt": self.arch_opt.state_dict(),
+            "arch_opt": self.arch_opt.state_dict() if self.arch_opt else None,
             "rng": rng_state(),
             "history": self.history,
         })
@@ -248,7 +251,8 @@ class DartsSearch:
             self.model.load_state_dict(state["model"])
             self.arch.load_state_dict(state["arch"])
             self.weight_opt.load_state_dict(state["weight_opt"])
-            self.arch_opt.load_state_dict(state["arch_opt"])
+            if self.arch_opt is not None:
+                self.arch_opt.load_state_dict(state["arch_opt"])
         except (RuntimeError, KeyError, EOFError, ValueError) as exc:
             raise RunFolderError(f"{path}: unreadable or not from this search ({exc})") from None
         set_rng_state(state["rng"])

@@ -1,0 +1,189 @@
+"""UXNet: searched block operators and multi-scale aggregation (Ji et al., MICCAI 2020).
+
+Nodes N(i, j) sit on a grid of stages i and resolution levels j (level j has 2^-j of the input
+size and ``features * 2^j`` channels). Stage 0 is the encoder: N(0, j) sums gated inputs from
+every shallower level. At each later stage, N(i, j) sums gated candidates from every level of
+stage i-1, each aligned by T() (a reduction op to go down, an expansion op to go up, a 1x1 conv
+to match channels) — the paper's eq. 1. Each later stage drops the lowest-resolution node, so
+the last stage is the single output node N(S-1, 0).
+
+Every node is a Searchable Building Block: two layers, each choosing among the seven normal ops;
+the reduction and expansion ops of a node's T() are choices too (one per node and direction).
+Gates are pruned at tau after the search, and nodes that feed nothing are deleted.
+
+Ablations are knobs: ``sbb=False`` fixes every op (3x3x3 convs, max pooling, transposed convs);
+``mssa=False`` replaces the gated aggregation by fixed U-Net-style paths (same level and the
+level below of the previous stage); both off is a plain U-Net-like lattice.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from nasseg.ops import (EXPANSION_OPS, NORMAL_OPS, REDUCTION_OPS, ConvNormAct, OutputHead,
+                        check_spatial_dims, expansion_op, interp_mode, normal_op, reduction_op)
+from nasseg.space import Connection, SearchSpace, register_space
+
+__all__ = ["UXNetSpace", "node_name"]
+
+_FIXED_NORMAL, _FIXED_REDUCTION, _FIXED_EXPANSION = "conv3", "max_pool", "transpose"
+
+
+def node_name(stage: int, level: int) -> str:
+    """The graph name of N(stage, level)."""
+    return f"N{stage}_{level}"
+
+
+class _Align(nn.Module):
+    """T(): move a feature map from one level to another and fit it to the target size."""
+
+    def __init__(self, resample: nn.Module, spatial_dims: int) -> None:
+        super().__init__()
+        self.resample = resample
+        self.mode = interp_mode(spatial_dims)
+
+    def forward(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        x = self.resample(x)
+        if tuple(x.shape[2:]) != tuple(size):
+            x = F.interpolate(x, size=tuple(size), mode=self.mode, align_corners=False)
+        return x
+
+
+@register_space("uxnet")
+class UXNetSpace(SearchSpace):
+    """UXNet: Searchable Building Blocks and Multi-Scale Searchable Aggregation.
+
+    Args:
+        in_channels: image channels.
+        num_classes: output classes, background included.
+        spatial_dims: 2 or 3.
+        features: channels at level 0, doubled at each deeper level.
+        levels: resolution levels (the paper uses 5).
+        stages: stages, the encoder included (default: ``levels``, ending in one node).
+
+    Knobs: ``sbb`` and ``mssa`` (ablation switches), ``gate_reg`` (weight of the sparsity
+    regularizer J on the gates).
+    """
+
+    default_tau = 0.6
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 2, spatial_dims: int = 3,
+                 features: int = 4, levels: int = 3, stages: int | None = None) -> None:
+        super().__init__()
+        check_spatial_dims(spatial_dims)
+        stages = levels if stages is None else stages
+        if levels < 2 or not 1 <= stages <= levels:
+            raise ValueError(f"need levels >= 2 and 1 <= stages <= levels, got levels={levels}, "
+                             f"stages={stages}")
+        self.dims, self.levels, self.stages = spatial_dims, levels, stages
+        self.channels = [features * 2 ** j for j in range(levels)]
+        self.sbb = self.knob("sbb", [True, False])
+        self.mssa = self.knob("mssa", [True, False])
+
+        # Topology: every node with its candidate sources.
+        self.grid = [[node_name(i, j) for j in range(levels - i)] for i in range(stages)]
+        self.output = self.grid[-1][0]
+        self.fixed_edge("input", self.grid[0][0])
+        self.fixed_edge(self.output, "out")
+        self.set_outputs("out")
+        sources = {name: self._sources(i, j) for i, row in enumerate(self.grid)
+                   for j, name in enumerate(row)}
+        for name, srcs in sources.items():
+            if srcs and self.mssa:
+                self.declare_connection(f"{name}_in", name, srcs)
+            for src in srcs if not self.mssa else ():
+                self.fixed_edge(src, name)
+
+        # Modules: aggregation and block of every live node.
+        self.stem = ConvNormAct(spatial_dims, in_channels, self.channels[0], 3)
+        self.aggregate = nn.ModuleDict()
+        self.blocks = nn.ModuleDict()
+        for i, row in enumerate(self.grid):
+            for j, name in enumerate(row):
+                if not self.is_live(name):
+                    continue
+                if sources[name]:
+                    self.aggregate[name] = self._aggregation(name, j, sources[name])
+                self.blocks[name] = self._block(name, j)
+        self.head = OutputHead(spatial_dims, self.channels[0], num_classes)
+
+    # ----- topology ---------------------------------------------------------------------------
+    def _sources(self, stage: int, level: int) -> list[str]:
+        """Candidate inputs of N(stage, level): all of them with MSSA, U-Net paths without."""
+        if stage == 0:
+            shallower = range(level) if self.mssa else range(level - 1, level) if level else ()
+            return [node_name(0, lvl) for lvl in shallower]
+        prev = range(len(self.grid[stage - 1]))
+        if not self.mssa:
+            prev = [lvl for lvl in (level, level + 1) if lvl < len(self.grid[stage - 1])]
+        return [node_name(stage - 1, lvl) for lvl in prev]
+
+    @staticmethod
+    def _level(name: str) -> int:
+        return int(name.split("_")[1])
+
+    # ----- modules ----------------------------------------------------------------------------
+    def _op(self, label: str, names: Sequence[str], fixed: str,
+            make: Callable[[str], Callable[[], nn.Module]], node: str) -> nn.Module:
+        """An op choice among ``names`` with SBB, else the fixed op."""
+        if not self.sbb:
+            return make(fixed)()
+        return self.op_choice(label, {n: make(n) for n in names}, node=node)
+
+    def _align(self, name: str, src: str, level: int) -> nn.Module:
+        src_level = self._level(src)
+        cin, cout, d = self.channels[src_level], self.channels[level], self.dims
+        if src_level == level:
+            resample: nn.Module = nn.Identity()
+        elif src_level < level:
+            k = level - src_level
+            resample = self._op(f"{name}_down", REDUCTION_OPS, _FIXED_REDUCTION,
+                                lambda n: reduction_op(n, d, cin, cout, k), name)
+        else:
+            k = src_level - level
+            resample = self._op(f"{name}_up", EXPANSION_OPS, _FIXED_EXPANSION,
+                                lambda n: expansion_op(n, d, cin, cout, k), name)
+        return _Align(resample, d)
+
+    def _aggregation(self, name: str, level: int, srcs: list[str]) -> Connection:
+        align = lambda i: self._align(name, srcs[i], level)  # noqa: E731
+        if self.mssa:
+            return self.connection_choice(f"{name}_in", name, srcs, align)
+        return Connection(f"{name}_in", len(srcs), align, kept=list(range(len(srcs))))
+
+    def _block(self, name: str, level: int) -> nn.Module:
+        c = self.channels[level]
+        make = lambda n: normal_op(n, self.dims, c)  # noqa: E731
+        return nn.Sequential(*[self._op(f"{name}_op{k}", NORMAL_OPS, _FIXED_NORMAL, make, name)
+                               for k in (1, 2)])
+
+    # ----- forward ----------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sizes = [tuple(x.shape[2:])]
+        for _ in range(1, self.levels):
+            sizes.append(tuple(math.ceil(s / 2) for s in sizes[-1]))
+        feats: dict[str, torch.Tensor | None] = {}
+        for row in self.grid:
+            for j, name in enumerate(row):
+                if name not in self.blocks:
+                    feats[name] = None
+                    continue
+                if name == self.grid[0][0]:
+                    agg = self.stem(x)
+                else:
+                    srcs = self._sources_of(name)
+                    agg = self.aggregate[name]([feats[s] for s in srcs], sizes[j])
+                feats[name] = self.blocks[name](agg)
+        return self.head(feats[self.output])
+
+    def _sources_of(self, name: str) -> list[str]:
+        stage, level = (int(p) for p in name[1:].split("_"))
+        return self._sources(stage, level)
+
+    def node_positions(self) -> dict[str, tuple[float, float]]:
+        """(stage, level) of every node, for drawing the derived architecture like Fig. 4."""
+        return {name: (i, j) for i, row in enumerate(self.grid) for j, name in enumerate(row)}

@@ -1,0 +1,148 @@
+"""UXNet: the paper's op sets, eq. 1's aggregation topology, tau pruning, ablations, the picture."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from nasseg.derive import count_parameters, derive_architecture, draw_architecture
+from nasseg.ops import EXPANSION_OPS, NORMAL_OPS, REDUCTION_OPS, expansion_op, normal_op, reduction_op
+from nasseg.space import create_space
+from nasseg.space.graph import SpaceGraph
+
+
+def _space(**kw):
+    args = {"in_channels": 1, "num_classes": 3, "spatial_dims": 3, "features": 2, "levels": 3}
+    knobs = kw.pop("knobs", None)
+    return create_space("uxnet", knobs=knobs, **{**args, **kw})
+
+
+def test_op_sets_are_the_papers():
+    assert NORMAL_OPS == ("conv3", "conv3x3x1", "conv5", "p3d", "conv3x2", "dil3", "dil5")
+    assert REDUCTION_OPS == ("max_pool", "avg_pool", "conv_stride2")
+    assert EXPANSION_OPS == ("transpose", "trilinear")
+    infos = _space().choice_infos
+    assert infos["N1_0_op1"].candidates == NORMAL_OPS
+    assert infos["N1_1_down"].candidates == REDUCTION_OPS
+    assert infos["N1_1_up"].candidates == EXPANSION_OPS
+
+
+@pytest.mark.parametrize("dims,shape", [(2, (9, 11)), (3, (9, 10, 11))])
+def test_ops_keep_or_rescale_the_size(dims, shape):
+    x = torch.randn(1, 4, *shape)
+    for name in NORMAL_OPS:
+        assert normal_op(name, dims, 4)()(x).shape == x.shape, name
+    for name in REDUCTION_OPS:
+        y = reduction_op(name, dims, 4, 8, 2)()(x)
+        assert y.shape[:2] == (1, 8) and all(a == -(-b // 4) for a, b in zip(y.shape[2:], shape))
+    for name in EXPANSION_OPS:
+        y = expansion_op(name, dims, 4, 2, 1)()(x)
+        assert y.shape[:2] == (1, 2) and tuple(y.shape[2:]) == tuple(2 * s for s in shape)
+
+
+def test_aggregation_topology_follows_equation_one():
+    space = _space(levels=5, spatial_dims=2)
+    assert [len(row) for row in space.grid] == [5, 4, 3, 2, 1]  # N(1,4), N(2,3)... dropped
+    conns = space.graph.connections
+    assert conns["N0_3_in"].sources == ("N0_0", "N0_1", "N0_2")  # every shallower level
+    assert conns["N2_1_in"].sources == ("N1_0", "N1_1", "N1_2", "N1_3")  # all of stage 1
+    assert space.output == "N4_0" and space.graph.outputs == ["out"]
+
+
+GATES = (0.95, 0.7, 0.8, 0.3, 0.65, 0.1)
+
+
+def _derive(space, tau, seed=0):
+    """Derive with random op scores and gates cycling through GATES from position ``seed``."""
+    rng = random.Random(seed)
+    gates = iter(GATES[(seed + k) % len(GATES)] for k in range(10_000))
+    scores = {"op": {}, "connection": {}}
+    for label, info in space.choice_infos.items():
+        if info.kind == "op":
+            probs = [rng.random() for _ in info.candidates]
+            scores["op"][label] = {"probs": [p / sum(probs) for p in probs]}
+        elif info.kind == "connection":
+            scores["connection"][label] = {"probs": [next(gates) for _ in info.candidates]}
+    return derive_architecture(space, scores, tau, [1, 12, 12, 12])
+
+
+def test_higher_tau_keeps_fewer_connections_and_parameters():
+    space = _space(features=4)
+    low, high = _derive(space, 0.6), _derive(space, 0.9)
+    kept = lambda a: {(l, i) for l, c in a["choices"].items() if c["kind"] == "connection"  # noqa: E731
+                      for i in c["kept"]}
+    assert kept(high) < kept(low)
+    assert high["params"] < low["params"] < high["supernet_params"]
+
+
+@pytest.mark.parametrize("tau", [0.3, 0.6, 0.9, 0.99])
+def test_pruned_net_keeps_only_live_nodes_and_reaches_the_output(tau):
+    space = _space()
+    arch = _derive(space, tau, seed=3)
+    graph = SpaceGraph(fixed=space.graph.fixed, connections=space.graph.connections,
+                       outputs=space.graph.outputs)
+    kept = {l: c["kept"] for l, c in arch["choices"].items() if c["kind"] == "connection"}
+    live = graph.live_nodes(kept)
+    net = space.freeze(arch["sample"])
+    assert set(net.blocks) == {n for n in live if n.startswith("N")}
+    for label, idx in kept.items():  # every live node keeps an input
+        if graph.connections[label].node in live:
+            assert idx
+    assert net(torch.randn(1, 1, 12, 12, 12)).shape == (1, 3, 12, 12, 12)
+
+
+def test_ablation_switches():
+    sbb_off = _space(knobs={"sbb": False})
+    assert {i.kind for i in sbb_off.choice_infos.values()} == {"connection", "knob"}
+    mssa_off = _space(knobs={"mssa": False})
+    assert not mssa_off.graph.connections
+    assert mssa_off.graph.fixed["N1_0"] == ["N0_0", "N0_1"]  # same level and the level below
+    assert mssa_off.graph.fixed["N0_2"] == ["N0_1"]
+    unet = _space(knobs={"sbb": False, "mssa": False})
+    assert {i.kind for i in unet.choice_infos.values()} == {"knob"}
+    assert count_parameters(unet) == count_parameters(unet.freeze(unet.default_sample()))
+
+
+def test_picture_shows_live_nodes_and_chosen_ops(tmp_path):
+    space = _space()
+    arch = _derive(space, 0.9, seed=1)
+    path = draw_architecture(arch, tmp_path / "arch.svg")
+    svg = path.read_text()
+    assert svg.startswith("<svg") and "derived at tau 0.9" in svg
+    for name in space.freeze(arch["sample"]).blocks:
+        assert f">{name}</text>" in svg
+    assert arch["choices"]["N0_0_op1"]["chosen"] in svg
+
+
+def _search(tmp_path, data, *args):
+    from click.testing import CliRunner
+
+    from nasseg.cli import cli
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["search", "--space", "uxnet", "--data", str(data), "--out",
+                                      str(out), "--epochs", "2", "--warmup-epochs", "1",
+                                      "--device", "cpu", "--space-arg", "features=2", *args])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_searches_2d_data_and_draws_the_result(tmp_path, small2d):
+    from nasseg.files import read_json
+
+    out = _search(tmp_path, small2d)
+    arch = read_json(out / "arch.json")
+    assert arch["space_args"]["spatial_dims"] == 2 and arch["tau"] == 0.6
+    assert (out / "arch.svg").read_text().startswith("<svg")
+
+
+def test_unet_ablation_trains_weights_only(tmp_path, small3d):
+    import torch as _torch
+
+    from nasseg.files import read_json
+
+    out = _search(tmp_path, small3d, "--set", "sbb=false", "--set", "mssa=false")
+    arch = read_json(out / "arch.json")
+    assert arch["params"] == arch["supernet_params"]
+    assert _torch.load(out / "checkpoint.pt", weights_only=False)["arch_opt"] is None
