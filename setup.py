@@ -26,6 +26,8 @@ setup(
         "tensorboard",
         "click>=8.0",
         "tqdm",
+        "scipy",
+        "pillow",
     ],
     extras_require={"test": ["pytest>=7"]},
     entry_points={"console_scripts": ["nasseg=nasseg.cli:main"]},

@@ -1,13 +1,23 @@
-"""Segmentation evaluation metrics."""
+"""Segmentation evaluation metrics.
+
+Whole-set Dice for training (:class:`DiceAccumulator`), and per-case metrics on label maps for
+evaluation (:func:`case_metrics`: Dice, IoU, HD95, pixel accuracy).  Per-class lists cover the
+foreground classes ``1..num_classes-1``; a class absent from prediction and reference scores NaN
+and means ignore NaN.
+"""
 
 from __future__ import annotations
 
 import math
 
+from typing import Any, Sequence
+
 import numpy as np
 import torch
+from scipy import ndimage
 
-__all__ = ["DiceAccumulator", "chance_dice"]
+__all__ = ["DiceAccumulator", "chance_dice", "dice_per_class", "iou_per_class", "hd95_per_class",
+           "pixel_accuracy", "case_metrics"]
 
 
 class DiceAccumulator:
@@ -82,3 +92,166 @@ def chance_dice(labels: np.ndarray, num_classes: int) -> float:
     freqs = counts[1:] / max(labels.size, 1)
     present = freqs[counts[1:] > 0]
     return float(present.mean()) if present.size else 0.0
+
+
+# ---------------------------------------------------------------- per-case metrics on label maps
+
+
+def _labels(values: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
+    """``values`` as an int64 array; floats must hold whole numbers."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    values = np.asarray(values)
+    if values.dtype.kind == "f":
+        if not np.all(np.isfinite(values)) or not np.all(values == np.round(values)):
+            raise ValueError(f"{name} holds non-integer values; pass label maps, not probabilities")
+    elif values.dtype.kind not in "iub":
+        raise ValueError(f"{name} must be a numeric label map, got dtype {values.dtype}")
+    return values.astype(np.int64, copy=False)
+
+
+def _label_pair(pred: np.ndarray | torch.Tensor, ref: np.ndarray | torch.Tensor,
+                num_classes: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Checked int64 ``(pred, ref)`` of one shape with values in ``0..num_classes-1``."""
+    pred, ref = _labels(pred, "prediction"), _labels(ref, "reference")
+    if pred.shape != ref.shape:
+        raise ValueError(f"prediction shape {pred.shape} does not match reference shape {ref.shape}")
+    if num_classes is not None:
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        for name, values in (("prediction", pred), ("reference", ref)):
+            if values.size and (values.min() < 0 or values.max() >= num_classes):
+                raise ValueError(f"{name} values outside 0..{num_classes - 1}")
+    return pred, ref
+
+
+def _counts(pred: np.ndarray, ref: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class true positives, false positives and false negatives."""
+    confusion = np.bincount((ref * k + pred).ravel(), minlength=k * k).reshape(k, k)
+    tp = np.diag(confusion)
+    return tp, confusion.sum(axis=0) - tp, confusion.sum(axis=1) - tp
+
+
+def _dice(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> list[float]:
+    return [float(2 * tp[c] / d) if (d := 2 * tp[c] + fp[c] + fn[c]) else math.nan
+            for c in range(1, len(tp))]
+
+
+def _iou(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> list[float]:
+    return [float(tp[c] / d) if (d := tp[c] + fp[c] + fn[c]) else math.nan
+            for c in range(1, len(tp))]
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    """Mean ignoring NaN; NaN when nothing is left."""
+    kept = [float(v) for v in values if not math.isnan(v)]
+    return float(sum(kept) / len(kept)) if kept else math.nan
+
+
+def dice_per_class(pred: np.ndarray | torch.Tensor, ref: np.ndarray | torch.Tensor,
+                   num_classes: int) -> list[float]:
+    """Dice ``2|P&R| / (|P| + |R|)`` of each foreground class of one case; NaN if absent from both."""
+    pred, ref = _label_pair(pred, ref, num_classes)
+    return _dice(*_counts(pred, ref, num_classes))
+
+
+def iou_per_class(pred: np.ndarray | torch.Tensor, ref: np.ndarray | torch.Tensor,
+                  num_classes: int) -> list[float]:
+    """IoU (Jaccard) ``|P&R| / |P|R|`` of each foreground class of one case; NaN if absent from both."""
+    pred, ref = _label_pair(pred, ref, num_classes)
+    return _iou(*_counts(pred, ref, num_classes))
+
+
+def pixel_accuracy(pred: np.ndarray | torch.Tensor, ref: np.ndarray | torch.Tensor) -> float:
+    """Fraction of voxels (background included) whose predicted label is right; NaN if empty."""
+    pred, ref = _label_pair(pred, ref, None)
+    return float(np.mean(pred == ref)) if ref.size else math.nan
+
+
+def _spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ...]:
+    if spacing is None:
+        return (1.0,) * ndim
+    spacing = tuple(float(s) for s in spacing)
+    if len(spacing) != ndim or not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise ValueError(f"spacing {spacing} must be {ndim} positive numbers")
+    return spacing
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    """Voxels of ``mask`` with a face neighbour outside it (the image border counts as outside)."""
+    structure = ndimage.generate_binary_structure(mask.ndim, 1)
+    return mask & ~ndimage.binary_erosion(mask, structure=structure, border_value=0)
+
+
+def _hd95(pmask: np.ndarray, rmask: np.ndarray, spacing: tuple[float, ...]) -> float:
+    """Symmetric 95th-percentile surface distance of two non-empty masks."""
+    # Cropping to the joint bounding box is exact: Euclidean distances do not depend on the
+    # domain, and outside the box both masks are empty, as beyond the image border.
+    box = ndimage.find_objects((pmask | rmask).astype(np.int8))[0]
+    psurf, rsurf = _surface(pmask[box]), _surface(rmask[box])
+    to_ref = ndimage.distance_transform_edt(~rsurf, sampling=spacing)[psurf]
+    to_pred = ndimage.distance_transform_edt(~psurf, sampling=spacing)[rsurf]
+    return float(max(np.percentile(to_ref, 95), np.percentile(to_pred, 95)))
+
+
+def hd95_per_class(pred: np.ndarray | torch.Tensor, ref: np.ndarray | torch.Tensor,
+                   num_classes: int, spacing: Sequence[float] | None = None) -> list[float]:
+    """95th-percentile Hausdorff distance between the surfaces of each foreground class.
+
+    Surfaces are the voxels of a class with a face neighbour outside it.  The result is the
+    larger of the two directed 95th percentiles of surface-to-surface distances (as MedPy and
+    MONAI), in physical units when ``spacing`` (one value per axis) is given, else in voxels.
+
+    Conventions: NaN when the class is absent from both prediction and reference; when it is in
+    only one of them, the diagonal of the image extent ``sqrt(sum((shape * spacing)**2))``: a
+    finite penalty larger than any distance between two voxels of the image.
+    """
+    pred, ref = _label_pair(pred, ref, num_classes)
+    sp = _spacing(spacing, ref.ndim)
+    diagonal = float(math.sqrt(sum((n * s) ** 2 for n, s in zip(ref.shape, sp))))
+    scores = []
+    for c in range(1, num_classes):
+        pmask, rmask = pred == c, ref == c
+        has_p, has_r = bool(pmask.any()), bool(rmask.any())
+        if not (has_p or has_r):
+            scores.append(math.nan)
+        elif not (has_p and has_r):
+            scores.append(diagonal)
+        else:
+            scores.append(_hd95(pmask, rmask, sp))
+    return scores
+
+
+def case_metrics(pred: np.ndarray | torch.Tensor, ref: np.ndarray | torch.Tensor, num_classes: int,
+                 spacing: Sequence[float] | None = None,
+                 class_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """All metrics of one case (label maps of one shape, no batch axis).
+
+    Returns ``{"dice", "iou", "hd95"}``: per foreground class, keyed by ``class_names[1:]``
+    (``class_names`` lists all ``num_classes`` names, background first; default ``"1"``,
+    ``"2"``, ...), plus ``mean_dice``, ``mean_iou`` (the mIoU: mean over foreground classes in
+    prediction or reference), ``mean_hd95`` (NaN-ignoring means, NaN if no class is present)
+    and ``pixel_accuracy``.  HD95 conventions: see :func:`hd95_per_class`.
+    """
+    pred, ref = _label_pair(pred, ref, num_classes)
+    if class_names is None:
+        names = [str(c) for c in range(1, num_classes)]
+    elif len(class_names) != num_classes:
+        raise ValueError(f"class_names must name all {num_classes} classes (background first), "
+                         f"got {list(class_names)}")
+    else:
+        names = [str(n) for n in class_names[1:]]
+        if len(set(names)) != len(names):
+            raise ValueError(f"class_names must be unique, got {list(class_names)}")
+    counts = _counts(pred, ref, num_classes)
+    dice, iou = _dice(*counts), _iou(*counts)
+    hd95 = hd95_per_class(pred, ref, num_classes, spacing)
+    return {
+        "dice": dict(zip(names, dice)),
+        "iou": dict(zip(names, iou)),
+        "hd95": dict(zip(names, hd95)),
+        "mean_dice": _nanmean(dice),
+        "mean_iou": _nanmean(iou),
+        "mean_hd95": _nanmean(hd95),
+        "pixel_accuracy": pixel_accuracy(pred, ref),
+    }

@@ -38,7 +38,7 @@ def test_readme_space_searches_from_python(example_module, small2d):
                        config=SearchConfig(epochs=1, warmup_epochs=0, device="cpu"))
     arch = read_arch(run.arch_path)
     assert arch["space"] == "my_spaces:TinySpace" and arch["sample"]["width"] == 2
-    assert set(arch["sample"]) == {"width", "skip", "deep_op"}
+    assert set(arch["sample"]) == {"width", "gate_reg", "skip", "deep_op"}
     net = build_derived(arch)
     assert arch["params"] < arch["supernet_params"]
     assert type(net).__name__ == "TinySpace"

@@ -20,7 +20,7 @@ def _invoke(*args: str):
 @pytest.fixture(scope="module")
 def search_run(small3d, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("search") / "run"
-    result = _invoke("search", "--data", small3d, "--out", out, "--epochs", 3,
+    result = _invoke("search", "--space", "unet", "--data", small3d, "--out", out, "--epochs", 3,
                      "--warmup-epochs", 1, "--arch-lr", 0.05, *SMALL)
     assert result.exit_code == 0, result.output
     assert "next: nasseg train" in result.stdout
@@ -56,7 +56,8 @@ def test_derive_at_two_taus_keeps_different_connections(search_run, tmp_path):
 
 def test_train_beats_chance(demo3d_subset, tmp_path):
     search = tmp_path / "search"
-    result = _invoke("search", "--data", demo3d_subset, "--out", search, "--epochs", 1,
+    result = _invoke("search", "--space", "unet", "--data", demo3d_subset, "--out", search,
+                     "--epochs", 1,
                      "--warmup-epochs", 0, "--space-arg", "features=8", "--space-arg", "levels=2",
                      "--device", "cpu")
     assert result.exit_code == 0, result.output
@@ -72,7 +73,8 @@ def test_train_beats_chance(demo3d_subset, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["search", "--data", "missing.npz"], "missing.npz: "),
     (["search", "--space", "nope"], "unknown space 'nope'"),
-    (["search", "--set", "upsample=sideways"], "knob 'upsample' takes one of"),
+    (["search", "--space", "unet", "--set", "upsample=sideways"], "knob 'upsample' takes one of"),
+    (["search", "--set", "sbb=sometimes"], "knob 'sbb' takes one of"),
     (["search", "--set", "depth=3"], "has no knob 'depth'"),
     (["derive", "not_a_run", "--tau", "0.5"], "not_a_run/run.json: missing"),
     (["derive", "not_a_run", "--tau", "1.5"], "tau must lie in (0, 1)"),

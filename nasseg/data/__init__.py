@@ -2,17 +2,20 @@
 
 from nasseg.data.arrays import (
     DataError,
-    PatchDataset,
     SegmentationData,
     load_arrays,
     save_arrays,
     split_indices,
 )
+from nasseg.data.cases import Case, CaseSet
 from nasseg.data.demo import DEMO_SETS, make_demo
+from nasseg.data.patches import PatchDataset
 from nasseg.data.source import load_data
 
 __all__ = [
     "DataError",
+    "Case",
+    "CaseSet",
     "SegmentationData",
     "save_arrays",
     "load_arrays",

@@ -3,9 +3,8 @@
 A data set is a :class:`SegmentationData`: a stack of images and label maps plus
 optional per-case metadata (class presence, scene label).  It is stored on disk as
 a single ``.npz`` file (no pickles) and served to PyTorch through
-:class:`PatchDataset`, whose augmentation is a pure function of
-``(seed, epoch, case index)`` so runs are reproducible regardless of the number of
-DataLoader workers and across resumes.
+:class:`~nasseg.data.patches.PatchDataset` via the :class:`~nasseg.data.cases.CaseSet`
+interface it implements.
 """
 
 from __future__ import annotations
@@ -18,8 +17,8 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
+
+from nasseg.data.cases import Case
 
 __all__ = [
     "DataError",
@@ -27,7 +26,6 @@ __all__ = [
     "save_arrays",
     "load_arrays",
     "split_indices",
-    "PatchDataset",
 ]
 
 _REQUIRED_KEYS = ("name", "images", "labels", "class_names")
@@ -75,6 +73,21 @@ class SegmentationData:
     def num_cases(self) -> int:
         """Number of cases (images) in the set."""
         return int(self.images.shape[0])
+
+    @property
+    def patch_size(self) -> tuple[int, ...]:
+        """All cases share one shape: a patch is the whole case."""
+        return tuple(int(s) for s in self.images.shape[2:])
+
+    def case(self, index: int) -> Case:
+        """Case ``index`` as a :class:`~nasseg.data.cases.Case` (views, not copies)."""
+        return Case(
+            case_id=f"{self.name}_{index:04d}",
+            image=self.images[index],
+            label=self.labels[index],
+            presence=None if self.presence is None else self.presence[index],
+            scene=None if self.scene is None else int(self.scene[index]),
+        )
 
     def validate(self, source: str) -> None:
         """Raise :class:`DataError` with a one-line ``"<source>: <problem>"`` message if inconsistent."""
@@ -213,62 +226,3 @@ def split_indices(num_cases: int, val_fraction: float, seed: int) -> tuple[list[
     val = sorted(int(i) for i in perm[:n_val])
     train = sorted(int(i) for i in perm[n_val:])
     return train, val
-
-
-class PatchDataset(Dataset):
-    """Torch view of selected cases of a :class:`SegmentationData`, with optional augmentation.
-
-    Items are dicts ``{"image": (C, *spatial) float32, "label": (*spatial) int64,
-    "index": case index}`` plus ``"presence"`` / ``"scene"`` when available.  With
-    ``augment=True`` each item gets random flips along every spatial axis and an
-    intensity scale (0.9..1.1) and shift (-0.1..0.1), drawn from a generator seeded by
-    ``(seed, epoch, case index)``; call :meth:`set_epoch` before each epoch.
-    """
-
-    def __init__(
-        self,
-        data: SegmentationData,
-        indices: Sequence[int],
-        augment: bool = False,
-        seed: int = 0,
-    ) -> None:
-        n = data.num_cases
-        bad = [i for i in indices if not 0 <= int(i) < n]
-        if bad:
-            raise DataError(f"{data.name}: case indices {bad[:5]} outside 0..{n - 1}")
-        self.data = data
-        self.indices = [int(i) for i in indices]
-        self.augment = augment
-        self.seed = int(seed)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose augmentation draws subsequent items use."""
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, item: int) -> dict[str, torch.Tensor | int]:
-        index = self.indices[item]
-        image = self.data.images[index]
-        label = self.data.labels[index]
-        if self.augment:
-            rng = np.random.default_rng((self.seed, self.epoch, index))
-            for axis in range(label.ndim):
-                if rng.random() < 0.5:
-                    image = np.flip(image, axis=axis + 1)
-                    label = np.flip(label, axis=axis)
-            scale = rng.uniform(0.9, 1.1)
-            shift = rng.uniform(-0.1, 0.1)
-            image = image * np.float32(scale) + np.float32(shift)
-        sample: dict[str, torch.Tensor | int] = {
-            "image": torch.from_numpy(np.array(image, dtype=np.float32, order="C", copy=True)),
-            "label": torch.from_numpy(np.array(label, dtype=np.int64, order="C", copy=True)),
-            "index": index,
-        }
-        if self.data.presence is not None:
-            sample["presence"] = torch.from_numpy(self.data.presence[index].astype(np.float32, copy=True))
-        if self.data.scene is not None:
-            sample["scene"] = torch.tensor(int(self.data.scene[index]), dtype=torch.int64)
-        return sample

@@ -6,7 +6,7 @@ from typing import Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from nasseg.data import PatchDataset, SegmentationData
+from nasseg.data import CaseSet, PatchDataset
 from nasseg.training.seeding import epoch_seed
 
 __all__ = ["EpochLoader", "move_batch"]
@@ -19,7 +19,7 @@ class EpochLoader:
     resumed at epoch ``e`` sees exactly the batches an unbroken one would.
     """
 
-    def __init__(self, data: SegmentationData, indices: Sequence[int], batch_size: int,
+    def __init__(self, data: CaseSet, indices: Sequence[int], batch_size: int,
                  train: bool, seed: int, num_workers: int = 0) -> None:
         self.dataset = PatchDataset(data, indices, augment=train, seed=seed)
         self.seed = seed

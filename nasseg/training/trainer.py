@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from nasseg import __version__
-from nasseg.data import SegmentationData, load_data, split_indices
+from nasseg.data import CaseSet, load_data, split_indices
 from nasseg.derive import build_derived, count_flops, count_parameters, read_arch
 from nasseg.files import save_torch, write_json
 from nasseg.metrics import chance_dice
@@ -64,7 +65,7 @@ def _trainable(model: nn.Module, stage: TrainingStage) -> list[nn.Parameter]:
     return params
 
 
-def _fit(model: SearchSpace, data: SegmentationData, split: dict[str, list[int]],
+def _fit(model: SearchSpace, data: CaseSet, split: dict[str, list[int]],
          config: TrainConfig, run: RunFolder, device: torch.device) -> dict[str, Any]:
     train = EpochLoader(data, split["train"], config.batch_size, True, config.seed,
                         config.num_workers)
@@ -147,7 +148,8 @@ def train_architecture(arch_path: str | Path, out: str | Path, data: str | None 
         "dice_mean": best["dice_mean"],
         "dice_per_class": dict(zip(dataset.class_names[1:], best["dice_per_class"])),
         "best_epoch": best["epoch"], "epochs": config.epochs,
-        "chance_dice": chance_dice(dataset.labels[val_idx], dataset.num_classes),
+        "chance_dice": chance_dice(np.concatenate([dataset.case(i).label.ravel() for i in val_idx]),
+                                   dataset.num_classes),
         "params": count_parameters(model), "flops": count_flops(model, example),
         "data": data_spec, "arch": str(Path(arch_path).resolve()),
         "num_val_cases": len(val_idx),

@@ -17,7 +17,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
-from nasseg.data import SegmentationData, split_indices
+from nasseg.data import CaseSet, split_indices
 from nasseg.files import save_torch, write_json
 from nasseg.runs import RunFolder, RunFolderError
 from nasseg.searches.darts.config import SearchConfig
@@ -57,7 +57,7 @@ def _grad_enabled(params: Sequence[nn.Parameter], enabled: bool) -> Iterator[Non
             p.requires_grad_(flag)
 
 
-def _split(data: SegmentationData, config: SearchConfig) -> dict[str, list[int]]:
+def _split(data: CaseSet, config: SearchConfig) -> dict[str, list[int]]:
     train, val = split_indices(data.num_cases, config.val_fraction, config.seed)
     if len(train) < 2:
         raise ValueError(f"{data.name}: {data.num_cases} cases leave fewer than 2 for training; "
@@ -73,7 +73,7 @@ class DartsSearch:
     from the folder's checkpoint.
     """
 
-    def __init__(self, space: SearchSpace, data: SegmentationData, run: RunFolder,
+    def __init__(self, space: SearchSpace, data: CaseSet, run: RunFolder,
                  config: SearchConfig, show_progress: bool | None = None) -> None:
         self.config = config
         self.run_folder = run

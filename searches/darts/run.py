@@ -57,7 +57,7 @@ def start_search(run_dir: Path, space: str, data: str, knobs: Mapping[str, Any],
         "kind": "search", "nasseg_version": __version__,
         "space": space_name(built), "space_args": built.init_arguments,
         "knobs": dict(built.knob_values), "data": data, "class_names": dataset.class_names,
-        "input_shape": [dataset.in_channels, *dataset.images.shape[2:]],
+        "input_shape": [dataset.in_channels, *dataset.patch_size],
         "search": config.to_dict(),
     }
     write_json(run.config, description)

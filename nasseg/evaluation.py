@@ -1,0 +1,166 @@
+"""Evaluate a folder of predicted label files against a folder of reference label files.
+
+Files are paired by name (``case.nii.gz`` in both folders).  NIfTI (``.nii``, ``.nii.gz``) is read
+with nibabel and its header spacing makes HD95 physical; PNG is read with PIL (pixel units).
+Every problem raises :class:`EvaluationError` with one line naming the file or folder, so a
+wrong folder or a missing case is plain before any number is reported.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from nasseg.files import write_json
+from nasseg.metrics import case_metrics
+
+__all__ = ["EvaluationError", "LABEL_SUFFIXES", "read_label_file", "evaluate_folders",
+           "write_evaluation"]
+
+#: Label file kinds evaluated; other files in the folders (JSON, logs) are ignored.
+LABEL_SUFFIXES = (".nii.gz", ".nii", ".png")
+_METRICS = ("dice", "iou", "hd95")
+_MEANS = ("mean_dice", "mean_iou", "mean_hd95", "pixel_accuracy")
+_PNG_MODES = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+class EvaluationError(ValueError):
+    """Prediction or reference folders that cannot be evaluated; the message names the file."""
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+def read_label_file(path: str | os.PathLike[str]) -> tuple[np.ndarray, tuple[float, ...] | None]:
+    """A label image as int64 and its voxel spacing (None for PNG, whose spacing is unknown)."""
+    path = Path(path)
+    spacing: tuple[float, ...] | None = None
+    try:
+        if path.name.lower().endswith(".png"):
+            from PIL import Image
+
+            with Image.open(path) as img:
+                if img.mode not in _PNG_MODES:
+                    raise EvaluationError(f"{path}: not a single-channel label image (PNG mode {img.mode})")
+                data = np.asarray(img)
+        else:
+            import nibabel as nib
+
+            img = nib.load(str(path))
+            data = np.asanyarray(img.dataobj)
+            while data.ndim > 3 and data.shape[-1] == 1:
+                data = data[..., 0]
+            spacing = tuple(float(z) for z in img.header.get_zooms()[:data.ndim])
+    except EvaluationError:
+        raise
+    except Exception as exc:  # readers raise many types (OSError, EOFError, ImageFileError, zlib...)
+        raise EvaluationError(f"{path}: not a readable label image ({_one_line(exc)})") from None
+    if spacing is not None and not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise EvaluationError(f"{path}: header spacing {spacing} is not positive")
+    if data.dtype.kind == "f" and not (np.all(np.isfinite(data)) and np.all(data == np.round(data))):
+        raise EvaluationError(f"{path}: label image holds non-integer values")
+    if data.dtype.kind not in "iubf":
+        raise EvaluationError(f"{path}: label image has non-numeric dtype {data.dtype}")
+    data = data.astype(np.int64)
+    if data.size and data.min() < 0:
+        raise EvaluationError(f"{path}: label image holds negative labels")
+    return data, spacing
+
+
+def _label_files(folder: str | os.PathLike[str], what: str) -> dict[str, Path]:
+    """File name -> path of the label files in ``folder``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EvaluationError(f"{folder}: no such {what} folder")
+    files = {p.name: p for p in sorted(folder.iterdir())
+             if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(LABEL_SUFFIXES)}
+    if not files:
+        raise EvaluationError(f"{folder}: {what} folder holds no label files ({', '.join(LABEL_SUFFIXES)})")
+    return files
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    kept = [v for v in values if not math.isnan(v)]
+    return float(sum(kept) / len(kept)) if kept else math.nan
+
+
+def _check_range(path: Path, labels: np.ndarray, num_classes: int) -> None:
+    if labels.size and labels.max() >= num_classes:
+        raise EvaluationError(f"{path}: label {int(labels.max())} outside 0..{num_classes - 1} "
+                              f"(num_classes={num_classes})")
+
+
+def evaluate_folders(pred_dir: str | os.PathLike[str], ref_dir: str | os.PathLike[str],
+                     num_classes: int | None = None,
+                     class_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Per-case metrics (:func:`nasseg.metrics.case_metrics`) and their means over the cases.
+
+    ``num_classes`` defaults to ``len(class_names)`` when names are given, else to the largest
+    reference label + 1 (at least 2); ``class_names`` lists all classes, background first.
+    HD95 uses each reference's header spacing (NIfTI) or pixels (PNG).
+
+    Returns ``{"pred_dir", "ref_dir", "num_classes", "class_names", "cases": [file names],
+    "per_case": {file name: metrics}, "summary": metrics}`` where each summary value is the
+    NaN-ignoring mean over cases of that metric (per class and the per-case means).
+    """
+    preds = _label_files(pred_dir, "prediction")
+    refs = _label_files(ref_dir, "reference")
+    missing_ref = sorted(set(preds) - set(refs))
+    missing_pred = sorted(set(refs) - set(preds))
+    if missing_ref or missing_pred:
+        parts = []
+        if missing_ref:
+            parts.append(f"predictions without reference in {ref_dir}: {', '.join(missing_ref)}")
+        if missing_pred:
+            parts.append(f"references without prediction in {pred_dir}: {', '.join(missing_pred)}")
+        raise EvaluationError(f"{pred_dir}: " + "; ".join(parts))
+    cases = sorted(refs)
+
+    if num_classes is None and class_names is not None:
+        num_classes = len(class_names)
+    if num_classes is None:
+        num_classes = 2
+        for name in cases:
+            labels, _ = read_label_file(refs[name])
+            if labels.size:
+                num_classes = max(num_classes, int(labels.max()) + 1)
+    if num_classes < 2:
+        raise EvaluationError(f"num_classes must be >= 2, got {num_classes}")
+    names = [str(c) for c in range(num_classes)] if class_names is None else [str(c) for c in class_names]
+    if len(names) != num_classes:
+        raise EvaluationError(f"class_names has {len(names)} names but num_classes is {num_classes}")
+
+    per_case: dict[str, dict[str, Any]] = {}
+    for name in cases:
+        ref, spacing = read_label_file(refs[name])
+        pred, _ = read_label_file(preds[name])
+        if pred.shape != ref.shape:
+            raise EvaluationError(f"{preds[name]}: shape {pred.shape} does not match reference "
+                                  f"{refs[name]} shape {ref.shape}")
+        _check_range(refs[name], ref, num_classes)
+        _check_range(preds[name], pred, num_classes)
+        per_case[name] = case_metrics(pred, ref, num_classes, spacing=spacing, class_names=names)
+
+    summary: dict[str, Any] = {
+        metric: {c: _nanmean([m[metric][c] for m in per_case.values()]) for c in names[1:]}
+        for metric in _METRICS
+    }
+    summary.update({key: _nanmean([m[key] for m in per_case.values()]) for key in _MEANS})
+    return {
+        "pred_dir": str(pred_dir),
+        "ref_dir": str(ref_dir),
+        "num_classes": num_classes,
+        "class_names": names,
+        "cases": cases,
+        "per_case": per_case,
+        "summary": summary,
+    }
+
+
+def write_evaluation(summary: dict[str, Any], out_json: str | os.PathLike[str]) -> None:
+    """Write an :func:`evaluate_folders` result as strict JSON (NaN -> null), atomically."""
+    write_json(out_json, summary)
