@@ -29,6 +29,7 @@ setup(
         "scipy",
         "pillow",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={"onnx": ["onnx", "onnxruntime"],
+                    "test": ["pytest>=7", "onnx", "onnxruntime"]},
     entry_points={"console_scripts": ["nasseg=nasseg.cli:main"]},
 )

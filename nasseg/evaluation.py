@@ -18,7 +18,7 @@ from nasseg.files import write_json
 from nasseg.metrics import case_metrics
 
 __all__ = ["EvaluationError", "LABEL_SUFFIXES", "read_label_file", "evaluate_folders",
-           "write_evaluation"]
+           "summarize_cases", "write_evaluation"]
 
 #: Label file kinds evaluated; other files in the folders (JSON, logs) are ignored.
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".png")
@@ -145,11 +145,7 @@ def evaluate_folders(pred_dir: str | os.PathLike[str], ref_dir: str | os.PathLik
         _check_range(preds[name], pred, num_classes)
         per_case[name] = case_metrics(pred, ref, num_classes, spacing=spacing, class_names=names)
 
-    summary: dict[str, Any] = {
-        metric: {c: _nanmean([m[metric][c] for m in per_case.values()]) for c in names[1:]}
-        for metric in _METRICS
-    }
-    summary.update({key: _nanmean([m[key] for m in per_case.values()]) for key in _MEANS})
+    summary = summarize_cases(per_case, names)
     return {
         "pred_dir": str(pred_dir),
         "ref_dir": str(ref_dir),
@@ -159,6 +155,18 @@ def evaluate_folders(pred_dir: str | os.PathLike[str], ref_dir: str | os.PathLik
         "per_case": per_case,
         "summary": summary,
     }
+
+
+def summarize_cases(per_case: dict[str, dict[str, Any]], class_names: Sequence[str]
+                    ) -> dict[str, Any]:
+    """The NaN-ignoring mean over cases of every :func:`case_metrics` value, per class and
+    overall (shared by ``nasseg evaluate`` and the trainer's ``metrics.json``)."""
+    summary: dict[str, Any] = {
+        metric: {c: _nanmean([m[metric][c] for m in per_case.values()]) for c in class_names[1:]}
+        for metric in _METRICS
+    }
+    summary.update({key: _nanmean([m[key] for m in per_case.values()]) for key in _MEANS})
+    return summary
 
 
 def write_evaluation(summary: dict[str, Any], out_json: str | os.PathLike[str]) -> None:

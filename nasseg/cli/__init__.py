@@ -7,7 +7,9 @@ import sys
 import click
 
 from nasseg import __version__
+from nasseg.cli.data_verbs import evaluate, predict, verify
 from nasseg.cli.derive import derive
+from nasseg.cli.export import export
 from nasseg.cli.search import search
 from nasseg.cli.spaces import spaces
 from nasseg.cli.train import train
@@ -29,6 +31,10 @@ cli.add_command(search)
 cli.add_command(derive)
 cli.add_command(train)
 cli.add_command(spaces)
+cli.add_command(export)
+cli.add_command(verify)
+cli.add_command(predict)
+cli.add_command(evaluate)
 
 
 def main() -> None:

@@ -11,11 +11,12 @@ from nasseg.data import DataError
 from nasseg.files import FileFormatError
 from nasseg.runs import RunFolderError
 from nasseg.space import KnobError, SampleError, UnknownSpaceError
+from nasseg.evaluation import EvaluationError
 from nasseg.training.guards import NonFiniteLossError
 
 __all__ = ["user_errors", "USER_ERRORS"]
 
-USER_ERRORS = (DataError, FileFormatError, RunFolderError, KnobError, SampleError,
+USER_ERRORS = (DataError, EvaluationError, FileFormatError, RunFolderError, KnobError, SampleError,
                UnknownSpaceError, NonFiniteLossError, ValueError)
 F = TypeVar("F", bound=Callable[..., Any])
 

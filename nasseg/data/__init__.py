@@ -10,7 +10,7 @@ from nasseg.data.arrays import (
 from nasseg.data.cases import Case, CaseSet
 from nasseg.data.demo import DEMO_SETS, make_demo
 from nasseg.data.patches import PatchDataset
-from nasseg.data.source import load_data
+from nasseg.data.source import DataProblems, load_data, resolve_data_spec
 
 __all__ = [
     "DataError",
@@ -24,4 +24,6 @@ __all__ = [
     "DEMO_SETS",
     "make_demo",
     "load_data",
+    "resolve_data_spec",
+    "DataProblems",
 ]

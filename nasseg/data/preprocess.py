@@ -162,7 +162,7 @@ def resample(image: np.ndarray, label: np.ndarray | None, spacing: Sequence[floa
 
 def ct_stats(samples: Sequence[np.ndarray], source: str = "data set") -> CTStats:
     """Clip range (0.5 / 99.5 percentiles) and mean/std of the clipped foreground samples."""
-    values = np.concatenate([np.asarray(s, dtype=np.float64).ravel() for s in samples]) if samples else np.empty(0)
+    values = np.concatenate([np.asarray(s, dtype=np.float64).ravel() for s in samples] or [np.empty(0)])
     if values.size == 0:
         raise DataError(f"{source}: no foreground voxels (label > 0) in any case; cannot compute the "
                         "CT normalisation")

@@ -1,23 +1,47 @@
-"""Resolve a ``--data`` argument: a built-in demo name or a nasseg ``.npz`` array file."""
+"""Resolve a ``--data`` argument: a demo name, a nasseg ``.npz`` file, or a data set folder.
+
+A folder (Medical Segmentation Decathlon or nnU-Net v2 raw layout) is verified first; every
+problem found is reported at once, and nothing is cached until the data is clean.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
-from nasseg.data.arrays import DataError, SegmentationData, load_arrays
+from nasseg.data.arrays import DataError, load_arrays
+from nasseg.data.cases import CaseSet
 from nasseg.data.demo import DEMO_SETS, make_demo
 
-__all__ = ["load_data"]
+__all__ = ["load_data", "resolve_data_spec", "DataProblems"]
 
 
-def load_data(spec: str) -> SegmentationData:
-    """Load the data set ``spec`` names, validated; raise :class:`DataError` naming the problem."""
+class DataProblems(DataError):
+    """A data set folder failed verification; ``problems`` holds one line per problem."""
+
+    def __init__(self, folder: Path, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(f"{folder}: {len(problems)} problem(s) found by verification:\n"
+                         + "\n".join(problems))
+
+
+def resolve_data_spec(spec: str) -> str:
+    """``spec`` as it should be recorded: demo names as they are, paths made absolute."""
+    return spec if spec in DEMO_SETS else str(Path(spec).resolve())
+
+
+def load_data(spec: str) -> CaseSet:
+    """Load the data set ``spec`` names; raise :class:`DataError` naming the problem."""
     if spec in DEMO_SETS:
         return make_demo(spec)
     path = Path(spec)
     if path.suffix == ".npz":
         return load_arrays(path)
     if path.is_dir():
-        raise DataError(f"{path}: data set folders are not readable yet; give a demo name "
-                        f"({', '.join(DEMO_SETS)}) or a .npz file written by "
-                        "nasseg.data.save_arrays")
-    raise DataError(f"{spec}: not a demo data set ({', '.join(DEMO_SETS)}) nor a .npz array file")
+        from nasseg.data.h5cache import load_folder
+        from nasseg.data.verify import verify_dataset
+
+        problems = verify_dataset(path)
+        if problems:
+            raise DataProblems(path, problems)
+        return load_folder(path)
+    raise DataError(f"{spec}: not a demo data set ({', '.join(DEMO_SETS)}), a .npz array file, "
+                    "or a data set folder with a dataset.json")

@@ -16,10 +16,12 @@ import torch
 from torch import nn
 
 from nasseg import __version__
-from nasseg.data import CaseSet, load_data, split_indices
+from nasseg.data import CaseSet, load_data, resolve_data_spec, split_indices
 from nasseg.derive import build_derived, count_flops, count_parameters, read_arch
 from nasseg.files import save_torch, write_json
-from nasseg.metrics import chance_dice
+from nasseg.evaluation import summarize_cases
+from nasseg.inference import network_predict_fn, sliding_window_predict
+from nasseg.metrics import case_metrics, chance_dice
 from nasseg.runs import RunFolder
 from nasseg.space import SearchSpace, TrainingStage
 from nasseg.training.device import resolve_device
@@ -116,11 +118,12 @@ def train_architecture(arch_path: str | Path, out: str | Path, data: str | None 
     """Train the network of ``arch_path`` from scratch into the folder ``out``.
 
     Writes ``model.pt`` (best validation epoch, with its architecture), ``metrics.json`` and
-    TensorBoard logs; returns the metrics. ``data`` defaults to the data set searched on.
+    TensorBoard logs; returns the metrics. The best epoch is chosen by patch Dice; the final
+    metrics score whole validation cases by sliding window (Dice, IoU, HD95 per class). ``data`` defaults to the data set searched on.
     """
     config = config or TrainConfig()
     arch = read_arch(arch_path)
-    data_spec = data or arch.get("data")
+    data_spec = resolve_data_spec(data) if data else arch.get("data")
     if data_spec is None:
         raise ValueError(f"{arch_path}: names no data set; pass --data")
     dataset = load_data(data_spec)
@@ -143,10 +146,14 @@ def train_architecture(arch_path: str | Path, out: str | Path, data: str | None 
     best = _fit(model, dataset, split, config, run, device)
     state = torch.load(run.model, map_location="cpu", weights_only=False)
     save_torch(run.model, {**state, "arch": arch})
+    model.load_state_dict(state["model"])
+    summary, per_case = _evaluate_cases(model, dataset, val_idx, device)
     example = model.example_input(arch["input_shape"][1:], arch["input_shape"][0]).to(device)
     metrics = {
-        "dice_mean": best["dice_mean"],
-        "dice_per_class": dict(zip(dataset.class_names[1:], best["dice_per_class"])),
+        "dice_mean": summary["mean_dice"], "dice_per_class": summary["dice"],
+        "iou_mean": summary["mean_iou"], "iou_per_class": summary["iou"],
+        "hd95_mean": summary["mean_hd95"], "hd95_per_class": summary["hd95"],
+        "pixel_accuracy": summary["pixel_accuracy"], "per_case": per_case,
         "best_epoch": best["epoch"], "epochs": config.epochs,
         "chance_dice": chance_dice(np.concatenate([dataset.case(i).label.ravel() for i in val_idx]),
                                    dataset.num_classes),
@@ -156,3 +163,21 @@ def train_architecture(arch_path: str | Path, out: str | Path, data: str | None 
     }
     write_json(run.metrics, metrics)
     return metrics
+
+
+@torch.no_grad()
+def _evaluate_cases(model: SearchSpace, data: CaseSet, indices: list[int], device: torch.device
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Whole validation cases by sliding window, scored as ``nasseg evaluate`` scores files."""
+    model.eval()
+    predict_fn = network_predict_fn(model)
+    spacing = getattr(data, "target_spacing", None)
+    per_case = {}
+    for i in indices:
+        case = data.case(i)
+        probs = sliding_window_predict(predict_fn, torch.from_numpy(np.asarray(case.image)).to(device),
+                                       data.patch_size)
+        per_case[case.case_id] = case_metrics(probs.argmax(0).cpu().numpy(), case.label,
+                                              data.num_classes, spacing=spacing,
+                                              class_names=data.class_names)
+    return summarize_cases(per_case, data.class_names), per_case

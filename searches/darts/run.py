@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from nasseg import __version__
-from nasseg.data import load_data
+from nasseg.data import load_data, resolve_data_spec
 from nasseg.derive import derive_run
 from nasseg.files import read_json, write_json
 from nasseg.runs import RunFolder
@@ -48,6 +48,7 @@ def start_search(run_dir: Path, space: str, data: str, knobs: Mapping[str, Any],
                  show_progress: bool | None = None) -> SearchRun:
     """Search ``space`` on ``data`` into a new ``run_dir`` (refused if it already holds a run)."""
     run = RunFolder(Path(run_dir))
+    data = resolve_data_spec(data)
     dataset = load_data(data)
     args = {"in_channels": dataset.in_channels, "num_classes": dataset.num_classes,
             "spatial_dims": dataset.spatial_dims, **space_args}

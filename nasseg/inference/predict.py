@@ -1,0 +1,149 @@
+"""``nasseg predict``: segment new images with a trained network, back on their original grid.
+
+Each input case is preprocessed as the training data was (crop to non-zero, resample to the
+training spacing, normalise by channel kind with the training set's statistics), predicted by
+Gaussian-weighted sliding windows at the training patch size, then resampled and un-cropped
+onto the source grid. NIfTI outputs carry the input's affine and header (qform and sform with
+their codes) and integer labels (uint8, or uint16 beyond 255 classes); 2D outputs are PNG. Each
+file is written to a temporary name, checked by reading it back, then renamed.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from nasseg.data import DataError, load_data
+from nasseg.data.formats import SUPPORTED_ENDINGS, RawCase, RawDataset, read_spacing
+from nasseg.data.preprocess import CTStats, normalise, prepare_case, restore_label
+from nasseg.export import load_trained
+from nasseg.files import atomic_path
+from nasseg.inference.sliding_window import network_predict_fn, sliding_window_predict
+from nasseg.training.device import resolve_device
+
+__all__ = ["PredictionPlan", "discover_inputs", "predict_path", "write_label"]
+
+_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+@dataclass
+class PredictionPlan:
+    """How inputs are prepared: what the training data went through."""
+
+    channel_kinds: list[str]
+    target_spacing: tuple[float, ...] | None  # None: keep each input's own spacing
+    ct_stats: dict[int, CTStats]
+    patch_size: tuple[int, ...]
+    class_names: list[str]
+
+    @classmethod
+    def from_training_data(cls, spec: str) -> "PredictionPlan":
+        """The plan of the data set a network was trained on (demo sets: z-score, no resampling)."""
+        data = load_data(spec)
+        kinds = getattr(data, "channel_kinds", None) or ["image"] * data.in_channels
+        ct = {int(c): CTStats(**s) for c, s in (getattr(data, "ct_stats", None) or {}).items()}
+        return cls(list(kinds), getattr(data, "target_spacing", None), ct,
+                   tuple(data.patch_size), list(data.class_names))
+
+
+def _ending(path: Path) -> str:
+    for ending in SUPPORTED_ENDINGS:
+        if path.name.endswith(ending):
+            return ending
+    return ""
+
+
+def discover_inputs(path: str | Path) -> list[RawCase]:
+    """Input cases: one file, or a folder of files grouped by case (``CASE_0000.nii.gz``...)."""
+    path = Path(path)
+    if path.is_file():
+        if not _ending(path):
+            raise DataError(f"{path}: not an image file ({', '.join(SUPPORTED_ENDINGS)})")
+        return [RawCase(path.name[: -len(_ending(path))], [path], None)]
+    if not path.is_dir():
+        raise DataError(f"{path}: no such file or folder")
+    groups: dict[str, list[tuple[int, Path]]] = {}
+    for file in sorted(path.iterdir()):
+        ending = _ending(file)
+        if not ending or file.name.startswith("."):
+            continue
+        stem = file.name[: -len(ending)]
+        match = _CHANNEL.match(stem)
+        case, channel = (match["case"], int(match["channel"])) if match else (stem, 0)
+        groups.setdefault(case, []).append((channel, file))
+    if not groups:
+        raise DataError(f"{path}: no image files ({', '.join(SUPPORTED_ENDINGS)}) found")
+    return [RawCase(case, [f for _, f in sorted(files)], None) for case, files in groups.items()]
+
+
+def write_label(label: np.ndarray, target: Path, source: Path) -> Path:
+    """Write ``label`` to ``target`` atomically, as NIfTI with ``source``'s affine and header or as
+    PNG, and read it back to check it before it takes the final name."""
+    dtype = np.uint8 if label.max(initial=0) < 256 else np.uint16
+    label = label.astype(dtype)
+    ending = _ending(target)
+    with atomic_path(target, suffix=ending) as tmp:
+        if ending == ".png":
+            from PIL import Image
+
+            Image.fromarray(label).save(tmp, format="PNG")
+            written = np.asarray(Image.open(tmp))
+            affine_ok = True
+        else:
+            import nibabel as nib
+
+            src = nib.load(str(source))
+            header = src.header.copy()
+            out = nib.Nifti1Image(label, src.affine, header=header)
+            out.set_data_dtype(dtype)
+            out.header.set_slope_inter(1.0, 0.0)
+            out.set_qform(src.get_qform(), code=int(src.header["qform_code"]))
+            out.set_sform(src.get_sform(), code=int(src.header["sform_code"]))
+            nib.save(out, str(tmp))
+            back = nib.load(str(tmp))
+            written = np.asarray(back.dataobj)
+            affine_ok = np.allclose(back.affine, src.affine, atol=1e-4)
+        if written.shape != label.shape or written.dtype != dtype or not affine_ok \
+                or not np.array_equal(written, label):
+            raise DataError(f"{target}: the written file does not read back as written")
+    return target
+
+
+def predict_path(trained: str | Path, inputs: str | Path, output: str | Path, overlap: float = 0.5,
+                 mirror: bool = False, device: str = "auto",
+                 progress: Callable[[str], None] | None = None) -> list[Path]:
+    """Segment every case under ``inputs`` with the network of ``trained``; return the files."""
+    model, arch = load_trained(trained)
+    plan = PredictionPlan.from_training_data(arch["data"])
+    dev = resolve_device(device)
+    model.to(dev)
+    predict_fn = network_predict_fn(model)
+    cases = discover_inputs(inputs)
+    out_dir = Path(output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    folder = Path(inputs) if Path(inputs).is_dir() else Path(inputs).parent
+    written = []
+    for raw in cases:
+        n = len(raw.image_files)
+        if n not in (1, len(plan.channel_kinds)):  # one file per channel, or one multi-channel file
+            raise DataError(f"{raw.image_files[0]}: case {raw.case_id} has {n} channel file(s), "
+                            f"the network takes {len(plan.channel_kinds)}")
+        ds = RawDataset(name="predict", folder=folder, format="nnunetv2",
+                        class_names=plan.class_names, channel_kinds=plan.channel_kinds,
+                        spatial_dims=len(plan.patch_size), file_ending=_ending(raw.image_files[0]),
+                        cases=[raw])
+        spacing = plan.target_spacing or read_spacing(raw)
+        prepared = prepare_case(ds, raw, spacing)
+        image, _ = normalise(prepared.image, plan.channel_kinds, plan.ct_stats)
+        probs = sliding_window_predict(predict_fn, torch.from_numpy(image).to(dev),
+                                       plan.patch_size, overlap=overlap, mirror=mirror)
+        label = restore_label(probs.argmax(0).cpu().numpy().astype(np.int64), prepared.meta)
+        target = out_dir / f"{raw.case_id}{_ending(raw.image_files[0])}"
+        written.append(write_label(label, target, raw.image_files[0]))
+        if progress:
+            progress(f"{raw.case_id}: {target}")
+    return written
