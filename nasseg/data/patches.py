@@ -48,7 +48,8 @@ class PatchDataset(Dataset):
         data: the cases.
         indices: which cases.
         augment: training mode: a random crop (centred on a foreground voxel with probability
-            ``fg_fraction``), random flips along every spatial axis, intensity scale 0.9-1.1 and
+            ``fg_fraction``), random flips along every spatial axis, a random 90-degree rotation
+            in a plane whose two axes have the same patch size, intensity scale 0.9-1.1 and
             shift -0.1-0.1. Without it: the centre crop, unchanged.
         seed: run seed; call :meth:`set_epoch` before each epoch.
         patch_size: crop size; default ``data.patch_size``.
@@ -102,6 +103,13 @@ class PatchDataset(Dataset):
                 if rng.random() < 0.5:
                     image = np.flip(image, axis=axis + 1)
                     label = np.flip(label, axis=axis)
+            planes = [(a, b) for a in range(label.ndim) for b in range(a + 1, label.ndim)
+                      if label.shape[a] == label.shape[b]]
+            if planes:
+                a, b = planes[int(rng.integers(len(planes)))]
+                k = int(rng.integers(4))
+                image = np.rot90(image, k, axes=(a + 1, b + 1))
+                label = np.rot90(label, k, axes=(a, b))
             scale, shift = rng.uniform(0.9, 1.1), rng.uniform(-0.1, 0.1)
             image = image * np.float32(scale) + np.float32(shift)
         sample: dict[str, torch.Tensor | int] = {
