@@ -86,6 +86,9 @@ def test_pruned_net_keeps_only_live_nodes_and_reaches_the_output(tau):
     live = graph.live_nodes(kept)
     net = space.freeze(arch["sample"])
     assert set(net.blocks) == {n for n in live if n.startswith("N")}
+    for label, choice in arch["choices"].items():  # ops of deleted nodes are marked unused
+        if choice["kind"] == "op" and choice["node"] not in live:
+            assert choice["used"] is False, label
     for label, idx in kept.items():  # every live node keeps an input
         if graph.connections[label].node in live:
             assert idx

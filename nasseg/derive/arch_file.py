@@ -9,6 +9,8 @@ machine. Keys (stable):
 ``sample``          label -> value for every op choice, connection choice and knob
 ``tau``             gate threshold the connections were kept at
 ``choices``         per label: ``kind``, candidates or sources, ``scores`` and the decision
+                    (``chosen`` with ``used``: false when pruning removed its node or edge;
+                    ``kept`` for connections)
 ``params``          trainable parameters of the derived network
 ``supernet_params`` trainable parameters of the whole space
 ``flops``           FLOPs of one forward pass on ``input_shape`` (a multiply-add counts 2)

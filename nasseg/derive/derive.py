@@ -53,6 +53,9 @@ def derive_architecture(space: SearchSpace, scores: Mapping[str, Any], tau: floa
                               "sources": list(info.candidates), "scores": gate_scores[label],
                               "kept": kept[label]}
     derived = space.freeze(sample)
+    for label, entry in choices.items():  # op choices of pruned nodes and edges are not built
+        if entry["kind"] == "op":
+            entry["used"] = label in derived.choice_infos
     example = space.example_input(input_shape[1:], input_shape[0])
     return {
         "space": space_name(space),

@@ -71,7 +71,7 @@ def draw_architecture(arch: Mapping[str, Any], target: str | Path) -> Path:
 
     ops: dict[str, list[str]] = {}
     for choice in arch["choices"].values():
-        if choice["kind"] == "op" and choice.get("node"):
+        if choice["kind"] == "op" and choice.get("node") and choice.get("used", True):
             ops.setdefault(choice["node"], []).append(str(choice["chosen"]))
     width = int(_PAD * 2 + (max(xs) - x0) * _DX + _W)
     height = int(_PAD * 2 + 30 + (max(ys) - y0) * _DY + _H)
