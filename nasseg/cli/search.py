@@ -22,7 +22,8 @@ DEFAULT_DATA = "demo3d"
               help="Demo data set name (demo3d, demo2d) or a nasseg .npz array file.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Run folder [default: runs/SPACE-DATA, numbered if taken].")
-@click.option("--epochs", type=click.IntRange(min=1), default=25, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Search epochs, warm-up included [default: 25; with --resume: the run's own].")
 @click.option("--warmup-epochs", type=click.IntRange(min=0), default=5, show_default=True,
               help="Epochs that train weights only before the architecture moves.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=2, show_default=True)
@@ -39,14 +40,31 @@ DEFAULT_DATA = "demo3d"
 @click.option("--deterministic", is_flag=True, help="Deterministic kernels (repeatable runs).")
 @click.option("--resume", is_flag=True,
               help="Continue the search in --out from its last checkpoint.")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes searching together (data parallel; Gloo on CPU, NCCL on GPU). "
+                   "The same as running under `torchrun --nproc-per-node N`.")
 @user_errors
 def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: int,
            batch_size: int, order: str, arch_lr: float, seed: int,
            knob_items: tuple[str, ...], arg_items: tuple[str, ...], device: str,
-           deterministic: bool, resume: bool) -> None:
+           deterministic: bool, resume: bool, nproc: int) -> None:
     """Search an architecture of SPACE on DATA; derive it into RUN/arch.json."""
+    import os
+    import subprocess
+    import sys
+
     from nasseg.searches.darts import SearchConfig
+    from nasseg.searches.darts.distributed import is_main_process, launch_command
     from nasseg.searches.darts.run import resume_search, start_search
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if (nproc > 1 or distributed) and out is None:
+        raise click.UsageError("a search in several processes needs --out RUN (one folder for all)")
+    if nproc > 1 and not distributed:
+        argv = [a for i, a in enumerate(sys.argv[1:])
+                if a != "--nproc" and not a.startswith("--nproc=")
+                and (i == 0 or sys.argv[i] != "--nproc")]
+        raise SystemExit(subprocess.call(launch_command(nproc, argv)))
 
     knobs = parse_assignments(knob_items, "--set")
     space_args = parse_assignments(arg_items, "--space-arg")
@@ -57,12 +75,16 @@ def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: 
     else:
         if out is None:
             out = fresh_run_dir(Path("runs"), f"{space.replace(':', '.')}-{Path(data).stem}")
+        epochs = 25 if epochs is None else epochs
         config = SearchConfig(epochs=epochs, warmup_epochs=min(warmup_epochs, epochs),
                               batch_size=batch_size, order=int(order), arch_lr=arch_lr,
                               seed=seed, deterministic=deterministic,
                               device=device)
-        click.echo(f"searching space {space!r} on {data!r} into {out}", err=True)
+        if is_main_process():
+            click.echo(f"searching space {space!r} on {data!r} into {out}", err=True)
         result = start_search(out, space, data, knobs, space_args, config)
+    if result is None:  # a rank other than 0 of a distributed search: rank 0 reports
+        return
     arch = result.arch
     click.echo(f"search finished: {result.folder.path}")
     click.echo(f"  derived architecture (tau {arch['tau']}): {result.arch_path}  "

@@ -153,9 +153,11 @@ def read_padded(x: int, y: int, width: int, height: int, bounds: tuple[int, int]
     ``reader(x, y, width, height)`` is only called for the part inside the bounds and must
     return ``(height, width, channels)``.
     """
-    out = np.zeros((height, width, channels), dtype=dtype)
     x0, y0 = max(x, 0), max(y, 0)
     x1, y1 = min(x + width, bounds[0]), min(y + height, bounds[1])
+    if (x0, y0, x1, y1) == (x, y, x + width, y + height):
+        return reader(x, y, width, height)  # wholly inside: no copy (a view for arrays)
+    out = np.zeros((height, width, channels), dtype=dtype)
     if x1 > x0 and y1 > y0:
         out[y0 - y:y1 - y, x0 - x:x1 - x] = reader(x0, y0, x1 - x0, y1 - y0)
     return out
@@ -173,16 +175,18 @@ def _area_axis(a: np.ndarray, axis: int, start: float, length: float, out: int) 
         part = a[tuple(index)]
         shape = part.shape[:axis] + (out, k) + part.shape[axis + 1:]
         return part.reshape(shape).mean(axis=axis + 1, dtype=np.float64)
-    # general (fractional) case: exact integral of the piecewise-constant signal
+    # general (fractional) case: exact integral of the piecewise-constant signal.  With edges
+    # e_k = b_k + f_k (b_k whole pixels), bin k sums a[b_k:b_{k+1}] + f_{k+1} a[b_{k+1}] - f_k a[b_k].
     edges = np.clip(start + np.arange(out + 1) * scale, 0.0, float(n))
     base = np.clip(np.floor(edges).astype(np.int64), 0, n - 1)
-    frac = edges - base
-    cum = np.cumsum(a, axis=axis, dtype=np.float64)
-    cum = np.concatenate([np.zeros_like(np.take(cum, [0], axis=axis)), cum], axis=axis)
-    bshape = [1] * a.ndim
-    bshape[axis] = out + 1
-    integral = np.take(cum, base, axis=axis) + frac.reshape(bshape) * np.take(a, base, axis=axis)
-    return np.diff(integral, axis=axis) / scale
+    shape = [1] * a.ndim
+    shape[axis] = out + 1
+    frac = (edges - base).reshape(shape)
+    blocks = np.take(np.add.reduceat(a, base, axis=axis, dtype=np.float64), np.arange(out), axis=axis)
+    shape[axis] = out
+    blocks *= (np.diff(base) > 0).reshape(shape)  # reduceat gives a[b] for an empty [b, b)
+    ends = frac * np.take(a, base, axis=axis)
+    return (blocks + np.diff(ends, axis=axis)) / scale
 
 
 def _nearest_axis(a: np.ndarray, axis: int, start: float, length: float, out: int) -> np.ndarray:
@@ -315,7 +319,8 @@ class ArrayImage(LargeImage):
         if arr.ndim == 2:
             arr = arr[:, :, None]
         if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0 or arr.shape[2] == 0:
-            raise DataError(f"{source}: expected a non-empty (H, W) or (H, W, C) array, got shape {arr.shape}")
+            raise DataError(f"{source}: expected a non-empty (H, W) or (H, W, C) array, "
+                            f"got shape {arr.shape}")
         if label:
             if arr.shape[2] != 1:
                 raise DataError(f"{source}: a label map must be single-channel, got shape {arr.shape}")
@@ -508,7 +513,8 @@ def _as_large(image: Any, label: bool, what: str) -> LargeImageLike:
     if isinstance(image, LargeImage):
         if image.label != label:
             kind = "a label (label=True)" if label else "an image (label=False)"
-            raise ValueError(f"{what} must be opened as {kind}: labels need nearest sampling, images area averaging")
+            raise ValueError(f"{what} must be opened as {kind}: "
+                             "labels need nearest sampling, images area averaging")
         return image
     if isinstance(image, LargeImageLike):
         return image

@@ -13,13 +13,20 @@ T = TypeVar("T")
 
 
 class RunLog:
-    """TensorBoard writer plus progress bars; bars only when stderr is a terminal."""
+    """TensorBoard writer plus progress bars; bars only when stderr is a terminal.
 
-    def __init__(self, tensorboard_dir: Path, show_progress: bool | None = None) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+    A disabled log (the processes other than rank 0 of a distributed run) writes nothing.
+    """
 
-        self.writer = SummaryWriter(str(tensorboard_dir))
-        self.show_progress = sys.stderr.isatty() if show_progress is None else show_progress
+    def __init__(self, tensorboard_dir: Path, show_progress: bool | None = None,
+                 enabled: bool = True) -> None:
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(tensorboard_dir))
+        show = sys.stderr.isatty() if show_progress is None else show_progress
+        self.show_progress = show and enabled
 
     def progress(self, items: Iterable[T], total: int, desc: str) -> Iterator[T]:
         """Wrap ``items`` in a progress bar when attached to a terminal."""
@@ -31,10 +38,13 @@ class RunLog:
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
         """Write ``tag -> value`` at ``step``."""
+        if self.writer is None:
+            return
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
         self.writer.flush()
 
     def close(self) -> None:
         """Flush and close the event file."""
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()

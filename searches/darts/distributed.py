@@ -17,7 +17,20 @@ import torch
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-__all__ = ["DistContext", "shard"]
+__all__ = ["DistContext", "shard", "is_main_process", "launch_command"]
+
+
+def is_main_process() -> bool:
+    """Whether this process is rank 0 (or not part of a distributed run)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def launch_command(nproc: int, argv: Sequence[str]) -> list[str]:
+    """The command that re-runs ``nasseg`` with ``argv`` as ``nproc`` local processes."""
+    import sys
+
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc-per-node={nproc}", "-m", "nasseg.cli", *argv]
 
 
 def shard(indices: Sequence[int], rank: int, world_size: int) -> list[int]:

@@ -8,11 +8,12 @@ computes gradients for the architecture parameters only (weights are switched to
 """
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -21,6 +22,7 @@ from nasseg.data import CaseSet, split_indices
 from nasseg.files import save_torch, write_json
 from nasseg.runs import RunFolder, RunFolderError
 from nasseg.searches.darts.config import SearchConfig
+from nasseg.searches.darts.distributed import DistContext, shard
 from nasseg.searches.darts.relax import ArchParameters, relax
 from nasseg.space import GATE_REG, SearchSpace
 from nasseg.training.device import resolve_device
@@ -70,12 +72,15 @@ class DartsSearch:
     """One search of ``space`` (the supernet, built under the run's seed) on ``data``.
 
     Call :meth:`run`; it writes everything into ``run`` (see :mod:`nasseg.runs`) and can resume
-    from the folder's checkpoint.
+    from the folder's checkpoint. ``on_epoch(epoch, val_dice)`` is called after every epoch's
+    checkpoint (a tuner reports to its pruner there; an exception it raises stops the search).
     """
 
     def __init__(self, space: SearchSpace, data: CaseSet, run: RunFolder,
-                 config: SearchConfig, show_progress: bool | None = None) -> None:
+                 config: SearchConfig, show_progress: bool | None = None,
+                 on_epoch: Callable[[int, float], None] | None = None) -> None:
         self.config = config
+        self.on_epoch = on_epoch
         self.run_folder = run
         self.data = data
         self.device = resolve_device(config.device)
@@ -95,8 +100,19 @@ class DartsSearch:
         self.gate_reg = float(space.knob_values.get(GATE_REG, 0.0))
         self.split = _split(data, config)
         bs, seed, nw = config.batch_size, config.seed, config.num_workers
-        self.weight_loader = EpochLoader(data, self.split["weights"], bs, True, seed, nw)
-        self.arch_loader = EpochLoader(data, self.split["arch"], bs, True, seed + 1, nw)
+        # Several processes (torchrun): each searches its shard; rank 0's start is everyone's.
+        self.dist = DistContext.from_environment(self.device)
+        rank, world = self.dist.rank, self.dist.world_size
+        self.weight_loader = EpochLoader(data, shard(self.split["weights"], rank, world), bs,
+                                         True, seed, nw)
+        self.arch_loader = EpochLoader(data, shard(self.split["arch"], rank, world), bs, True,
+                                       seed + 1, nw)
+        self.dist.broadcast(self.weights + self.arch_params)
+        self.rank_difference = 0.0
+        # Every rank takes the same number of steps, or the gradient all-reduces would hang.
+        self.steps_per_epoch = min(
+            len(part) // min(bs, len(part))
+            for part in (shard(self.split["weights"], r, world) for r in range(world)))
         self.val_loader = EpochLoader(data, self.split["val"], bs, False, seed, nw)
         self.show_progress = show_progress
         self.start_epoch = 0
@@ -125,6 +141,7 @@ class DartsSearch:
             reg_grads = self._arch_grads(reg) if reg.requires_grad else None
         for i, p in enumerate(self.arch_params):
             p.grad = grads[i] + (reg_grads[i] if reg_grads is not None else 0)
+        self.dist.average_gradients(self.arch_params)
         self.arch_opt.step()
         return loss.detach().item()
 
@@ -169,6 +186,7 @@ class DartsSearch:
             loss = self._loss(batch, "weight", epoch, step)
             self.weight_opt.zero_grad(set_to_none=True)
             loss.backward()
+            self.dist.average_gradients(self.weights)
         nn.utils.clip_grad_norm_(self.weights, 12.0)
         self.weight_opt.step()
         return loss.detach().item()
@@ -194,14 +212,21 @@ class DartsSearch:
         search_arch = epoch >= self.config.warmup_epochs and self.arch_opt is not None
         arch_batches = self._arch_batches(epoch)
         w_losses, a_losses = [], []
-        batches = log.progress(self.weight_loader.epoch(epoch), len(self.weight_loader),
-                               f"epoch {epoch + 1}/{self.config.epochs}")
+        batches = log.progress(
+            itertools.islice(self.weight_loader.epoch(epoch), self.steps_per_epoch),
+            self.steps_per_epoch, f"epoch {epoch + 1}/{self.config.epochs}")
         for step, batch in enumerate(batches):
             if search_arch:
                 a_losses.append(self._arch_step(next(arch_batches), batch, epoch, step))
             w_losses.append(self._weight_step(batch, epoch, step))
-        dice, per_class = evaluate_dice(self.model, self.val_loader.epoch(0),
-                                        self.data.num_classes, self.device)
+        dice, per_class = float("nan"), []
+        if self.dist.is_main:
+            dice, per_class = evaluate_dice(self.model, self.val_loader.epoch(0),
+                                            self.data.num_classes, self.device)
+        self.rank_difference = self.dist.max_difference(self.arch_params)
+        if self.rank_difference > 0:
+            raise RuntimeError(f"architecture parameters differ across ranks by "
+                               f"{self.rank_difference} after epoch {epoch + 1}")
         summary = EpochSummary(epoch, sum(w_losses) / len(w_losses),
                                sum(a_losses) / len(a_losses) if a_losses else None, dice,
                                time.perf_counter() - start)
@@ -209,6 +234,8 @@ class DartsSearch:
         return summary
 
     def _log_epoch(self, log: RunLog, s: EpochSummary, per_class: list[float]) -> None:
+        if not self.dist.is_main:
+            return
         values = {"loss/weights": s.weight_loss, "dice/val_mean": s.val_dice,
                   "time/epoch_seconds": s.seconds}
         if s.arch_loss is not None:
@@ -229,6 +256,8 @@ class DartsSearch:
 
     # ----- checkpoints ------------------------------------------------------------------------
     def _save(self, epochs_done: int) -> None:
+        if not self.dist.is_main:
+            return
         save_torch(self.run_folder.checkpoint, {
             "epochs_done": epochs_done,
             "model": self.model.state_dict(),
@@ -238,8 +267,9 @@ class DartsSearch:
             "rng": rng_state(),
             "history": self.history,
         })
-        write_json(self.run_folder.arch_params, {"epochs_done": epochs_done,
-                                                 **self.arch.scores()})
+        write_json(self.run_folder.arch_params, {
+            "epochs_done": epochs_done, "world_size": self.dist.world_size,
+            "rank_max_difference": self.rank_difference, **self.arch.scores()})
 
     def resume(self) -> None:
         """Load the folder's checkpoint: weights, architecture, both optimizers, RNG, history."""
@@ -262,13 +292,16 @@ class DartsSearch:
 
     def run(self) -> ArchParameters:
         """Search from the current epoch to the last; checkpoint after every epoch."""
-        write_json(self.run_folder.split, self.split)
-        log = RunLog(self.run_folder.tensorboard, self.show_progress)
+        if self.dist.is_main:
+            write_json(self.run_folder.split, self.split)
+        log = RunLog(self.run_folder.tensorboard, self.show_progress, enabled=self.dist.is_main)
         try:
             for epoch in range(self.start_epoch, self.config.epochs):
                 summary = self._epoch(epoch, log)
                 self.history.append(summary.__dict__)
                 self._save(epoch + 1)
+                if self.on_epoch is not None:
+                    self.on_epoch(epoch, summary.val_dice)
         finally:
             log.close()
         return self.arch

@@ -3,16 +3,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from nasseg import __version__
-from nasseg.data import load_data, resolve_data_spec
+from nasseg.data import CaseSet, load_data, resolve_data_spec
 from nasseg.derive import derive_run
 from nasseg.files import read_json, write_json
 from nasseg.runs import RunFolder
 from nasseg.searches.darts.config import SearchConfig
+from nasseg.searches.darts.distributed import is_main_process
 from nasseg.searches.darts.engine import DartsSearch
-from nasseg.space import create_space, space_name
+from nasseg.space import SearchSpace, create_space, space_name
 from nasseg.training.seeding import seed_everything, set_deterministic
 
 __all__ = ["SearchRun", "start_search", "resume_search"]
@@ -28,45 +29,63 @@ class SearchRun:
 
 
 def _execute(run: RunFolder, description: dict[str, Any], resume: bool,
-             show_progress: bool | None) -> SearchRun:
+             show_progress: bool | None,
+             on_epoch: Callable[[int, float], None] | None = None) -> SearchRun | None:
     config = SearchConfig.from_dict(description["search"])
     data = load_data(description["data"])
     seed_everything(config.seed)
     set_deterministic(config.deterministic)
     space = create_space(description["space"], knobs=description["knobs"],
                          **description["space_args"])
-    engine = DartsSearch(space, data, run, config, show_progress)
+    engine = DartsSearch(space, data, run, config, show_progress, on_epoch)
     if resume:
         engine.resume()
     engine.run()
+    if not is_main_process():
+        return None
     arch_path, arch = derive_run(run.path)
     return SearchRun(run, arch_path, arch)
 
 
+def _description(space: SearchSpace, data: str, dataset: CaseSet, config: SearchConfig
+                 ) -> dict[str, Any]:
+    """What ``run.json`` records: enough to resume and to derive."""
+    return {
+        "kind": "search", "nasseg_version": __version__,
+        "space": space_name(space), "space_args": space.init_arguments,
+        "knobs": dict(space.knob_values), "data": data, "class_names": dataset.class_names,
+        "input_shape": [dataset.in_channels, *dataset.patch_size],
+        "search": config.to_dict(),
+    }
+
+
 def start_search(run_dir: Path, space: str, data: str, knobs: Mapping[str, Any],
                  space_args: Mapping[str, Any], config: SearchConfig,
-                 show_progress: bool | None = None) -> SearchRun:
-    """Search ``space`` on ``data`` into a new ``run_dir`` (refused if it already holds a run)."""
+                 show_progress: bool | None = None,
+                 on_epoch: Callable[[int, float], None] | None = None) -> SearchRun | None:
+    """Search ``space`` on ``data`` into a new ``run_dir`` (refused if it already holds a run).
+
+    ``on_epoch(epoch, val_dice)`` is called after every search epoch (see :class:`DartsSearch`).
+
+    Under ``torchrun`` every process calls this; rank 0 returns the result, the others None.
+    """
     run = RunFolder(Path(run_dir))
     data = resolve_data_spec(data)
     dataset = load_data(data)
     args = {"in_channels": dataset.in_channels, "num_classes": dataset.num_classes,
             "spatial_dims": dataset.spatial_dims, **space_args}
     built = create_space(space, knobs=knobs, **args)  # fail on bad names before writing anything
+    if not is_main_process():  # rank 0 owns the folder; the others only search
+        return _execute(run, _description(built, data, dataset, config), False, show_progress)
     run.ensure_new()
-    description = {
-        "kind": "search", "nasseg_version": __version__,
-        "space": space_name(built), "space_args": built.init_arguments,
-        "knobs": dict(built.knob_values), "data": data, "class_names": dataset.class_names,
-        "input_shape": [dataset.in_channels, *dataset.patch_size],
-        "search": config.to_dict(),
-    }
+    description = _description(built, data, dataset, config)
     write_json(run.config, description)
-    return _execute(run, description, resume=False, show_progress=show_progress)
+    return _execute(run, description, resume=False, show_progress=show_progress,
+                    on_epoch=on_epoch)
 
 
 def resume_search(run_dir: Path, epochs: int | None = None,
-                  show_progress: bool | None = None) -> SearchRun:
+                  show_progress: bool | None = None) -> SearchRun | None:
     """Continue the search in ``run_dir`` from its last checkpoint (optionally to more epochs)."""
     run = RunFolder(Path(run_dir))
     run.require(run.config, run.checkpoint)
@@ -74,5 +93,6 @@ def resume_search(run_dir: Path, epochs: int | None = None,
     if epochs is not None and epochs != description["search"]["epochs"]:
         description["search"]["epochs"] = epochs
         SearchConfig.from_dict(description["search"])
-        write_json(run.config, description)
+        if is_main_process():
+            write_json(run.config, description)
     return _execute(run, description, resume=True, show_progress=show_progress)
