@@ -30,6 +30,7 @@ setup(
         "pillow",
     ],
     extras_require={"onnx": ["onnx", "onnxruntime"],
-                    "test": ["pytest>=7", "onnx", "onnxruntime"]},
+                    "postgres": ["psycopg2-binary"],
+                    "test": ["pytest>=7", "onnx", "onnxruntime", "psycopg2-binary"]},
     entry_points={"console_scripts": ["nasseg=nasseg.cli:main"]},
 )

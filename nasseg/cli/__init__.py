@@ -13,6 +13,7 @@ from nasseg.cli.export import export
 from nasseg.cli.search import search
 from nasseg.cli.spaces import spaces
 from nasseg.cli.train import train
+from nasseg.cli.tune import tune
 
 __all__ = ["cli", "main"]
 
@@ -35,6 +36,7 @@ cli.add_command(export)
 cli.add_command(verify)
 cli.add_command(predict)
 cli.add_command(evaluate)
+cli.add_command(tune)
 
 
 def main() -> None:

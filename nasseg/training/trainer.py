@@ -9,7 +9,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -68,7 +68,8 @@ def _trainable(model: nn.Module, stage: TrainingStage) -> list[nn.Parameter]:
 
 
 def _fit(model: SearchSpace, data: CaseSet, split: dict[str, list[int]],
-         config: TrainConfig, run: RunFolder, device: torch.device) -> dict[str, Any]:
+         config: TrainConfig, run: RunFolder, device: torch.device,
+         on_epoch: Callable[[int, float], None] | None = None) -> dict[str, Any]:
     train = EpochLoader(data, split["train"], config.batch_size, True, config.seed,
                         config.num_workers)
     val = EpochLoader(data, split["val"], config.batch_size, False, config.seed,
@@ -108,18 +109,23 @@ def _fit(model: SearchSpace, data: CaseSet, split: dict[str, list[int]],
             if dice > best["dice_mean"]:
                 best = {"dice_mean": dice, "dice_per_class": per_class, "epoch": epoch + 1}
                 save_torch(run.model, {"model": model.state_dict()})
+            if on_epoch is not None:
+                on_epoch(epoch, dice)
     finally:
         log.close()
     return best
 
 
 def train_architecture(arch_path: str | Path, out: str | Path, data: str | None = None,
-                       config: TrainConfig | None = None) -> dict[str, Any]:
+                       config: TrainConfig | None = None,
+                       on_epoch: Callable[[int, float], None] | None = None) -> dict[str, Any]:
     """Train the network of ``arch_path`` from scratch into the folder ``out``.
 
     Writes ``model.pt`` (best validation epoch, with its architecture), ``metrics.json`` and
     TensorBoard logs; returns the metrics. The best epoch is chosen by patch Dice; the final
     metrics score whole validation cases by sliding window (Dice, IoU, HD95 per class). ``data`` defaults to the data set searched on.
+    ``on_epoch(epoch, val_dice)`` is called after every epoch (a tuner reports to its pruner
+    there; an exception it raises stops the training).
     """
     config = config or TrainConfig()
     arch = read_arch(arch_path)
@@ -143,7 +149,7 @@ def train_architecture(arch_path: str | Path, out: str | Path, data: str | None 
     train_idx, val_idx = split_indices(dataset.num_cases, config.val_fraction, config.seed)
     split = {"train": train_idx, "val": val_idx}
     write_json(run.split, split)
-    best = _fit(model, dataset, split, config, run, device)
+    best = _fit(model, dataset, split, config, run, device, on_epoch)
     state = torch.load(run.model, map_location="cpu", weights_only=False)
     save_torch(run.model, {**state, "arch": arch})
     model.load_state_dict(state["model"])

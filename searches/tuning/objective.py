@@ -1,0 +1,186 @@
+"""One trial: knobs suggested, a budgeted search + derive + short retrain (or a retrain of a given
+architecture with the trial's knobs), validation Dice reported to the pruner every epoch.
+
+Files: ``OUT/trial-0007/search`` (the search run, its ``arch.json``) and ``OUT/trial-0007/train``
+(the retrain, its ``metrics.json``); retrain-only trials write ``OUT/trial-0007/arch.json``.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import nni.mutable as nm
+import optuna
+import torch
+
+from nasseg.derive import build_derived, count_flops, count_parameters, write_arch
+from nasseg.runs import RunFolderError
+from nasseg.searches.tuning.suggest import suggest_knobs
+
+__all__ = ["OBJECTIVES", "TrialSetup", "run_trial", "trial_dir", "apply_knobs",
+           "measure_latency", "DiceReporter"]
+
+#: Objective name -> study direction. Dice always comes first.
+OBJECTIVES = {"dice": "maximize", "params": "minimize", "latency": "minimize"}
+
+
+@dataclass
+class TrialSetup:
+    """What every trial of a study shares.
+
+    Attributes:
+        out: the study folder; trial ``n`` works in ``out/trial-000n``.
+        space, space_args: the space (search trials).
+        data: the data set (resolved spec).
+        fixed_knobs: knob values fixed for the study (``--set``).
+        tuned: the knobs each trial suggests (label -> NNI mutable).
+        arch: retrain-only trials: the base ``arch.json`` content (its path in ``arch_path``).
+        search_epochs, warmup_epochs, train_epochs, batch_size, seed, device: the budgets.
+        objectives: ``("dice",)``, ``("dice", "params")`` or ``("dice", "latency")``.
+    """
+
+    out: Path
+    space: str | None
+    space_args: dict[str, Any]
+    data: str
+    fixed_knobs: dict[str, Any]
+    tuned: dict[str, nm.Mutable]
+    arch: dict[str, Any] | None = None
+    arch_path: Path | None = None
+    search_epochs: int = 10
+    warmup_epochs: int = 2
+    train_epochs: int = 10
+    batch_size: int = 2
+    seed: int = 0
+    device: str = "auto"
+    objectives: tuple[str, ...] = ("dice",)
+    latency_repeats: int = 20
+
+    @property
+    def total_steps(self) -> int:
+        """Epochs a trial reports Dice for (search and retrain)."""
+        return (0 if self.arch is not None else self.search_epochs) + self.train_epochs
+
+
+def trial_dir(out: Path, number: int) -> Path:
+    """The folder of trial ``number``."""
+    return Path(out) / f"trial-{number:04d}"
+
+
+class DiceReporter:
+    """Per-epoch validation Dice -> ``trial.report``; raises ``TrialPruned`` when the pruner says
+    so. Steps run through the search epochs, then the retrain epochs. Multi-objective trials
+    cannot be pruned (Optuna has no multi-objective pruning), so nothing is reported for them."""
+
+    def __init__(self, trial: optuna.Trial, multi_objective: bool) -> None:
+        self.trial = trial
+        self.multi = multi_objective
+        self.last: tuple[int, float] | None = None
+
+    def at(self, offset: int) -> Callable[[int, float], None]:
+        """The ``on_epoch`` callback of a phase whose first epoch is step ``offset``."""
+
+        def on_epoch(epoch: int, dice: float) -> None:
+            step = offset + epoch
+            if self.multi or dice is None or not math.isfinite(dice):
+                return
+            self.last = (step, float(dice))
+            self.trial.report(float(dice), step)
+            if self.trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at step {step} (validation Dice {dice:.4f})")
+
+        return on_epoch
+
+
+def apply_knobs(arch: Mapping[str, Any], knobs: Mapping[str, Any]) -> dict[str, Any]:
+    """``arch`` with ``knobs`` replacing its knob values, its cost counts redone."""
+    new = copy.deepcopy(dict(arch))
+    new["sample"].update(knobs)
+    new["knobs"] = {**new.get("knobs", {}), **knobs}
+    net = build_derived(new)
+    shape = new["input_shape"]
+    new["params"] = count_parameters(net)
+    new["flops"] = count_flops(net, net.example_input(shape[1:], shape[0]))
+    new.pop("format", None)
+    return new
+
+
+@torch.no_grad()
+def measure_latency(arch: Mapping[str, Any], repeats: int = 20, warmup: int = 3) -> float:
+    """Median seconds of one forward pass of the derived network on one patch, on the CPU.
+
+    Measured with the current torch thread count. At batch 1 some CPU convolutions take slow
+    fallback kernels, so this ranks networks for batch-1 CPU inference, not for training.
+    """
+    net = build_derived(dict(arch)).eval()
+    shape = arch["input_shape"]
+    x = net.example_input(shape[1:], shape[0])
+    times = []
+    for i in range(warmup + repeats):
+        start = time.perf_counter()
+        net(x)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run_trial(trial: optuna.Trial, setup: TrialSetup) -> float | Sequence[float]:
+    """Run one trial; return its objective values (Dice first)."""
+    from nasseg.searches.darts import SearchConfig
+    from nasseg.searches.darts.run import start_search
+    from nasseg.training.trainer import TrainConfig, train_architecture
+
+    folder = trial_dir(setup.out, trial.number)
+    if folder.exists() and any(folder.iterdir()):
+        raise RunFolderError(f"{folder} already holds files (from another study?); tune into a "
+                             "fresh --out folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    trial.set_user_attr("trial_dir", str(folder.resolve()))
+    tuned = suggest_knobs(trial, setup.tuned)
+    knobs = {**setup.fixed_knobs, **tuned}
+    reporter = DiceReporter(trial, len(setup.objectives) > 1)
+
+    if setup.arch is None:
+        config = SearchConfig(epochs=setup.search_epochs,
+                              warmup_epochs=min(setup.warmup_epochs, setup.search_epochs),
+                              batch_size=setup.batch_size, seed=setup.seed, device=setup.device)
+        result = start_search(folder / "search", setup.space, setup.data, knobs,
+                              setup.space_args, config, show_progress=False,
+                              on_epoch=reporter.at(0))
+        arch_path, arch = result.arch_path, result.arch
+        offset = setup.search_epochs
+    else:
+        arch = apply_knobs(setup.arch, knobs)
+        arch["tuned_from"] = str(setup.arch_path)
+        arch_path = folder / "arch.json"
+        write_arch(arch_path, arch)
+        offset = 0
+    trial.set_user_attr("arch", str(Path(arch_path).resolve()))
+    trial.set_user_attr("params", int(arch["params"]))
+    trial.set_user_attr("flops", int(arch["flops"]))
+
+    train = TrainConfig(epochs=setup.train_epochs, batch_size=setup.batch_size, seed=setup.seed,
+                        device=setup.device)
+    metrics = train_architecture(arch_path, folder / "train", setup.data, train,
+                                 on_epoch=reporter.at(offset))
+    dice = metrics["dice_mean"]
+    if dice is None or not math.isfinite(dice):
+        raise ValueError(f"trial {trial.number}: the retrain's validation Dice is {dice}")
+    trial.set_user_attr("dice", float(dice))
+    trial.set_user_attr("best_epoch", metrics.get("best_epoch"))
+    values = [float(dice)]
+    for name in setup.objectives[1:]:
+        if name == "params":
+            values.append(float(arch["params"]))
+        elif name == "latency":
+            latency_ms = 1000.0 * measure_latency(arch, setup.latency_repeats)
+            trial.set_user_attr("latency_ms", latency_ms)
+            values.append(latency_ms)
+        else:
+            raise ValueError(f"unknown objective {name!r}; choose from {sorted(OBJECTIVES)}")
+    return values[0] if len(values) == 1 else values

@@ -1,0 +1,527 @@
+"""Run a tuning study (one worker; start several on the same storage to work in parallel) and
+write its results.
+
+``--trials N`` is the size of the whole study, not of one worker: every worker takes the claim
+lock (see :mod:`nasseg.searches.tuning.storage`), counts the study's trials and creates the next
+one only while fewer than N exist, so N trials run in total however many workers join, and a
+study resumed under the same name continues to N. A trial re-queued after its worker died
+replaces the failed one (it does not count twice). With a database storage a worker also stays
+while other workers' trials run, so it can take over a trial whose worker dies.
+
+Results (``OUT``): ``best.json`` (best trial's knobs and costs; the Pareto front for several
+objectives), ``best_arch.json`` (single objective: the best trial's architecture),
+``trials.csv`` and ``trials.json`` (every trial).
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from nasseg.files import atomic_path, read_json, write_json
+from nasseg.searches.tuning.objective import OBJECTIVES, TrialSetup, run_trial
+from nasseg.searches.tuning.storage import StudyStorage, open_storage
+from nasseg.searches.tuning.suggest import describe_distribution, knob_distribution, tunable_knobs
+
+__all__ = ["TuneConfig", "TuneResult", "run_study", "prepare_setup", "make_sampler", "make_pruner",
+           "trial_rows", "format_table", "write_results", "counted_trials", "PRUNERS", "SAMPLERS"]
+
+logger = logging.getLogger("nasseg")
+
+PRUNERS = ("median", "hyperband", "none")
+SAMPLERS = ("tpe", "random", "nsga2")
+SETTINGS_ATTR = "nasseg_settings"
+WORKERS_ATTR = "nasseg_workers"
+
+
+@dataclass
+class TuneConfig:
+    """Everything a tuning worker needs.
+
+    Args:
+        out: the study folder (trial folders, results, the default journal file).
+        trials: the number of trials of the whole study (all workers together).
+        space, space_args, data: what to search (``space`` may be None with ``arch``).
+        arch: retrain this ``arch.json`` with each trial's knobs instead of searching.
+        fixed_knobs: knob values fixed for the study (not tuned).
+        storage: None (``out/study.journal``), a journal file path or a database URL.
+        study_name: the study to create, join or resume (default: ``out``'s folder name).
+        search_epochs, warmup_epochs, train_epochs, batch_size, seed, device: trial budgets.
+        pruner: ``median``, ``hyperband``, ``none`` or an Optuna pruner.
+        sampler: ``tpe``, ``random``, ``nsga2`` or an Optuna sampler.
+        objectives: ``dice``, optionally with ``params`` or ``latency`` (minimized).
+        heartbeat_interval, grace_period, max_retry: database storages (see ``open_storage``).
+    """
+
+    out: Path
+    trials: int
+    space: str | None = None
+    data: str | None = None
+    arch: Path | None = None
+    fixed_knobs: dict[str, Any] = field(default_factory=dict)
+    space_args: dict[str, Any] = field(default_factory=dict)
+    storage: str | None = None
+    study_name: str | None = None
+    search_epochs: int = 10
+    warmup_epochs: int | None = None
+    train_epochs: int = 10
+    batch_size: int = 2
+    seed: int = 0
+    device: str = "auto"
+    pruner: Any = "median"
+    sampler: Any = "tpe"
+    objectives: Sequence[str] = ("dice",)
+    heartbeat_interval: int = 60
+    grace_period: int | None = None
+    max_retry: int | None = 3
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        self.objectives = tuple(self.objectives)
+        if self.trials < 1:
+            raise ValueError(f"--trials must be >= 1, got {self.trials}")
+        if not self.objectives or self.objectives[0] != "dice" or len(self.objectives) > 2 or \
+                any(o not in OBJECTIVES for o in self.objectives) or \
+                len(set(self.objectives)) != len(self.objectives):
+            raise ValueError(f"objectives must be dice, dice,params or dice,latency; got "
+                             f"{','.join(self.objectives)}")
+        if self.search_epochs < 1 or self.train_epochs < 1:
+            raise ValueError("--search-epochs and --train-epochs must be >= 1")
+        if self.space is None and self.arch is None:
+            raise ValueError("give a space to search (--space) or an architecture to retrain "
+                             "(--arch)")
+        if isinstance(self.pruner, str) and self.pruner not in PRUNERS:
+            raise ValueError(f"unknown pruner {self.pruner!r}; choose from {PRUNERS}")
+        if isinstance(self.sampler, str) and self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; choose from {SAMPLERS}")
+
+    @property
+    def name(self) -> str:
+        """The study name."""
+        return self.study_name or self.out.resolve().name
+
+
+@dataclass
+class TuneResult:
+    """What a worker leaves: the study and the result files it wrote."""
+
+    study: optuna.Study
+    out: Path
+    storage: StudyStorage
+    best: dict[str, Any]
+    rows: list[dict[str, Any]]
+    trials_run: int
+    files: dict[str, Path]
+
+
+# ----- setup ----------------------------------------------------------------------------------
+def prepare_setup(config: TuneConfig) -> TrialSetup:
+    """Check the space, knobs, data and architecture before any trial (user errors fail here)."""
+    from nasseg.data import load_data, resolve_data_spec
+    from nasseg.derive import build_derived, read_arch
+    from nasseg.space import GATE_REG, KnobError, create_space
+    from nasseg.space.knobs import check_knob_value
+
+    arch = None
+    if config.arch is not None:
+        arch = read_arch(config.arch)
+        data = resolve_data_spec(config.data) if config.data else arch.get("data")
+        if data is None:
+            raise ValueError(f"{config.arch}: names no data set; pass --data")
+        space = create_space(arch["space"], knobs={k: arch["sample"][k]
+                                                   for k in arch.get("knobs", {})},
+                             **arch["space_args"])
+        unknown = sorted(set(config.fixed_knobs) - set(space.knob_specs))
+        if unknown:
+            raise KnobError(f"{config.arch}: its space has no knob {', '.join(unknown)}; its "
+                            f"knobs: {', '.join(sorted(space.knob_specs)) or 'none'}")
+        space_name, space_args = arch["space"], dict(arch["space_args"])
+        # The gate regularizer only steers a search: a retrain does not use it.
+        exclude = {GATE_REG}
+    else:
+        data = resolve_data_spec(config.data or "demo3d")
+        dataset = load_data(data)
+        args = {"in_channels": dataset.in_channels, "num_classes": dataset.num_classes,
+                "spatial_dims": dataset.spatial_dims, **config.space_args}
+        space = create_space(config.space, knobs=config.fixed_knobs, **args)
+        space_name, space_args = config.space, dict(config.space_args)
+        exclude = set()
+    if arch is not None:
+        dataset = load_data(data)
+        expected = arch["input_shape"][0], arch["space_args"].get("num_classes")
+        if (dataset.in_channels, dataset.num_classes) != expected:
+            raise ValueError(f"{data}: {dataset.in_channels} channels / {dataset.num_classes} "
+                             f"classes, but {config.arch} was built for {expected[0]} / "
+                             f"{expected[1]}")
+    fixed = {label: check_knob_value(space.knob_specs[label], value)
+             for label, value in config.fixed_knobs.items()}
+    tuned = tunable_knobs(space.knob_specs, fixed, exclude)
+    if not tuned:
+        what = f"{config.arch}'s space" if arch is not None else f"space {space_name!r}"
+        raise KnobError(f"{what} has no knob left to tune (knobs: "
+                        f"{', '.join(sorted(space.knob_specs)) or 'none'}; fixed: "
+                        f"{', '.join(sorted(fixed)) or 'none'}"
+                        f"{'; a retrain does not tune ' + GATE_REG if exclude else ''})")
+    for label, mutable in tuned.items():
+        knob_distribution(label, mutable)  # unsupported knobs fail now, not in every trial
+    warmup = config.warmup_epochs
+    if warmup is None:
+        warmup = config.search_epochs // 5
+    return TrialSetup(out=config.out.resolve(), space=space_name, space_args=space_args,
+                      data=data, fixed_knobs=fixed, tuned=tuned, arch=arch,
+                      arch_path=None if config.arch is None else Path(config.arch).resolve(),
+                      search_epochs=config.search_epochs,
+                      warmup_epochs=min(warmup, config.search_epochs),
+                      train_epochs=config.train_epochs, batch_size=config.batch_size,
+                      seed=config.seed, device=config.device, objectives=config.objectives)
+
+
+def _settings(setup: TrialSetup) -> dict[str, Any]:
+    """What every worker of one study must agree on (kept as a study attribute)."""
+    return {
+        "mode": "retrain" if setup.arch is not None else "search",
+        "space": setup.space, "space_args": setup.space_args, "data": setup.data,
+        "arch": None if setup.arch_path is None else str(setup.arch_path),
+        "fixed_knobs": setup.fixed_knobs,
+        "tuned": {label: describe_distribution(knob_distribution(label, m))
+                  for label, m in sorted(setup.tuned.items())},
+        "search_epochs": None if setup.arch is not None else setup.search_epochs,
+        "warmup_epochs": None if setup.arch is not None else setup.warmup_epochs,
+        "train_epochs": setup.train_epochs, "batch_size": setup.batch_size, "seed": setup.seed,
+        "objectives": list(setup.objectives),
+    }
+
+
+def _normalized(value: Any) -> Any:
+    """``value`` as JSON would give it back (tuples -> lists), for comparisons."""
+    import json
+
+    return json.loads(json.dumps(value, sort_keys=True))
+
+
+def make_sampler(kind: Any, seed: int | None, trials: int) -> optuna.samplers.BaseSampler:
+    """The sampler ``kind`` names (an Optuna sampler is returned as it is)."""
+    if not isinstance(kind, str):
+        return kind
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "nsga2":
+        # Optuna's default population (50) would make a small study a random search.
+        return optuna.samplers.NSGAIISampler(seed=seed,
+                                             population_size=max(4, min(50, trials // 4)))
+    raise ValueError(f"unknown sampler {kind!r}; choose from {SAMPLERS}")
+
+
+def make_pruner(kind: Any, total_steps: int) -> optuna.pruners.BasePruner:
+    """The pruner ``kind`` names (an Optuna pruner is returned as it is)."""
+    if not isinstance(kind, str):
+        return kind
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, total_steps),
+                                              reduction_factor=3)
+    if kind == "none":
+        return optuna.pruners.NopPruner()
+    raise ValueError(f"unknown pruner {kind!r}; choose from {PRUNERS}")
+
+
+def _open_study(config: TuneConfig, setup: TrialSetup, storage: StudyStorage
+                ) -> tuple[optuna.Study, int]:
+    """Create, join or resume the study; check its settings; number this worker."""
+    directions = [OBJECTIVES[o] for o in setup.objectives]
+    settings = _normalized(_settings(setup))
+    with storage.lock(config.name):
+        study = optuna.create_study(storage=storage.storage, study_name=config.name,
+                                    directions=directions, load_if_exists=True)
+        known = study.user_attrs.get(SETTINGS_ATTR)
+        if known is None:
+            study.set_user_attr(SETTINGS_ATTR, settings)
+        elif known != settings:
+            differ = sorted(k for k in set(known) | set(settings)
+                            if known.get(k) != settings.get(k))
+            detail = "; ".join(f"{k}: study {known.get(k)!r}, now {settings.get(k)!r}"
+                               for k in differ)
+            raise ValueError(f"study {config.name!r} in {storage.display} was made with other "
+                             f"settings ({detail}); give the same options, or another --study "
+                             "or --out")
+        worker = int(study.user_attrs.get(WORKERS_ATTR, 0))
+        study.set_user_attr(WORKERS_ATTR, worker + 1)
+    # Workers sample with different seeds (worker 0 with --seed itself), or parallel workers
+    # would draw the same knobs.
+    seed = None if config.seed is None else config.seed + 1000 * worker
+    study = optuna.load_study(study_name=config.name, storage=storage.storage,
+                              sampler=make_sampler(config.sampler, seed, config.trials),
+                              pruner=make_pruner(config.pruner, setup.total_steps))
+    return study, worker
+
+
+# ----- the worker loop ------------------------------------------------------------------------
+def counted_trials(trials: Sequence[FrozenTrial]) -> int:
+    """Trials that count toward ``--trials``: all but failed trials that were re-queued (their
+    retry counts in their place)."""
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    return sum(1 for t in trials if not (t.state == TrialState.FAIL and t.number in retried))
+
+
+class _Heartbeat:
+    """Records a running trial's heartbeat every interval, in a daemon thread."""
+
+    def __init__(self, storage: StudyStorage, trial: optuna.Trial) -> None:
+        self.stop_event = threading.Event()
+        self.thread: threading.Thread | None = None
+        if storage.heartbeat:
+            base = storage.storage
+            trial_id = trial._trial_id
+
+            def beat() -> None:
+                while True:
+                    try:
+                        base.record_heartbeat(trial_id)  # type: ignore[attr-defined]
+                    except Exception as exc:  # a lost connection must not kill the trial
+                        logger.warning("heartbeat of trial %d failed: %s", trial.number, exc)
+                    if self.stop_event.wait(storage.heartbeat_interval):
+                        return
+
+            self.thread = threading.Thread(target=beat, daemon=True,
+                                           name=f"nasseg-heartbeat-{trial.number}")
+            self.thread.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self.thread is not None:
+            self.thread.join()
+
+
+def _fail_stale(study: optuna.Study) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def _claim(study: optuna.Study, config: TuneConfig, storage: StudyStorage
+           ) -> tuple[optuna.Trial | None, int]:
+    """The next trial for this worker (None when the study is full), and how many trials run
+    elsewhere."""
+    with storage.lock(config.name):
+        trials = study.get_trials(deepcopy=False)
+        waiting = any(t.state == TrialState.WAITING for t in trials)
+        running = sum(1 for t in trials if t.state == TrialState.RUNNING)
+        if counted_trials(trials) >= config.trials and not waiting:
+            return None, running
+        # ask() takes a waiting (re-queued) trial first, else creates one. Heartbeats are sent
+        # here (_Heartbeat), not by Study.optimize, which Optuna warns about.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+            return study.ask(), running
+
+
+def _run_one(study: optuna.Study, trial: optuna.Trial, setup: TrialSetup,
+             storage: StudyStorage) -> TrialState:
+    heartbeat = _Heartbeat(storage, trial)
+    values: Any = None
+    state: TrialState | None = None
+    start = time.perf_counter()
+    frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+    retry_of = frozen.system_attrs.get("failed_trial")
+    logger.info("trial %d started%s", trial.number,
+                "" if retry_of is None else f" (retry of trial {retry_of})")
+    try:
+        values = run_trial(trial, setup)
+    except optuna.TrialPruned as exc:
+        state = TrialState.PRUNED
+        logger.info("trial %d %s", trial.number, exc)
+    except KeyboardInterrupt:
+        heartbeat.stop()
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        raise
+    except Exception as exc:
+        state = TrialState.FAIL
+        logger.error("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc,
+                     exc_info=logger.isEnabledFor(logging.DEBUG))
+        trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+    finally:
+        heartbeat.stop()
+    trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
+    frozen = study.tell(trial, values if state is None else None, state=state,
+                        skip_if_finished=True)
+    if frozen.state == TrialState.COMPLETE:
+        shown = ", ".join(f"{o} {v:.4g}" for o, v in zip(setup.objectives, frozen.values))
+        logger.info("trial %d finished: %s  knobs %s", trial.number, shown, frozen.params)
+    return frozen.state
+
+
+def run_study(config: TuneConfig) -> TuneResult:
+    """Work on the study until it holds ``config.trials`` finished trials; write the results.
+
+    Start the same call (or ``nasseg tune``) in other processes, or on other machines with a
+    database storage, to run trials in parallel.
+    """
+    setup = prepare_setup(config)
+    config.out.mkdir(parents=True, exist_ok=True)
+    storage = open_storage(config.storage, config.out, heartbeat_interval=config.heartbeat_interval,
+                           grace_period=config.grace_period, max_retry=config.max_retry)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study, worker = _open_study(config, setup, storage)
+    logger.info("worker %d on study %r (%s): %d trials in total, tuning %s", worker, config.name,
+                storage.display, config.trials, ", ".join(sorted(setup.tuned)))
+    if len(setup.objectives) > 1 and config.pruner != "none":
+        logger.info("several objectives: trials are not pruned (Optuna prunes single-objective "
+                    "studies only)")
+    ran, told_waiting = 0, False
+    while True:
+        if storage.heartbeat:
+            _fail_stale(study)
+        trial, running = _claim(study, config, storage)
+        if trial is None:
+            if storage.heartbeat and running:
+                # Stay while others run: if one of them dies, its trial comes back to us.
+                if not told_waiting:
+                    logger.info("the study is full; waiting for %d running trial(s) of other "
+                                "workers", running)
+                    told_waiting = True
+                time.sleep(min(storage.heartbeat_interval or 1, 10))
+                continue
+            break
+        told_waiting = False
+        _run_one(study, trial, setup, storage)
+        ran += 1
+    return write_results(study, config.out, storage, setup.objectives, ran)
+
+
+# ----- results --------------------------------------------------------------------------------
+def _number(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def trial_rows(study: optuna.Study, objectives: Sequence[str]) -> list[dict[str, Any]]:
+    """One JSON-ready row per trial: number, state, objective values, knobs, costs, folders."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        values = t.values or [None] * len(objectives)
+        row: dict[str, Any] = {"trial": t.number, "state": t.state.name}
+        row.update({o: _number(v) for o, v in zip(objectives, values)})
+        if t.state == TrialState.PRUNED and t.intermediate_values:
+            step = max(t.intermediate_values)
+            row["dice"] = None
+            row["pruned_at_step"] = step
+            row["last_dice"] = _number(t.intermediate_values[step])
+        row["knobs"] = dict(t.params)
+        for key in ("params", "flops", "latency_ms", "seconds", "arch", "trial_dir", "error"):
+            if key in t.user_attrs and key not in row:
+                row[key] = t.user_attrs[key]
+        if "failed_trial" in t.system_attrs:
+            row["retry_of"] = t.system_attrs["failed_trial"]
+        rows.append(row)
+    return rows
+
+
+def _best_entry(t: FrozenTrial, objectives: Sequence[str], fixed: Mapping[str, Any]
+                ) -> dict[str, Any]:
+    return {"trial": t.number, "values": dict(zip(objectives, t.values)),
+            "knobs": {**fixed, **t.params}, "tuned": dict(t.params), "fixed": dict(fixed),
+            "arch": t.user_attrs.get("arch"), "params": t.user_attrs.get("params"),
+            "flops": t.user_attrs.get("flops"), "latency_ms": t.user_attrs.get("latency_ms"),
+            "trial_dir": t.user_attrs.get("trial_dir")}
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    knob_names = sorted({k for r in rows for k in r["knobs"]})
+    columns: list[str] = []
+    for r in rows:
+        for key in r:
+            if key != "knobs" and key not in columns:
+                columns.append(key)
+    header = columns[:3] + [f"knob:{k}" for k in knob_names] + columns[3:]
+    with atomic_path(path, suffix=".csv") as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(header)
+            for r in rows:
+                writer.writerow([r["knobs"].get(h[5:], "") if h.startswith("knob:")
+                                 else ("" if r.get(h) is None else r.get(h)) for h in header])
+
+
+def write_results(study: optuna.Study, out: Path, storage: StudyStorage,
+                  objectives: Sequence[str], trials_run: int = 0) -> TuneResult:
+    """Write ``best.json``, ``best_arch.json`` (single objective), ``trials.csv`` and
+    ``trials.json`` into ``out`` from the study's current state."""
+    out = Path(out)
+    rows = trial_rows(study, objectives)
+    settings = study.user_attrs.get(SETTINGS_ATTR, {})
+    fixed = settings.get("fixed_knobs", {})
+    states = {s.name.lower(): sum(1 for r in rows if r["state"] == s.name) for s in TrialState}
+    best: dict[str, Any] = {
+        "study": study.study_name, "storage": storage.display, "objectives": list(objectives),
+        "directions": [OBJECTIVES[o] for o in objectives], "trials": len(rows),
+        "states": {k: v for k, v in states.items() if v}, "settings": settings,
+        "dashboard": storage.dashboard,
+    }
+    files = {"best": out / "best.json", "trials_csv": out / "trials.csv",
+             "trials_json": out / "trials.json"}
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    if len(objectives) == 1:
+        entry = None
+        if complete:
+            entry = _best_entry(study.best_trial, objectives, fixed)
+            arch = Path(entry["arch"]) if entry["arch"] else None
+            if arch is not None and arch.is_file():
+                write_json(out / "best_arch.json", read_json(arch, "architecture file"))
+                entry["best_arch"] = str((out / "best_arch.json").resolve())
+                files["best_arch"] = out / "best_arch.json"
+            elif arch is not None:
+                logger.warning("the best trial's architecture %s is not on this machine (another "
+                               "worker ran it); best_arch.json not written", arch)
+        best["best"] = entry
+    else:
+        best["pareto"] = [_best_entry(t, objectives, fixed) for t in study.best_trials] \
+            if complete else []
+    write_json(files["best"], best)
+    write_json(files["trials_json"], rows)
+    _write_csv(files["trials_csv"], rows)
+    return TuneResult(study, out, storage, best, rows, trials_run, files)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def format_table(rows: list[dict[str, Any]], objectives: Sequence[str]) -> str:
+    """A plain-text table of the trials (one line per trial)."""
+    knob_names = sorted({k for r in rows for k in r["knobs"]})
+    header = ["trial", "state", *objectives, *knob_names]
+    extra = [c for c in ("params", "flops", "retry_of") if c not in header
+             and any(c in r for r in rows)]
+    header += extra
+    table = [header] + [
+        [_cell(r["trial"]), r["state"].lower(),
+         *[_cell(r.get(o) if o != "dice" or r["state"] != "PRUNED"
+                 else r.get("last_dice")) + ("*" if o == "dice" and r["state"] == "PRUNED"
+                                              else "") for o in objectives],
+         *[_cell(r["knobs"].get(k)) for k in knob_names],
+         *[_cell(r.get(c)) for c in extra]]
+        for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in table]
+    if any(r["state"] == "PRUNED" for r in rows):
+        lines.append("(* pruned: the last Dice reported before pruning)")
+    return "\n".join(lines)
