@@ -14,7 +14,10 @@ from torch.utils.data import Dataset
 from nasseg.data.arrays import DataError
 from nasseg.data.cases import CaseSet
 
-__all__ = ["PatchDataset", "crop_box"]
+__all__ = ["PatchDataset", "crop_box", "ROTATION_PROBABILITY"]
+
+#: Share of training patches rotated by a multiple of 90 degrees (nnU-Net rotates 20 %).
+ROTATION_PROBABILITY = 0.2
 
 
 def crop_box(shape: Sequence[int], patch: Sequence[int], centre: Sequence[int]
@@ -48,8 +51,8 @@ class PatchDataset(Dataset):
         data: the cases.
         indices: which cases.
         augment: training mode: a random crop (centred on a foreground voxel with probability
-            ``fg_fraction``), random flips along every spatial axis, a random 90-degree rotation
-            in a plane whose two axes have the same patch size, intensity scale 0.9-1.1 and
+            ``fg_fraction``), random flips along every spatial axis, for 20 % of patches a
+            random 90-degree rotation in a plane whose two axes have the same patch size, intensity scale 0.9-1.1 and
             shift -0.1-0.1. Without it: the centre crop, unchanged.
         seed: run seed; call :meth:`set_epoch` before each epoch.
         patch_size: crop size; default ``data.patch_size``.
@@ -105,7 +108,7 @@ class PatchDataset(Dataset):
                     label = np.flip(label, axis=axis)
             planes = [(a, b) for a in range(label.ndim) for b in range(a + 1, label.ndim)
                       if label.shape[a] == label.shape[b]]
-            if planes:
+            if planes and rng.random() < ROTATION_PROBABILITY:
                 a, b = planes[int(rng.integers(len(planes)))]
                 k = int(rng.integers(4))
                 image = np.rot90(image, k, axes=(a + 1, b + 1))
