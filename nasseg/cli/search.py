@@ -43,11 +43,28 @@ DEFAULT_DATA = "demo3d"
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes searching together (data parallel; Gloo on CPU, NCCL on GPU). "
                    "The same as running under `torchrun --nproc-per-node N`.")
+@click.option("--mode", type=click.Choice(["full", "partial", "gumbel", "binary"]),
+              default="full", show_default=True,
+              help="Relaxation: full softmax mixing (DARTS), or a memory-saving mode: partial "
+                   "channels (PC-DARTS), hard Gumbel sampling (GDAS), binary gates "
+                   "(ProxylessNAS).")
+@click.option("--partial-k", type=click.IntRange(min=1), default=4, show_default=True,
+              help="--mode partial: 1/K of the channels go through the candidate ops.")
+@click.option("--tau-gumbel", type=(float, float), default=(5.0, 0.5), show_default=True,
+              metavar="START END",
+              help="--mode gumbel: temperature at the first and last searching epoch (linear).")
+@click.option("--amp", is_flag=True,
+              help="Mixed precision: bf16 autocast (fp16 + GradScaler on GPUs without bf16).")
+@click.option("--channels-last", is_flag=True,
+              help="Channels-last memory format (channels_last_3d in 3D) for weights and inputs.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the network.")
 @user_errors
 def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: int,
            batch_size: int, order: str, arch_lr: float, seed: int,
            knob_items: tuple[str, ...], arg_items: tuple[str, ...], device: str,
-           deterministic: bool, resume: bool, nproc: int) -> None:
+           deterministic: bool, resume: bool, nproc: int, mode: str, partial_k: int,
+           tau_gumbel: tuple[float, float], amp: bool, channels_last: bool,
+           compile_: bool) -> None:
     """Search an architecture of SPACE on DATA; derive it into RUN/arch.json."""
     import os
     import subprocess
@@ -79,7 +96,9 @@ def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: 
         config = SearchConfig(epochs=epochs, warmup_epochs=min(warmup_epochs, epochs),
                               batch_size=batch_size, order=int(order), arch_lr=arch_lr,
                               seed=seed, deterministic=deterministic,
-                              device=device)
+                              device=device, mode=mode, partial_k=partial_k,
+                              tau_gumbel=tau_gumbel, amp=amp, channels_last=channels_last,
+                              compile=compile_)
         if is_main_process():
             click.echo(f"searching space {space!r} on {data!r} into {out}", err=True)
         result = start_search(out, space, data, knobs, space_args, config)

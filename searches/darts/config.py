@@ -24,6 +24,17 @@ class SearchConfig:
         seed, deterministic: repeatability; ``deterministic`` asks torch for deterministic kernels.
         device: ``cpu``, ``cuda``, ``cuda:1``... or ``auto``.
         num_workers: DataLoader worker processes.
+        mode: how choices are relaxed: ``full`` (softmax mixing, DARTS), ``partial``
+            (partial channels, PC-DARTS), ``gumbel`` (hard Gumbel sampling, GDAS) or
+            ``binary`` (binary gates, ProxylessNAS); see :mod:`nasseg.searches.darts.modes`.
+        partial_k: ``partial`` mode: 1/K of the channels go through the candidates.
+        tau_gumbel: ``gumbel`` mode: temperature at the first and the last searching epoch
+            (linear in between, as in GDAS; default 5 -> 0.5).
+        amp: mixed precision (autocast bf16 where the GPU supports it, else fp16 with a
+            GradScaler; bf16 autocast on CPU). First order only.
+        channels_last: channels-last memory format (``channels_last_3d`` for 3D) for the
+            weights and the inputs.
+        compile: ``torch.compile`` the network (``Module.compile``; checkpoints keep their keys).
     """
 
     epochs: int = 20
@@ -40,6 +51,12 @@ class SearchConfig:
     deterministic: bool = False
     device: str = "auto"
     num_workers: int = 0
+    mode: str = "full"
+    partial_k: int = 4
+    tau_gumbel: tuple[float, float] = (5.0, 0.5)
+    amp: bool = False
+    channels_last: bool = False
+    compile: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -51,6 +68,22 @@ class SearchConfig:
                              f"epochs={self.epochs}, warmup_epochs={self.warmup_epochs}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        modes = ("full", "partial", "gumbel", "binary")
+        if self.mode not in modes:
+            raise ValueError(f"mode must be one of {modes}, got {self.mode!r}")
+        if not isinstance(self.partial_k, int) or self.partial_k < 1:
+            raise ValueError(f"partial_k must be a positive integer, got {self.partial_k!r}")
+        self.tau_gumbel = tuple(float(t) for t in self.tau_gumbel)
+        if len(self.tau_gumbel) != 2 or not self.tau_gumbel[0] >= self.tau_gumbel[1] > 0:
+            raise ValueError(f"tau_gumbel must be (start, end) with start >= end > 0, got "
+                             f"{self.tau_gumbel}")
+        if self.order == 2 and self.mode in ("gumbel", "binary"):
+            raise ValueError(f"second order needs a deterministic relaxation (mode full or "
+                             f"partial), not mode {self.mode!r}: each loss of the unrolled "
+                             "gradient would sample a different network")
+        if self.order == 2 and self.amp:
+            raise ValueError("amp supports first order only (the finite-difference Hessian-"
+                             "vector product needs full precision)")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready settings."""

@@ -5,24 +5,33 @@ First order by default; second order unrolls one weight step and takes the Hessi
 product by finite differences (Liu et al., DARTS, ICLR 2019, eq. 7-8). The architecture step
 computes gradients for the architecture parameters only (weights are switched to
 ``requires_grad=False``), which spares the weight-gradient work of a naive step.
+
+``config.mode`` picks the relaxation (full mixing or a memory-saving mode, see
+:mod:`nasseg.searches.darts.modes`); ``amp``, ``channels_last`` and ``compile`` are the GPU
+levers. Every run writes ``RUN/cost.json`` (see :mod:`nasseg.searches.darts.cost`): wall time
+per phase, steps per second, peak memory.
 """
 from __future__ import annotations
 
 import itertools
 import math
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from nasseg.data import CaseSet, split_indices
-from nasseg.files import save_torch, write_json
+from nasseg.files import FileFormatError, read_json, save_torch, write_json
 from nasseg.runs import RunFolder, RunFolderError
 from nasseg.searches.darts.config import SearchConfig
+from nasseg.searches.darts.cost import CostCard
 from nasseg.searches.darts.distributed import DistContext, shard
+from nasseg.searches.darts.fastconv import speed_up_dilated_convs
+from nasseg.searches.darts.modes import gumbel_temperature
 from nasseg.searches.darts.relax import ArchParameters, relax
 from nasseg.space import GATE_REG, SearchSpace
 from nasseg.training.device import resolve_device
@@ -68,6 +77,10 @@ def _split(data: CaseSet, config: SearchConfig) -> dict[str, list[int]]:
     return {"weights": train[:half], "arch": train[half:], "val": val}
 
 
+def _memory_format(tensor: torch.Tensor) -> torch.memory_format | None:
+    return {4: torch.channels_last, 5: torch.channels_last_3d}.get(tensor.dim())
+
+
 class DartsSearch:
     """One search of ``space`` (the supernet, built under the run's seed) on ``data``.
 
@@ -85,9 +98,24 @@ class DartsSearch:
         self.data = data
         self.device = resolve_device(config.device)
         self.model = space
-        self.arch = relax(space)
+        self.arch = relax(space, mode=config.mode, partial_k=config.partial_k)
         self.model.to(self.device)
         self.arch.to(self.device)
+        if self.device.type == "cpu":  # exact; PyTorch's CPU dilated weight gradient is slow
+            speed_up_dilated_convs(self.model)
+        if config.channels_last:
+            for t in list(self.model.parameters()) + list(self.model.buffers()):
+                if _memory_format(t) is not None:
+                    t.data = t.data.contiguous(memory_format=_memory_format(t))
+        # AMP: bf16 autocast where supported (CPU, recent GPUs), else fp16 with a GradScaler.
+        self.amp_dtype = None
+        if config.amp:
+            self.amp_dtype = (torch.float16 if self.device.type == "cuda"
+                              and not torch.cuda.is_bf16_supported() else torch.bfloat16)
+        self.scaler = (torch.amp.GradScaler(self.device.type)
+                       if self.amp_dtype == torch.float16 else None)
+        if config.compile:
+            self.model.compile()  # in place: state_dict keys and hooks stay
         self.weights = [p for p in self.model.parameters() if p.requires_grad]
         self.arch_params = list(self.arch.parameters())
         self.weight_opt = torch.optim.AdamW(self.weights, lr=config.weight_lr,
@@ -117,12 +145,23 @@ class DartsSearch:
         self.show_progress = show_progress
         self.start_epoch = 0
         self.history: list[dict[str, Any]] = []
+        self.cost = CostCard()
 
     # ----- losses and steps -------------------------------------------------------------------
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
     def _loss(self, batch: dict[str, torch.Tensor], what: str, epoch: int, step: int
               ) -> torch.Tensor:
         batch = move_batch(batch, self.device)
-        loss = self.model.compute_loss(self.model.forward_batch(batch), batch)
+        if self.config.channels_last:
+            batch = {k: v.contiguous(memory_format=_memory_format(v))
+                     if isinstance(v, torch.Tensor) and v.is_floating_point()
+                     and _memory_format(v) is not None else v for k, v in batch.items()}
+        with self._autocast():
+            loss = self.model.compute_loss(self.model.forward_batch(batch), batch)
         check_finite(loss, what, epoch, step)
         return loss
 
@@ -134,7 +173,11 @@ class DartsSearch:
         with _grad_enabled(self.weights, False):
             if self.config.order == 1:
                 loss = self._loss(arch_batch, "architecture", epoch, step)
-                grads = self._arch_grads(loss)
+                if self.scaler is not None:  # fp16: the weight step's loss scale, unscaled
+                    scale = self.scaler.get_scale()
+                    grads = [g / scale for g in self._arch_grads(loss * scale)]
+                else:
+                    grads = self._arch_grads(loss)
             else:
                 loss, grads = self._unrolled_grads(arch_batch, weight_batch, epoch, step)
             reg = self.gate_reg * self.arch.binarization_loss().to(self.device)
@@ -142,6 +185,9 @@ class DartsSearch:
         for i, p in enumerate(self.arch_params):
             p.grad = grads[i] + (reg_grads[i] if reg_grads is not None else 0)
         self.dist.average_gradients(self.arch_params)
+        if self.scaler is not None and not all(bool(torch.isfinite(p.grad).all())
+                                               for p in self.arch_params):
+            return loss.detach().item()  # fp16 overflow: skip, like the scaler's weight step
         self.arch_opt.step()
         return loss.detach().item()
 
@@ -185,10 +231,16 @@ class DartsSearch:
         with _grad_enabled(self.arch_params, False):
             loss = self._loss(batch, "weight", epoch, step)
             self.weight_opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if self.scaler is None else self.scaler.scale(loss)).backward()
             self.dist.average_gradients(self.weights)
+        if self.scaler is not None:  # fp16: unscale to clip; the scaler skips overflowing steps
+            self.scaler.unscale_(self.weight_opt)
         nn.utils.clip_grad_norm_(self.weights, 12.0)
-        self.weight_opt.step()
+        if self.scaler is not None:
+            self.scaler.step(self.weight_opt)
+            self.scaler.update()
+        else:
+            self.weight_opt.step()
         return loss.detach().item()
 
     # ----- epochs -----------------------------------------------------------------------------
@@ -208,21 +260,31 @@ class DartsSearch:
     def _epoch(self, epoch: int, log: RunLog) -> EpochSummary:
         start = time.perf_counter()
         self._set_lr(epoch)
+        cfg, cost = self.config, self.cost
+        self.arch.temperature = gumbel_temperature(epoch, cfg.epochs, cfg.warmup_epochs,
+                                                   *cfg.tau_gumbel)
         self.model.train()
         search_arch = epoch >= self.config.warmup_epochs and self.arch_opt is not None
-        arch_batches = self._arch_batches(epoch)
+        arch_batches = cost.timed("data", self._arch_batches(epoch))
         w_losses, a_losses = [], []
         batches = log.progress(
-            itertools.islice(self.weight_loader.epoch(epoch), self.steps_per_epoch),
+            cost.timed("data", itertools.islice(self.weight_loader.epoch(epoch),
+                                                self.steps_per_epoch)),
             self.steps_per_epoch, f"epoch {epoch + 1}/{self.config.epochs}")
         for step, batch in enumerate(batches):
             if search_arch:
-                a_losses.append(self._arch_step(next(arch_batches), batch, epoch, step))
-            w_losses.append(self._weight_step(batch, epoch, step))
+                arch_batch = next(arch_batches)
+                with cost.phase("arch_steps"):
+                    a_losses.append(self._arch_step(arch_batch, batch, epoch, step))
+                cost.steps["arch"] += 1
+            with cost.phase("weight_steps"):
+                w_losses.append(self._weight_step(batch, epoch, step))
+            cost.steps["weight"] += 1
         dice, per_class = float("nan"), []
         if self.dist.is_main:
-            dice, per_class = evaluate_dice(self.model, self.val_loader.epoch(0),
-                                            self.data.num_classes, self.device)
+            with cost.phase("validation"), self._autocast():
+                dice, per_class = evaluate_dice(self.model, self.val_loader.epoch(0),
+                                                self.data.num_classes, self.device)
         self.rank_difference = self.dist.max_difference(self.arch_params)
         if self.rank_difference > 0:
             raise RuntimeError(f"architecture parameters differ across ranks by "
@@ -264,6 +326,7 @@ class DartsSearch:
             "arch": self.arch.state_dict(),
             "weight_opt": self.weight_opt.state_dict(),
             "arch_opt": self.arch_opt.state_dict() if self.arch_opt else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": rng_state(),
             "history": self.history,
         })
@@ -283,12 +346,34 @@ class DartsSearch:
             self.weight_opt.load_state_dict(state["weight_opt"])
             if self.arch_opt is not None:
                 self.arch_opt.load_state_dict(state["arch_opt"])
+            if self.scaler is not None and state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
         except (RuntimeError, KeyError, EOFError, ValueError) as exc:
             raise RunFolderError(f"{path}: unreadable or not from this search ({exc})") from None
         set_rng_state(state["rng"])
         self.history = list(state["history"])
         self.start_epoch = int(state["epochs_done"])
+        self.cost.first_epoch = self.start_epoch
+        try:
+            self.cost.previous = list(read_json(self.cost_path, "cost card")["sessions"])
+        except (FileFormatError, KeyError, TypeError):
+            self.cost.previous = []  # no readable card: this session's costs only
         logger.info("resuming %s after epoch %d", self.run_folder.path, self.start_epoch)
+
+    @property
+    def cost_path(self) -> Path:
+        """``RUN/cost.json``: the cost card."""
+        return self.run_folder.path / "cost.json"
+
+    def _write_cost(self, epochs_done: int) -> None:
+        if not self.dist.is_main:
+            return
+        extra = {"partial_k": self.config.partial_k if self.config.mode == "partial" else None,
+                 "fully_mixed_choices": list(self.arch.fully_mixed),
+                 "amp_dtype": None if self.amp_dtype is None
+                 else str(self.amp_dtype).replace("torch.", ""),
+                 "world_size": self.dist.world_size}
+        write_json(self.cost_path, self.cost.card(epochs_done, self.device, self.config, extra))
 
     def run(self) -> ArchParameters:
         """Search from the current epoch to the last; checkpoint after every epoch."""
@@ -299,7 +384,9 @@ class DartsSearch:
             for epoch in range(self.start_epoch, self.config.epochs):
                 summary = self._epoch(epoch, log)
                 self.history.append(summary.__dict__)
-                self._save(epoch + 1)
+                with self.cost.phase("checkpoint"):
+                    self._save(epoch + 1)
+                self._write_cost(epoch + 1)
                 if self.on_epoch is not None:
                     self.on_epoch(epoch, summary.val_dice)
         finally:

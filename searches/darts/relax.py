@@ -4,6 +4,10 @@
 for a :class:`GatedSum`, in place. The architecture parameters live in one
 :class:`ArchParameters` module, outside the network's own parameters, so the weight optimizer
 never sees them and the architecture step can ask for their gradients alone.
+
+``relax(model, mode=...)`` picks a memory-saving variant instead of full mixing: partial
+channels (PC-DARTS), Gumbel sampling (GDAS) or binary gates (ProxylessNAS); see
+:mod:`nasseg.searches.darts.modes`.
 """
 from __future__ import annotations
 
@@ -19,15 +23,24 @@ __all__ = ["ArchParameters", "MixedOp", "GatedSum", "relax"]
 class ArchParameters(nn.Module):
     """Alphas (one vector per op-choice label) and betas (one per connection-choice label).
 
-    Choices that share a label share their parameters.
+    Choices that share a label share their parameters (and, in the sampling modes, one sample
+    per forward). ``mode``, ``partial_k`` and ``temperature`` (the Gumbel temperature, set by
+    the engine every epoch) are plain attributes, not state: the run's settings own them.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, mode: str = "full", partial_k: int = 4) -> None:
         super().__init__()
         self.alpha = nn.ParameterDict()
         self.beta = nn.ParameterDict()
         self.op_candidates: dict[str, list[str]] = {}
         self.connection_sizes: dict[str, int] = {}
+        self.mode = mode
+        self.partial_k = partial_k
+        self.temperature = 1.0
+        #: partial mode: op choices that change the channel count and stay fully mixed
+        self.fully_mixed: list[str] = []
+        self._op_samples: dict[str, Any] = {}
+        self._gate_samples: dict[str, Any] = {}
 
     @staticmethod
     def _key(label: str) -> str:
@@ -60,6 +73,30 @@ class ArchParameters(nn.Module):
         """sigmoid(beta) of a connection choice."""
         return torch.sigmoid(self.beta[self._key(label)])
 
+    # ----- sampling modes (gumbel, binary) -----------------------------------------------------
+    def resample(self) -> None:
+        """Forget this forward's samples; the next forward draws new ones (a forward pre-hook
+        of the relaxed model calls this)."""
+        self._op_samples.clear()
+        self._gate_samples.clear()
+
+    def _resample_hook(self, module: nn.Module, args: Any) -> None:
+        self.resample()
+
+    def op_sample(self, label: str) -> Any:
+        """This forward's draw of op choice ``label`` (a ``modes.OpSample``)."""
+        if label not in self._op_samples:
+            from nasseg.searches.darts.modes import sample_op
+            self._op_samples[label] = sample_op(self, label)
+        return self._op_samples[label]
+
+    def gate_sample(self, label: str) -> Any:
+        """This forward's draw of connection ``label`` (a ``modes.GateSample``)."""
+        if label not in self._gate_samples:
+            from nasseg.searches.darts.modes import sample_gates
+            self._gate_samples[label] = sample_gates(self, label)
+        return self._gate_samples[label]
+
     def binarization_loss(self) -> torch.Tensor:
         """J = -mean((sigmoid(beta) - 0.5)^2): pushes every gate towards 0 or 1."""
         if not len(self.beta):
@@ -85,6 +122,15 @@ class ArchParameters(nn.Module):
                          for lbl in self.connection_sizes}}
 
 
+def _accumulate(out: torch.Tensor | None, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``out + w * y`` for a scalar weight ``w``, in place on ``out`` (a tensor the mixing made
+    itself, never a candidate's output): one fused pass and no temporary per candidate. ``w``
+    takes ``y``'s dtype, so under autocast the mixture stays in half precision."""
+    if w.dtype != y.dtype:
+        w = w.to(y.dtype)
+    return w * y if out is None else out.addcmul_(w, y)
+
+
 class MixedOp(nn.Module):
     """softmax(alpha)-weighted sum of every candidate's output (full DARTS mixing)."""
 
@@ -98,8 +144,7 @@ class MixedOp(nn.Module):
         weights = self._arch[0].op_probs(self.label)
         out = None
         for w, op in zip(weights, self.candidates.values()):
-            y = w * op(x)
-            out = y if out is None else out + y
+            out = _accumulate(out, w, op(x))
         return out
 
 
@@ -115,21 +160,54 @@ class GatedSum(nn.Module):
         gates = self._arch[0].gate_probs(self.label)
         out = None
         for g, x in zip(gates, inputs):
-            y = g * x
-            out = y if out is None else out + y
+            out = _accumulate(out, g, x)
         return out
 
 
-def relax(model: nn.Module, arch: ArchParameters | None = None) -> ArchParameters:
-    """Replace the choices of ``model`` in place by their relaxations; return the arch params."""
-    arch = arch if arch is not None else ArchParameters()
+def relax(model: nn.Module, arch: ArchParameters | None = None, mode: str = "full",
+          partial_k: int = 4) -> ArchParameters:
+    """Replace the choices of ``model`` in place by their relaxations; return the arch params.
+
+    ``mode``: ``full`` (softmax mixing, sigmoid gates), ``partial`` (PC-DARTS partial channels
+    with ``partial_k`` groups, edge-normalised gates), ``gumbel`` (GDAS hard Gumbel sampling)
+    or ``binary`` (ProxylessNAS binary gates); see :mod:`nasseg.searches.darts.modes`.
+    """
+    from nasseg.searches.darts import modes as m
+
+    if mode not in m.MODES:
+        raise ValueError(f"unknown search mode {mode!r}; choose one of {m.MODES}")
+    if mode == "partial" and (not isinstance(partial_k, int) or partial_k < 1):
+        raise ValueError(f"partial_k must be a positive integer, got {partial_k!r}")
+    arch = arch if arch is not None else ArchParameters(mode, partial_k)
+    arch.mode, arch.partial_k = mode, partial_k
+    sampling = mode in m.SAMPLING_MODES
+    shrunk: set[int] = set()
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, LayerChoice):
                 arch.add_op(child.label, child.names)
                 mods = nn.ModuleDict({str(n): child[n] for n in child.names})
-                setattr(parent, name, MixedOp(child.label, mods, arch))
+                if mode == "partial":
+                    channels = m.partial_plan(child.label, mods, partial_k)
+                    if channels is None:
+                        arch.fully_mixed.append(child.label)
+                        new: nn.Module = MixedOp(child.label, mods, arch)
+                    else:
+                        for op in mods.values():
+                            m.shrink_channels(op, partial_k, shrunk)
+                        new = m.PartialMixedOp(child.label, mods, arch, channels, partial_k)
+                elif sampling:
+                    new = m.SampledMixedOp(child.label, mods, arch)
+                else:
+                    new = MixedOp(child.label, mods, arch)
+                setattr(parent, name, new)
             elif isinstance(child, InputChoice):
                 arch.add_connection(child.label, child.n_candidates)
-                setattr(parent, name, GatedSum(child.label, arch))
+                gate = {"full": GatedSum, "partial": m.NormalizedGatedSum}.get(
+                    mode, m.SampledGatedSum)
+                setattr(parent, name, gate(child.label, arch))
+                if sampling and type(parent) is m.Connection:
+                    parent.__class__ = m.SampledConnection  # aligns only the inputs kept on
+    if sampling:
+        model.register_forward_pre_hook(arch._resample_hook)
     return arch

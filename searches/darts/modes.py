@@ -1,0 +1,437 @@
+"""Memory-saving relaxations: partial channels (PC-DARTS), Gumbel (GDAS) and binary gates
+(ProxylessNAS), beside the full softmax mixing of :mod:`nasseg.searches.darts.relax`.
+
+Pick one per search with ``SearchConfig.mode`` / ``nasseg search --mode``; :func:`relax` builds
+the matching modules. What each mode does to the two kinds of choices:
+
+``full``
+    op choice: ``sum_i softmax(alpha)_i * op_i(x)``; connection: ``sum_i sigmoid(beta_i) x_i``.
+
+``partial`` (Xu et al., PC-DARTS, ICLR 2020)
+    op choice: only the first ``C/K`` channels go through the candidates (mixed as in ``full``),
+    the other channels bypass them, then a channel shuffle with ``K`` groups, exactly as
+    PC-DARTS' ``MixedOp``. The candidates the space built at ``C`` channels are *shrunk* to
+    ``C/K`` at relax time (every conv's in/out channels and every norm's features divided by
+    ``K``; weights sliced and rescaled to keep the fan-in-scaled init), see
+    :func:`shrink_channels`. Only op choices whose candidates map ``C`` channels to ``C``
+    channels can be partial (PC-DARTS defines nothing else); choices that change the channel
+    count (UXNet's reduction/expansion ops in T()) stay fully mixed and are listed in
+    ``ArchParameters.fully_mixed``. If the candidates change the spatial size, the bypass is
+    max-pooled (PC-DARTS' reduction cells) or nearest-upsampled to match. A candidate with a
+    layer this module cannot shrink raises :class:`PartialChannelError`.
+    connection: edge normalisation. PC-DARTS weighs a node's input edges by ``softmax(beta)``
+    to damp the noise of the channel sampling; for nasseg's independent sigmoid gates the
+    analogue is the gate-normalised sum ``sum_i g_i x_i / sum_i g_i`` (a convex combination,
+    so the gates compete like a softmax while derive keeps its rule ``g >= tau``). A
+    one-candidate connection is then invariant to its gate (its beta does not move; derive
+    always keeps a node's only input anyway).
+
+``gumbel`` (Dong & Yang, GDAS, CVPR 2019)
+    op choice: hard Gumbel-softmax: ``h = softmax((alpha + G) / tau)``, the argmax candidate is
+    the only one evaluated, its output scaled by the straight-through weight
+    ``1 + h_k - stopgrad(h_k)`` (value 1, gradient of ``h_k``). The temperature ``tau`` anneals
+    linearly (GDAS) from ``tau_gumbel[0]`` to ``tau_gumbel[1]`` over the searching epochs, set
+    by the engine from the epoch index.
+    connection: binary concrete (Gumbel-sigmoid) gates: ``s_i = sigmoid((beta_i + L_i)/tau)``
+    with logistic noise ``L_i``, hard gate ``s_i > 0.5``, straight-through to ``s_i``. Inputs
+    whose gate samples 0 are never aligned (their T() op is not run); at least one input stays
+    (the highest ``s_i``).
+
+``binary`` (Cai et al., ProxylessNAS, ICLR 2019)
+    op choice: binary gates. Weight step: one path sampled from ``softmax(alpha)``, the only
+    one run. Architecture step: the paper's two-path estimate: two distinct candidates sampled
+    from ``softmax(alpha)``, one of them active (sampled from the softmax over the two alphas),
+    and ``dL/dg_j = <dL/dout, o_j>`` for the two paths, written as a straight-through weight
+    ``onehot_j + p'_j - stopgrad(p'_j)``, so only those two paths hold activations.
+    connection: Bernoulli gates ``~ sigmoid(beta)`` with a straight-through gradient to
+    ``sigmoid(beta)``; skipped inputs are not aligned; at least one stays (sampled by gate).
+
+In ``gumbel`` and ``binary`` modes the gradient of a gate whose input was skipped is not
+available (its input was never computed), so a gate learns from the steps in which it was on;
+this is the price of not computing the input, and the same trade as in the op choices.
+
+The same label samples one value per forward: the relaxed model's forward pre-hook calls
+:meth:`ArchParameters.resample`, and choices sharing a label read one cached sample. Random
+numbers come from torch's global generator, which the engine checkpoints, so a resumed search
+draws the same samples. In evaluation mode (validation during the search) sampled modes run the
+most likely architecture: the argmax op and the gates with ``sigmoid(beta) >= 0.5`` (at least
+the best one).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from nasseg.searches.darts.relax import ArchParameters, GatedSum, MixedOp, _accumulate
+from nasseg.space.base import Connection
+
+__all__ = ["MODES", "SAMPLING_MODES", "PartialChannelError", "PartialMixedOp",
+           "SampledMixedOp", "NormalizedGatedSum", "SampledGatedSum", "SampledConnection",
+           "shrink_channels", "channel_signature", "gumbel_temperature", "OpSample",
+           "GateSample"]
+
+MODES = ("full", "partial", "gumbel", "binary")
+SAMPLING_MODES = ("gumbel", "binary")
+
+
+class PartialChannelError(ValueError):
+    """A candidate of an op choice cannot run on ``C/K`` channels in partial mode."""
+
+
+# ----- samples ------------------------------------------------------------------------------
+@dataclass
+class OpSample:
+    """One draw of an op choice: the candidates to run and their (straight-through) weights.
+
+    ``weights`` is None when no gradient reaches the architecture (weight step, no grad mode):
+    then only ``paths[0]`` runs, unscaled.
+    """
+
+    paths: list[int]
+    weights: list[torch.Tensor] | None
+
+
+@dataclass
+class GateSample:
+    """One draw of a connection: the inputs kept and their straight-through weights (or None)."""
+
+    on: list[int]
+    weights: dict[int, torch.Tensor] | None
+
+
+def _straight_through(value: float, soft: torch.Tensor) -> torch.Tensor:
+    """``value`` exactly, with the gradient of ``soft`` (``value + soft - stopgrad(soft)``)."""
+    return value + (soft - soft.detach())
+
+
+def _needs_grad(param: torch.Tensor) -> bool:
+    return param.requires_grad and torch.is_grad_enabled()
+
+
+def sample_op(arch: ArchParameters, label: str) -> OpSample:
+    """Draw the op choice ``label`` as the arch's mode says (uncached; see ``arch.op_sample``)."""
+    alpha = arch.alpha[arch._key(label)]
+    grad = _needs_grad(alpha)
+    n = alpha.numel()
+    if arch.mode == "gumbel":
+        for _ in range(100):  # GDAS redraws the rare non-finite sample
+            u = torch.rand_like(alpha).clamp_(1e-20, 1.0)
+            gumbel = -torch.log(-torch.log(u))
+            soft = torch.softmax((alpha + gumbel) / arch.temperature, dim=0)
+            if torch.isfinite(soft).all():
+                break
+        k = int(soft.detach().argmax())
+        return OpSample([k], [_straight_through(1.0, soft[k])] if grad else None)
+    if arch.mode == "binary":
+        probs = torch.softmax(alpha.detach(), dim=0)
+        if not grad or n == 1:
+            k = int(torch.multinomial(probs, 1))
+            return OpSample([k], [_straight_through(1.0, torch.softmax(alpha, 0)[k])]
+                            if grad else None)
+        two = torch.multinomial(probs, 2, replacement=False)
+        p2 = torch.softmax(alpha[two], dim=0)
+        active = int(torch.multinomial(p2.detach(), 1))
+        paths = [int(i) for i in two.tolist()]
+        return OpSample(paths, [_straight_through(float(j == active), p2[j]) for j in range(2)])
+    raise ValueError(f"mode {arch.mode!r} does not sample op choices")
+
+
+def sample_gates(arch: ArchParameters, label: str) -> GateSample:
+    """Draw the connection ``label`` as the arch's mode says (uncached; see ``arch.gate_sample``)."""
+    beta = arch.beta[arch._key(label)]
+    grad = _needs_grad(beta)
+    if arch.mode == "gumbel":
+        u = torch.rand_like(beta).clamp_(1e-6, 1 - 1e-6)
+        soft = torch.sigmoid((beta + torch.log(u) - torch.log1p(-u)) / arch.temperature)
+        hard = (soft.detach() > 0.5).tolist()
+        if not any(hard):
+            hard[int(soft.detach().argmax())] = True
+    elif arch.mode == "binary":
+        soft = torch.sigmoid(beta)
+        probs = soft.detach()
+        hard = (torch.rand_like(probs) < probs).tolist()
+        if not any(hard):
+            hard[int(torch.multinomial(probs, 1))] = True
+    else:
+        raise ValueError(f"mode {arch.mode!r} does not sample connections")
+    on = [i for i, h in enumerate(hard) if h]
+    return GateSample(on, {i: _straight_through(1.0, soft[i]) for i in on} if grad else None)
+
+
+def best_gates(arch: ArchParameters, label: str) -> list[int]:
+    """The most likely gate setting: ``sigmoid(beta) >= 0.5``, at least the best input."""
+    probs = arch.gate_probs(label).detach()
+    on = [i for i, p in enumerate(probs.tolist()) if p >= 0.5]
+    return on or [int(probs.argmax())]
+
+
+# ----- gumbel temperature -------------------------------------------------------------------
+def gumbel_temperature(epoch: int, epochs: int, warmup_epochs: int,
+                       start: float, end: float) -> float:
+    """GDAS' linear annealing from ``start`` to ``end`` over the searching epochs.
+
+    Warm-up epochs use ``start``; the first searching epoch ``start``, the last ``end``. A pure
+    function of the epoch index, so a resumed search uses the same temperatures.
+    """
+    span = epochs - warmup_epochs - 1
+    if span <= 0:
+        return float(start if epoch < warmup_epochs else end)
+    t = min(max((epoch - warmup_epochs) / span, 0.0), 1.0)
+    return float(start + (end - start) * t)
+
+
+# ----- partial channels: shrinking candidates -----------------------------------------------
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONV_TS = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d,
+          nn.InstanceNorm3d, nn.SyncBatchNorm)
+
+
+def _has_own_state(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters(recurse=False)) or any(
+        b is not None for b in module._buffers.values())
+
+
+def channel_signature(module: nn.Module) -> tuple[int, int] | None:
+    """(input channels, output channels) of an op built from convs and norms, read from its
+    first and last channel-bearing layers in registration order; None when it has none
+    (pooling, identity: any width). Raises :class:`PartialChannelError` for a layer with
+    parameters or buffers that is not a conv, transposed conv or norm."""
+    first: int | None = None
+    last: int | None = None
+    for name, m in module.named_modules():
+        if isinstance(m, _CONVS + _CONV_TS):
+            cin, cout = m.in_channels, m.out_channels
+        elif isinstance(m, _NORMS):
+            cin = cout = m.num_features
+        elif isinstance(m, nn.GroupNorm):
+            cin = cout = m.num_channels
+        elif _has_own_state(m):
+            raise PartialChannelError(
+                f"partial channels cannot shrink layer {name or '<op>'!r} "
+                f"({type(m).__name__}): only convolutions, transposed convolutions, batch/"
+                "instance/group norms and parameter-free layers are supported")
+        else:
+            continue
+        first = cin if first is None else first
+        last = cout
+    return None if first is None else (first, last)
+
+
+def _slice_param(module: nn.Module, name: str, index: tuple[slice, ...],
+                 scale: float = 1.0) -> None:
+    param = getattr(module, name)
+    if param is None:
+        return
+    with torch.no_grad():
+        data = param.data[index].clone() * scale if scale != 1.0 else param.data[index].clone()
+    if isinstance(param, nn.Parameter):
+        setattr(module, name, nn.Parameter(data, requires_grad=param.requires_grad))
+    else:
+        setattr(module, name, data)
+
+
+def shrink_channels(module: nn.Module, k: int, _done: set[int] | None = None) -> nn.Module:
+    """Divide every channel count of ``module`` by ``k``, in place; return it.
+
+    Convolutions keep their first ``out/k`` filters over their first ``in/k`` input channels
+    (weights rescaled by ``sqrt(fan_in / new fan_in)``, so a fan-in-scaled init keeps its
+    distribution); depthwise convs (``groups == in_channels``) keep ``groups == in/k``; norms
+    keep their first ``features/k`` affine parameters and running statistics. A channel count
+    not divisible by ``k``, grouped convs other than depthwise, and layers other than convs,
+    norms and parameter-free layers raise :class:`PartialChannelError`.
+    """
+    done = set() if _done is None else _done
+    for name, m in module.named_modules():
+        if id(m) in done:
+            continue
+        done.add(id(m))
+        where = f"layer {name or '<op>'!r} ({type(m).__name__})"
+        if isinstance(m, _CONVS + _CONV_TS):
+            cin, cout, g = m.in_channels, m.out_channels, m.groups
+            if cin % k or cout % k:
+                raise PartialChannelError(f"partial channels: {where} has {cin} -> {cout} "
+                                          f"channels, not divisible by K={k}")
+            depthwise = g > 1 and g == cin == cout
+            if g != 1 and not depthwise:
+                raise PartialChannelError(f"partial channels: {where} has groups={g}; only "
+                                          "plain and depthwise convolutions can be shrunk")
+            new_in, new_out = cin // k, cout // k
+            if depthwise:  # weight (C, 1, *kernel) for conv and transposed conv alike
+                index, scale = (slice(0, new_in), slice(0, 1)), 1.0
+            elif isinstance(m, _CONV_TS):  # weight (in, out, *kernel)
+                index, scale = (slice(0, new_in), slice(0, new_out)), math.sqrt(k)
+            else:  # weight (out, in, *kernel)
+                index, scale = (slice(0, new_out), slice(0, new_in)), math.sqrt(k)
+            _slice_param(m, "weight", index, scale)
+            _slice_param(m, "bias", (slice(0, new_out),))
+            m.in_channels, m.out_channels = new_in, new_out
+            if depthwise:
+                m.groups = new_in
+        elif isinstance(m, _NORMS):
+            if m.num_features % k:
+                raise PartialChannelError(f"partial channels: {where} has {m.num_features} "
+                                          f"features, not divisible by K={k}")
+            n = m.num_features // k
+            for p in ("weight", "bias", "running_mean", "running_var"):
+                _slice_param(m, p, (slice(0, n),))
+            m.num_features = n
+        elif isinstance(m, nn.GroupNorm):
+            c, groups = m.num_channels, m.num_groups
+            if c % k:
+                raise PartialChannelError(f"partial channels: {where} has {c} channels, not "
+                                          f"divisible by K={k}")
+            if groups % k == 0:
+                m.num_groups = groups // k
+            elif (c // k) % groups:
+                raise PartialChannelError(f"partial channels: {where} has {groups} groups that "
+                                          f"fit neither {c} / {k} channels nor {k}")
+            for p in ("weight", "bias"):
+                _slice_param(m, p, (slice(0, c // k),))
+            m.num_channels = c // k
+        elif _has_own_state(m):
+            raise PartialChannelError(f"partial channels cannot shrink {where}")
+    return module
+
+
+def partial_plan(label: str, candidates: nn.ModuleDict, k: int) -> int | None:
+    """The channel count ``C`` if op choice ``label`` can run on ``C/k`` channels (every
+    candidate maps C -> C or is channel-free), None if it changes the channel count."""
+    sigs: dict[str, tuple[int, int] | None] = {}
+    for name, op in candidates.items():
+        try:
+            sigs[name] = channel_signature(op)
+        except PartialChannelError as exc:
+            raise PartialChannelError(f"op choice {label!r}, candidate {name!r}: {exc}; "
+                                      "use --mode full, gumbel or binary for this space"
+                                      ) from None
+    known = {s for s in sigs.values() if s is not None}
+    if len(known) != 1:
+        return None
+    cin, cout = next(iter(known))
+    if cin != cout:
+        return None
+    if cin % k:
+        raise PartialChannelError(f"op choice {label!r}: {cin} channels are not divisible by "
+                                  f"K={k}; pick a --partial-k that divides them")
+    return cin
+
+
+# ----- relaxed modules ----------------------------------------------------------------------
+def _resize_bypass(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    if tuple(x.shape[2:]) == tuple(size):
+        return x
+    if all(s <= t for s, t in zip(size, x.shape[2:])):
+        pool = {1: F.adaptive_max_pool1d, 2: F.adaptive_max_pool2d, 3: F.adaptive_max_pool3d}
+        return pool[x.dim() - 2](x, tuple(size))
+    return F.interpolate(x, size=tuple(size), mode="nearest")
+
+
+class PartialMixedOp(MixedOp):
+    """PC-DARTS: the candidates (shrunk to ``C/K`` channels) mix the first ``C/K`` channels; the
+    rest bypass them; a channel shuffle with ``K`` groups interleaves the two."""
+
+    def __init__(self, label: str, candidates: nn.ModuleDict, arch: ArchParameters,
+                 channels: int, k: int) -> None:
+        super().__init__(label, candidates, arch)
+        self.channels, self.k = channels, k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c, k = self.channels, self.k
+        if x.shape[1] != c:
+            raise RuntimeError(f"op choice {self.label!r} (partial channels) expects {c} "
+                               f"channels, got {x.shape[1]}")
+        part = c // k
+        weights = self._arch[0].op_probs(self.label)
+        out = None
+        # a copy of the slice: a view would keep all C channels of x alive for backward
+        xs = x[:, :part].contiguous()
+        for w, op in zip(weights, self.candidates.values()):
+            out = _accumulate(out, w, op(xs))
+        if out.shape[1] != part:
+            raise PartialChannelError(
+                f"op choice {self.label!r}: a shrunk candidate gave {out.shape[1]} channels "
+                f"instead of {part}; it cannot run on C/K channels")
+        size = out.shape[2:]
+        # Shuffled channel j*K + g holds group g's channel j; group 0 is the mixed part, groups
+        # 1..K-1 the bypassed chunks: one stack and a view, one copy (PC-DARTS: cat + shuffle).
+        groups = [out] + [_resize_bypass(x[:, g * part:(g + 1) * part], size).to(out.dtype)
+                          for g in range(1, k)]
+        return torch.stack(groups, dim=2).flatten(1, 2)
+
+
+class SampledMixedOp(MixedOp):
+    """GDAS / ProxylessNAS: run only the sampled candidate(s) (the argmax one in eval mode)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        arch = self._arch[0]
+        ops = list(self.candidates.values())
+        if not self.training:
+            return ops[int(arch.alpha[arch._key(self.label)].detach().argmax())](x)
+        sample = arch.op_sample(self.label)
+        if sample.weights is None:
+            return ops[sample.paths[0]](x)
+        out = None
+        for w, i in zip(sample.weights, sample.paths):
+            out = _accumulate(out, w, ops[i](x))
+        return out
+
+
+class NormalizedGatedSum(GatedSum):
+    """Partial mode's edge normalisation: ``sum_i g_i x_i / sum_i g_i``."""
+
+    def forward(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        gates = self._arch[0].gate_probs(self.label)
+        out = None
+        for g, x in zip(gates, inputs):
+            out = _accumulate(out, g, x)
+        return out / gates.sum()
+
+
+class SampledGatedSum(GatedSum):
+    """Sampled gates: the sum of the inputs whose gate is on (straight-through weights)."""
+
+    def active(self) -> GateSample:
+        """This forward's gates (drawn once per forward; the best ones in eval mode)."""
+        arch = self._arch[0]
+        if not self.training:
+            return GateSample(best_gates(arch, self.label), None)
+        return arch.gate_sample(self.label)
+
+    def forward(self, inputs: Sequence[torch.Tensor | None]) -> torch.Tensor:
+        sample = self.active()
+        out = None
+        for i in sample.on:
+            x = inputs[i]
+            if x is None:
+                raise RuntimeError(f"connection {self.label!r}: input {i} is on but was not "
+                                   "computed")
+            if sample.weights is None:
+                out = x if out is None else out + x
+            else:
+                out = _accumulate(out, sample.weights[i], x)
+        return out
+
+
+class SampledConnection(Connection):
+    """A nasseg :class:`Connection` that aligns only the inputs whose gate is on."""
+
+    def forward(self, candidates: Sequence[torch.Tensor | None],
+                size: Sequence[int] | None = None) -> torch.Tensor | None:
+        if not isinstance(self.choice, SampledGatedSum):
+            return super().forward(candidates, size)
+        on = set(self.choice.active().on)
+        aligned: list[torch.Tensor | None] = [None] * len(candidates)
+        for i in self.kept:
+            if i not in on:
+                continue
+            x = candidates[i]
+            if x is None:
+                raise RuntimeError(f"connection {self.label!r}: kept input {i} was not computed")
+            aligned[i] = self.align[str(i)](x, size) if self.align else x
+        return self.choice(aligned)

@@ -1,0 +1,365 @@
+"""Memory-saving search modes (partial channels, Gumbel, binary gates) and the cost card.
+
+Each mode moves the architecture in a short search in 2D and 3D and derives a network; partial
+channels shrink candidates and keep shapes; sampled modes run only the sampled candidates and
+align only the gated-on inputs; all three hold less activation memory than full mixing (counted
+exactly, with saved-tensor hooks, not timed); a Gumbel search resumes exactly.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from nasseg.cli import cli
+from nasseg.data import load_arrays
+from nasseg.derive import derive_architecture
+from nasseg.files import read_json
+from nasseg.ops import NORMAL_OPS, OutputHead, normal_op
+from nasseg.runs import RunFolder
+from nasseg.searches.darts import DartsSearch, SearchConfig
+from nasseg.searches.darts.modes import (PartialChannelError, PartialMixedOp, SampledConnection,
+                                         gumbel_temperature, shrink_channels)
+from nasseg.searches.darts.relax import relax
+from nasseg.space import SearchSpace, create_space
+from nasseg.training.seeding import seed_everything
+
+MODES = ("full", "partial", "gumbel", "binary")
+TINY = {"features": 4, "levels": 2}
+
+
+class Cell(SearchSpace):
+    """One UXNet cell: the seven normal ops as one op choice, then a 1x1 head."""
+
+    def __init__(self, channels: int = 8, spatial_dims: int = 3, num_classes: int = 2,
+                 extra: str | None = None) -> None:
+        super().__init__()
+        ops = {n: normal_op(n, spatial_dims, channels) for n in NORMAL_OPS}
+        if extra == "layernorm":
+            ops["odd"] = lambda: nn.Sequential(nn.Conv3d(channels, channels, 1),
+                                               nn.LayerNorm([4, 4, 4]))
+        self.cell = self.op_choice("cell", ops)
+        self.head = OutputHead(spatial_dims, channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.cell(x))
+
+
+def _engine(data: Path, tmp_path: Path, mode: str, on_epoch=None, **config) -> DartsSearch:
+    seed_everything(0)
+    dataset = load_arrays(data)
+    run = RunFolder(tmp_path / "run")
+    run.path.mkdir(parents=True, exist_ok=True)
+    cfg = SearchConfig(**{"epochs": 2, "warmup_epochs": 0, "device": "cpu", "mode": mode,
+                          "arch_lr": 3e-2, "arch_weight_decay": 0.0, **config})
+    space = create_space("uxnet", in_channels=dataset.in_channels,
+                         num_classes=dataset.num_classes, spatial_dims=dataset.spatial_dims,
+                         **TINY)
+    return DartsSearch(space, dataset, run, cfg, show_progress=False, on_epoch=on_epoch)
+
+
+# ----- every mode searches, in 2D and 3D, and derives -----------------------------------------
+@pytest.mark.parametrize("dims", [3, 2])
+@pytest.mark.parametrize("mode", MODES)
+def test_mode_moves_architecture_and_derives(mode, dims, small3d, small2d, tmp_path):
+    data = small3d if dims == 3 else small2d
+    engine = _engine(data, tmp_path, mode, epochs=3)
+    before = engine.arch.labelled_state()
+    engine.run()
+    after = engine.arch.labelled_state()
+    for label in before["alpha"]:
+        assert not torch.equal(before["alpha"][label], after["alpha"][label]), label
+    for label, b in before["beta"].items():
+        moved = not torch.equal(b, after["beta"][label])
+        if mode == "partial" and len(b) == 1:
+            assert not moved, label  # edge normalisation: a lone input's gate cannot matter
+        else:
+            assert moved, label
+
+    # derive and freeze: only the architecture parameters matter, the full-width ops return
+    dataset = load_arrays(data)
+    space = create_space("uxnet", in_channels=dataset.in_channels,
+                         num_classes=dataset.num_classes, spatial_dims=dims, **TINY)
+    scores = read_json(engine.run_folder.arch_params)
+    arch = derive_architecture(space, scores, space.default_tau,
+                               [dataset.in_channels, *dataset.patch_size])
+    net = space.freeze(arch["sample"])
+    x = torch.randn(1, dataset.in_channels, *dataset.patch_size)
+    assert net(x).shape == (1, dataset.num_classes, *dataset.patch_size)
+
+    card = read_json(engine.cost_path)
+    assert card["mode"] == mode and card["epochs_done"] == 3
+    assert card["steps"] == {"weight": card["steps"]["weight"], "arch": card["steps"]["weight"]}
+    assert card["steps"]["weight"] > 0 and card["peak_memory_mb"]["rss"] > 0
+    assert set(card["seconds"]) == {"data", "weight_steps", "arch_steps", "validation",
+                                    "checkpoint"}
+    assert all(v >= 0 for v in card["seconds"].values())
+    assert card["torch"] == torch.__version__ and card["device"] == "cpu"
+
+
+# ----- partial channels -----------------------------------------------------------------------
+@pytest.mark.parametrize("dims", [3, 2])
+def test_shrunk_candidates_run_on_a_quarter_of_the_channels(dims):
+    size = (6,) * dims
+    for name in NORMAL_OPS:
+        op = shrink_channels(normal_op(name, dims, 8)(), 4)
+        assert op(torch.randn(2, 2, *size)).shape == (2, 2, *size), name
+        assert sum(p.numel() for p in op.parameters()) < sum(
+            p.numel() for p in normal_op(name, dims, 8)().parameters()) / 4, name
+
+
+def test_shrinking_handles_depthwise_convs_and_group_norm():
+    op = nn.Sequential(nn.Conv3d(8, 8, 3, padding=1, groups=8), nn.GroupNorm(4, 8),
+                       nn.Conv3d(8, 8, 1), nn.BatchNorm3d(8))
+    shrink_channels(op, 2)
+    assert op(torch.randn(2, 4, 5, 5, 5)).shape == (2, 4, 5, 5, 5)
+    assert op[0].groups == 4 and op[1].num_groups == 2 and op[3].running_mean.shape == (4,)
+    with pytest.raises(PartialChannelError, match="groups=2"):
+        shrink_channels(nn.Conv3d(8, 8, 3, groups=2), 2)
+
+
+@pytest.mark.parametrize("dims", [3, 2])
+def test_partial_mixed_op_keeps_shape_and_bypasses_three_quarters(dims):
+    cell = Cell(channels=8, spatial_dims=dims)
+    arch = relax(cell, mode="partial", partial_k=4)
+    mixed = cell.cell
+    assert isinstance(mixed, PartialMixedOp) and arch.fully_mixed == []
+    x = torch.randn(2, 8, *(6,) * dims)
+    out = mixed(x)
+    assert out.shape == x.shape
+    # PC-DARTS channel shuffle: mixed channel j lands at 4 j, bypassed chunk g at 4 j + g
+    for g in range(1, 4):
+        assert torch.equal(out[:, g::4], x[:, 2 * g:2 * (g + 1)])
+    assert not torch.allclose(out[:, 0::4], x[:, 0:2])
+    loss = cell.head(out).square().mean()
+    loss.backward()
+    assert arch.alpha["cell"].grad.abs().sum() > 0
+
+
+def test_partial_mode_leaves_channel_changing_choices_fully_mixed():
+    space = create_space("uxnet", in_channels=1, num_classes=3, spatial_dims=3, **TINY)
+    arch = relax(space, mode="partial")
+    assert sorted(arch.fully_mixed) == ["N0_1_down", "N1_0_up"]
+    assert space(torch.randn(1, 1, 8, 8, 8)).shape == (1, 3, 8, 8, 8)
+
+
+def test_partial_mode_pools_the_bypass_of_a_strided_choice():
+    class Down(SearchSpace):
+        def __init__(self) -> None:
+            super().__init__()
+            self.down = self.op_choice("down", {
+                "pool": lambda: nn.MaxPool3d(2),
+                "conv": lambda: nn.Sequential(nn.Conv3d(8, 8, 3, stride=2, padding=1),
+                                              nn.InstanceNorm3d(8, affine=True))})
+
+        def forward(self, x):
+            return self.down(x)
+
+    space = Down()
+    relax(space, mode="partial", partial_k=2)
+    x = torch.randn(1, 8, 8, 8, 8)
+    out = space(x)
+    assert out.shape == (1, 8, 4, 4, 4)
+    assert torch.equal(out[:, 1::2], nn.functional.max_pool3d(x[:, 4:], 2))
+
+
+def test_partial_mode_refuses_what_it_cannot_shrink():
+    with pytest.raises(PartialChannelError, match="'cell'.*'odd'.*LayerNorm"):
+        relax(Cell(channels=8, extra="layernorm"), mode="partial")
+    with pytest.raises(PartialChannelError, match="6 channels are not divisible by K=4"):
+        relax(Cell(channels=6), mode="partial", partial_k=4)
+
+
+# ----- sampled modes --------------------------------------------------------------------------
+def _count_calls(mixed) -> dict[str, int]:
+    calls = dict.fromkeys(mixed.candidates, 0)
+    for name, op in mixed.candidates.items():
+        op.register_forward_hook(lambda m, a, o, n=name: calls.__setitem__(n, calls[n] + 1))
+    return calls
+
+
+@pytest.mark.parametrize("mode, arch_paths", [("gumbel", 1), ("binary", 2)])
+def test_sampled_modes_run_only_the_sampled_candidates(mode, arch_paths):
+    torch.manual_seed(0)
+    cell = Cell(channels=4, spatial_dims=3)
+    arch = relax(cell, mode=mode)
+    arch.temperature = 5.0
+    calls = _count_calls(cell.cell)
+    x = torch.randn(2, 4, 6, 6, 6)
+    weights = list(cell.parameters())
+    for step in range(6):
+        for kind in ("arch", "weight"):
+            for p in weights:
+                p.requires_grad_(kind == "weight")
+            arch.alpha["cell"].requires_grad_(kind == "arch")
+            arch.alpha["cell"].grad = None
+            before = dict(calls)
+            loss = cell(x).square().mean()
+            ran = [n for n in calls if calls[n] != before[n]]
+            assert all(calls[n] - before[n] == 1 for n in ran)
+            assert len(ran) == (arch_paths if kind == "arch" else 1), (kind, ran)
+            if kind == "arch":
+                loss.backward()
+                assert arch.alpha["cell"].grad.abs().sum() > 0
+    cell.eval()
+    before = dict(calls)
+    cell(x)
+    assert sum(calls.values()) - sum(before.values()) == 1
+
+
+@pytest.mark.parametrize("mode", ["gumbel", "binary"])
+def test_sampled_gates_align_only_the_inputs_they_keep(mode):
+    torch.manual_seed(0)
+    space = create_space("uxnet", in_channels=1, num_classes=3, spatial_dims=3, **TINY)
+    arch = relax(space, mode=mode)
+    conn = space.aggregate["N1_0"]
+    assert isinstance(conn, SampledConnection)
+    aligned: list[int] = []
+    for key, module in conn.align.items():
+        module.register_forward_hook(lambda m, a, o, i=int(key): aligned.append(i))
+    x = torch.randn(1, 1, 8, 8, 8)
+    seen = set()
+    for _ in range(12):
+        aligned.clear()
+        space(x)
+        kept = arch.gate_sample("N1_0_in").on
+        assert aligned == kept and len(kept) >= 1
+        seen.add(tuple(kept))
+    assert len(seen) > 1  # gates at 0.5: the subsets vary
+    with torch.no_grad():
+        arch.beta["N1_0_in"].fill_(-20.0)
+    aligned.clear()
+    space(x)
+    assert len(aligned) == 1  # every gate off: still one input
+
+
+# ----- memory: activations saved for backward, counted exactly --------------------------------
+def _saved_bytes(fn) -> int:
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        storages[st.data_ptr()] = max(storages.get(st.data_ptr(), 0), st.nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(storages.values())
+
+
+def _step_memory(mode: str) -> int:
+    """The larger of the saved-tensor bytes of an architecture step and of a weight step of
+    one 3D cell (16 channels, 16^3, batch 2)."""
+    torch.manual_seed(0)
+    cell = Cell(channels=16, spatial_dims=3)
+    arch = relax(cell, mode=mode)
+    x = torch.randn(2, 16, 16, 16, 16)
+    peak = 0
+    for kind in ("arch", "weight"):
+        for p in cell.parameters():
+            p.requires_grad_(kind == "weight")
+        arch.alpha["cell"].requires_grad_(kind == "arch")
+        for _ in range(3):  # sampled modes: a few draws, keep the worst
+            peak = max(peak, _saved_bytes(lambda: cell(x).square().mean()))
+    return peak
+
+
+def test_memory_modes_hold_less_than_full_mixing():
+    full = _step_memory("full")
+    for mode in ("partial", "gumbel", "binary"):
+        assert _step_memory(mode) < 0.5 * full, mode
+
+
+# ----- temperature, resume, settings, CLI -----------------------------------------------------
+def test_gumbel_temperature_anneals_linearly_over_the_searching_epochs():
+    assert gumbel_temperature(0, 10, 2, 5.0, 0.5) == 5.0  # warm-up
+    assert gumbel_temperature(2, 10, 2, 5.0, 0.5) == 5.0
+    assert gumbel_temperature(9, 10, 2, 5.0, 0.5) == 0.5
+    assert gumbel_temperature(5, 10, 2, 5.0, 0.5) == pytest.approx(5.0 - 4.5 * 3 / 7)
+    assert gumbel_temperature(0, 1, 0, 5.0, 0.5) == 0.5
+
+
+def test_gumbel_search_resumes_to_the_same_architecture(small3d, tmp_path):
+    unbroken = _engine(small3d, tmp_path / "a", "gumbel", epochs=3)
+    unbroken.run()
+    class Killed(Exception):
+        pass
+
+    def kill(epoch: int, dice: float) -> None:
+        raise Killed  # after the first epoch's checkpoint
+
+    broken = _engine(small3d, tmp_path / "b", "gumbel", on_epoch=kill, epochs=3)
+    with pytest.raises(Killed):
+        broken.run()
+    resumed = _engine(small3d, tmp_path / "b", "gumbel", epochs=3)
+    resumed.resume()
+    resumed.run()
+    a, b = unbroken.arch.labelled_state(), resumed.arch.labelled_state()
+    for kind in a:
+        for label in a[kind]:
+            assert torch.equal(a[kind][label], b[kind][label]), label
+    card = read_json(resumed.cost_path)
+    assert [s["epochs"] for s in card["sessions"]] == [[0, 1], [1, 3]]
+    assert card["steps"]["weight"] == sum(s["steps"]["weight"] for s in card["sessions"])
+
+
+def test_settings_refuse_bad_mode_combinations():
+    with pytest.raises(ValueError, match="mode must be one of"):
+        SearchConfig(mode="half")
+    with pytest.raises(ValueError, match="second order needs a deterministic relaxation"):
+        SearchConfig(mode="gumbel", order=2)
+    with pytest.raises(ValueError, match="tau_gumbel"):
+        SearchConfig(mode="gumbel", tau_gumbel=(0.5, 5.0))
+
+
+def test_cli_search_mode_partial_writes_the_cost_card(small3d, tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, [
+        "search", "--data", str(small3d), "--out", str(out), "--epochs", "1",
+        "--warmup-epochs", "0", "--device", "cpu", "--space-arg", "features=4",
+        "--space-arg", "levels=2", "--mode", "partial", "--partial-k", "2"])
+    assert result.exit_code == 0, result.output
+    card = json.loads((out / "cost.json").read_text())
+    assert card["mode"] == "partial" and card["partial_k"] == 2
+    assert card["fully_mixed_choices"] == ["N0_1_down", "N1_0_up"]
+    assert read_json(out / "run.json")["search"]["mode"] == "partial"
+    assert (out / "arch.json").exists()
+
+    bad = CliRunner().invoke(cli, ["search", "--data", str(small3d), "--out",
+                                   str(tmp_path / "bad"), "--mode", "binary", "--order", "2"])
+    assert bad.exit_code == 1
+    assert "second order needs a deterministic relaxation" in bad.output
+
+
+# ----- the engine's exact fast path for dilated 3D convs --------------------------------------
+def test_fast_dilated_conv_gradients_match_pytorch():
+    import copy
+
+    from nasseg.searches.darts.fastconv import FastDilatedConv3d, speed_up_dilated_convs
+
+    for kernel, dilation in [(3, 2), (5, 2), ((3, 5, 3), (2, 1, 3))]:
+        k = (kernel,) * 3 if isinstance(kernel, int) else kernel
+        d = (dilation,) * 3 if isinstance(dilation, int) else dilation
+        ref = nn.Conv3d(4, 6, k, padding=tuple(a * (b - 1) // 2 for a, b in zip(d, k)),
+                        dilation=d, bias=True).double()
+        fast = copy.deepcopy(ref)
+        assert speed_up_dilated_convs(fast) == 1 and isinstance(fast, FastDilatedConv3d)
+        x = torch.randn(2, 4, 6, 4, 6, dtype=torch.double)
+        x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        g = torch.randn(2, 6, 6, 4, 6, dtype=torch.double)
+        ref(x1).backward(g)
+        fast(x2).backward(g)
+        assert torch.allclose(x1.grad, x2.grad)
+        assert torch.allclose(ref.weight.grad, fast.weight.grad)
+        assert torch.allclose(ref.bias.grad, fast.bias.grad)
+    assert speed_up_dilated_convs(nn.Conv3d(4, 4, 3, padding=1)) == 0  # undilated: left alone
+    # differentiable twice (second-order uses of the supernet stay exact)
+    conv = nn.Conv3d(2, 2, 3, padding=2, dilation=2).double()
+    speed_up_dilated_convs(conv)
+    x = torch.randn(1, 2, 4, 4, 2, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda x, w: conv._conv_forward(x, w, conv.bias),
+                                        (x, conv.weight))
