@@ -9,6 +9,7 @@ Layout (stable; scripts rely on it):
 ``arch.json``         the derived architecture (search runs)
 ``model.pt``          the trained derived network (train runs)
 ``metrics.json``      validation metrics (train runs)
+``cost.json``         the cost card: wall time per phase, steps per second, peak memory, device
 ``tensorboard/``      TensorBoard event files
 """
 from __future__ import annotations
@@ -56,6 +57,10 @@ class RunFolder:
     @property
     def metrics(self) -> Path:
         return self.path / "metrics.json"
+
+    @property
+    def cost(self) -> Path:
+        return self.path / "cost.json"
 
     @property
     def tensorboard(self) -> Path:

@@ -43,7 +43,7 @@ def _check_search(engine: DartsSearch) -> dict:
     after = engine.arch.labelled_state()
     assert any(not torch.equal(before["alpha"][k], after["alpha"][k]) for k in before["alpha"])
     assert all(torch.isfinite(p).all() for p in engine.model.parameters())
-    return read_json(engine.cost_path)
+    return read_json(engine.run_folder.cost)
 
 
 @pytest.mark.gpu

@@ -91,7 +91,7 @@ def test_mode_moves_architecture_and_derives(mode, dims, small3d, small2d, tmp_p
     x = torch.randn(1, dataset.in_channels, *dataset.patch_size)
     assert net(x).shape == (1, dataset.num_classes, *dataset.patch_size)
 
-    card = read_json(engine.cost_path)
+    card = read_json(engine.run_folder.cost)
     assert card["mode"] == mode and card["epochs_done"] == 3
     assert card["steps"] == {"weight": card["steps"]["weight"], "arch": card["steps"]["weight"]}
     assert card["steps"]["weight"] > 0 and card["peak_memory_mb"]["rss"] > 0
@@ -302,7 +302,7 @@ def test_gumbel_search_resumes_to_the_same_architecture(small3d, tmp_path):
     for kind in a:
         for label in a[kind]:
             assert torch.equal(a[kind][label], b[kind][label]), label
-    card = read_json(resumed.cost_path)
+    card = read_json(resumed.run_folder.cost)
     assert [s["epochs"] for s in card["sessions"]] == [[0, 1], [1, 3]]
     assert card["steps"]["weight"] == sum(s["steps"]["weight"] for s in card["sessions"])
 

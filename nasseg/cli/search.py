@@ -37,6 +37,8 @@ DEFAULT_DATA = "demo3d"
 @click.option("--space-arg", "arg_items", multiple=True, metavar="NAME=VALUE",
               help="A constructor argument of the space, e.g. features=16 (repeatable).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="DataLoader worker processes (patch reading and augmentation).")
 @click.option("--deterministic", is_flag=True, help="Deterministic kernels (repeatable runs).")
 @click.option("--resume", is_flag=True,
               help="Continue the search in --out from its last checkpoint.")
@@ -61,7 +63,7 @@ DEFAULT_DATA = "demo3d"
 @user_errors
 def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: int,
            batch_size: int, order: str, arch_lr: float, seed: int,
-           knob_items: tuple[str, ...], arg_items: tuple[str, ...], device: str,
+           knob_items: tuple[str, ...], arg_items: tuple[str, ...], device: str, workers: int,
            deterministic: bool, resume: bool, nproc: int, mode: str, partial_k: int,
            tau_gumbel: tuple[float, float], amp: bool, channels_last: bool,
            compile_: bool) -> None:
@@ -98,7 +100,7 @@ def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: 
                               seed=seed, deterministic=deterministic,
                               device=device, mode=mode, partial_k=partial_k,
                               tau_gumbel=tau_gumbel, amp=amp, channels_last=channels_last,
-                              compile=compile_)
+                              compile=compile_, num_workers=workers)
         if is_main_process():
             click.echo(f"searching space {space!r} on {data!r} into {out}", err=True)
         result = start_search(out, space, data, knobs, space_args, config)

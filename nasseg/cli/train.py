@@ -20,10 +20,12 @@ __all__ = ["train"]
 @click.option("--lr", type=float, default=3e-3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="DataLoader worker processes (patch reading and augmentation).")
 @click.option("--deterministic", is_flag=True)
 @user_errors
 def train(arch: Path, data: str | None, out: Path | None, epochs: int, batch_size: int,
-          lr: float, seed: int, device: str, deterministic: bool) -> None:
+          lr: float, seed: int, device: str, workers: int, deterministic: bool) -> None:
     """Train the architecture in ARCH (an arch.json) and write metrics.json."""
     from nasseg.runs import fresh_run_dir
     from nasseg.training.trainer import TrainConfig, train_architecture
@@ -31,7 +33,7 @@ def train(arch: Path, data: str | None, out: Path | None, epochs: int, batch_siz
     if out is None:
         out = fresh_run_dir(Path("runs"), f"train-{arch.resolve().parent.name}")
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                         deterministic=deterministic, device=device)
+                         deterministic=deterministic, device=device, num_workers=workers)
     click.echo(f"training {arch} into {out}", err=True)
     metrics = train_architecture(arch, out, data, config)
     per_class = ", ".join(f"{k} {v:.3f}" if v is not None and v == v else f"{k} n/a"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,24 +30,18 @@ from nasseg.training.guards import check_finite
 from nasseg.training.loaders import EpochLoader, move_batch
 from nasseg.training.runlog import RunLog, logger
 from nasseg.training.seeding import seed_everything, set_deterministic
+from nasseg.training.settings import RunSettings
 
 __all__ = ["TrainConfig", "train_architecture", "stage_schedule"]
 
 
 @dataclass
-class TrainConfig:
-    """Settings of a retrain (AdamW with cosine decay)."""
+class TrainConfig(RunSettings):
+    """Settings of a retrain: the shared run settings plus AdamW with cosine decay."""
 
     epochs: int = 30
-    batch_size: int = 2
     lr: float = 3e-3
     weight_decay: float = 1e-4
-    val_fraction: float = 0.2
-    seed: int = 0
-    deterministic: bool = False
-    device: str = "auto"
-    num_workers: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def stage_schedule(stages: list[TrainingStage], epochs: int) -> list[TrainingStage]:

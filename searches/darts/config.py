@@ -1,29 +1,29 @@
 """Settings of a differentiable search (DARTS defaults for the architecture optimizer)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
+
+from nasseg.training.settings import RunSettings
 
 __all__ = ["SearchConfig"]
 
 
 @dataclass
-class SearchConfig:
+class SearchConfig(RunSettings):
     """Everything that shapes a search, saved in ``run.json`` so a resume continues the same run.
+
+    The shared settings (batch size for both halves, validation share, seed, determinism,
+    device, loader workers) come from :class:`~nasseg.training.settings.RunSettings`; the
+    validation share is held out, the rest halved into a weight half and an architecture half.
 
     Args:
         epochs: total epochs, warm-up included.
         warmup_epochs: epochs that train weights only, with the architecture frozen.
-        batch_size: cases per step, for both halves.
         order: 1 (first-order DARTS) or 2 (unrolled, finite-difference Hessian-vector product).
         weight_lr, weight_decay: AdamW for the network weights.
         arch_lr, arch_betas, arch_weight_decay: Adam for alphas and betas (DARTS: 3e-4,
             (0.5, 0.999), 1e-3).
-        val_fraction: share of cases held out for validation Dice; the rest is halved into a
-            weight half and an architecture half.
-        seed, deterministic: repeatability; ``deterministic`` asks torch for deterministic kernels.
-        device: ``cpu``, ``cuda``, ``cuda:1``... or ``auto``.
-        num_workers: DataLoader worker processes.
         mode: how choices are relaxed: ``full`` (softmax mixing, DARTS), ``partial``
             (partial channels, PC-DARTS), ``gumbel`` (hard Gumbel sampling, GDAS) or
             ``binary`` (binary gates, ProxylessNAS); see :mod:`nasseg.searches.darts.modes`.
@@ -39,25 +39,18 @@ class SearchConfig:
 
     epochs: int = 20
     warmup_epochs: int = 4
-    batch_size: int = 2
     order: int = 1
     weight_lr: float = 3e-3
     weight_decay: float = 1e-4
     arch_lr: float = 3e-4
     arch_betas: tuple[float, float] = (0.5, 0.999)
     arch_weight_decay: float = 1e-3
-    val_fraction: float = 0.2
-    seed: int = 0
-    deterministic: bool = False
-    device: str = "auto"
-    num_workers: int = 0
     mode: str = "full"
     partial_k: int = 4
     tau_gumbel: tuple[float, float] = (5.0, 0.5)
     amp: bool = False
     channels_last: bool = False
     compile: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.arch_betas = tuple(self.arch_betas)  # JSON gives lists

@@ -355,15 +355,10 @@ class DartsSearch:
         self.start_epoch = int(state["epochs_done"])
         self.cost.first_epoch = self.start_epoch
         try:
-            self.cost.previous = list(read_json(self.cost_path, "cost card")["sessions"])
+            self.cost.previous = list(read_json(self.run_folder.cost, "cost card")["sessions"])
         except (FileFormatError, KeyError, TypeError):
             self.cost.previous = []  # no readable card: this session's costs only
         logger.info("resuming %s after epoch %d", self.run_folder.path, self.start_epoch)
-
-    @property
-    def cost_path(self) -> Path:
-        """``RUN/cost.json``: the cost card."""
-        return self.run_folder.path / "cost.json"
 
     def _write_cost(self, epochs_done: int) -> None:
         if not self.dist.is_main:
@@ -373,7 +368,7 @@ class DartsSearch:
                  "amp_dtype": None if self.amp_dtype is None
                  else str(self.amp_dtype).replace("torch.", ""),
                  "world_size": self.dist.world_size}
-        write_json(self.cost_path, self.cost.card(epochs_done, self.device, self.config, extra))
+        write_json(self.run_folder.cost, self.cost.card(epochs_done, self.device, self.config, extra))
 
     def run(self) -> ArchParameters:
         """Search from the current epoch to the last; checkpoint after every epoch."""
