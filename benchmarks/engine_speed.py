@@ -109,18 +109,10 @@ def _sync(device: torch.device) -> None:
 
 
 def saved_mb(fn) -> float:
-    """MB of the distinct tensor storages autograd saves for backward while ``fn`` runs: the
-    activation memory of a step, exact and independent of allocator and machine noise."""
-    storages: dict[int, int] = {}
+    """MB of activations autograd saves for backward while ``fn`` runs (exact, noise-free)."""
+    from nasseg.searches.darts.cost import saved_activation_bytes
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        st = t.untyped_storage()
-        storages[st.data_ptr()] = max(storages.get(st.data_ptr(), 0), st.nbytes())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(storages.values()) / 2**20
+    return saved_activation_bytes(fn) / 2**20
 
 
 def _memory(before: float, device: torch.device) -> dict[str, Any]:

@@ -239,16 +239,9 @@ def test_sampled_gates_align_only_the_inputs_they_keep(mode):
 
 # ----- memory: activations saved for backward, counted exactly --------------------------------
 def _saved_bytes(fn) -> int:
-    storages: dict[int, int] = {}
+    from nasseg.searches.darts.cost import saved_activation_bytes
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        st = t.untyped_storage()
-        storages[st.data_ptr()] = max(storages.get(st.data_ptr(), 0), st.nbytes())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(storages.values())
+    return saved_activation_bytes(fn)
 
 
 def _step_memory(mode: str) -> int:

@@ -22,7 +22,22 @@ import torch
 
 from nasseg.searches.darts.config import SearchConfig
 
-__all__ = ["CostCard", "peak_rss_mb"]
+__all__ = ["CostCard", "peak_rss_mb", "saved_activation_bytes"]
+
+
+def saved_activation_bytes(fn: Any) -> int:
+    """Bytes of the distinct tensor storages autograd saves for backward while ``fn()`` runs: the
+    activation memory of a step, exact and independent of the allocator and machine noise."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        storages[st.data_ptr()] = max(storages.get(st.data_ptr(), 0), st.nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(storages.values())
 
 
 def peak_rss_mb() -> float:
