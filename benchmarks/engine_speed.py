@@ -220,7 +220,7 @@ def run_nni(case: dict[str, Any], warmup: int, steps: int, device: torch.device
 
 def run_ideal(case: dict[str, Any], reps: int, device: torch.device) -> dict[str, Any]:
     """2 x sum of every candidate's standalone forward + backward on its supernet input."""
-    from nasseg.searches.darts.relax import MixedOp, relax
+    from nasseg.searches.darts.relaxation import MixedOp, relax
 
     torch.manual_seed(0)
     space = build_space(case)

@@ -24,7 +24,7 @@ from nasseg.runs import RunFolder
 from nasseg.searches.darts import DartsSearch, SearchConfig
 from nasseg.searches.darts.modes import (PartialChannelError, PartialMixedOp, SampledConnection,
                                          gumbel_temperature, shrink_channels)
-from nasseg.searches.darts.relax import relax
+from nasseg.searches.darts.relaxation import relax
 from nasseg.space import SearchSpace, create_space
 from nasseg.training.seeding import seed_everything
 

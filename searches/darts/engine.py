@@ -32,7 +32,7 @@ from nasseg.searches.darts.cost import CostCard
 from nasseg.searches.darts.distributed import DistContext, shard
 from nasseg.searches.darts.fastconv import speed_up_dilated_convs
 from nasseg.searches.darts.modes import gumbel_temperature
-from nasseg.searches.darts.relax import ArchParameters, relax
+from nasseg.searches.darts.relaxation import ArchParameters, relax
 from nasseg.space import GATE_REG, SearchSpace
 from nasseg.training.device import resolve_device
 from nasseg.training.evaluate import evaluate_dice

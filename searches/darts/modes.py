@@ -1,5 +1,5 @@
 """Memory-saving relaxations: partial channels (PC-DARTS), Gumbel (GDAS) and binary gates
-(ProxylessNAS), beside the full softmax mixing of :mod:`nasseg.searches.darts.relax`.
+(ProxylessNAS), beside the full softmax mixing of :mod:`nasseg.searches.darts.relaxation`.
 
 Pick one per search with ``SearchConfig.mode`` / ``nasseg search --mode``; :func:`relax` builds
 the matching modules. What each mode does to the two kinds of choices:
@@ -67,7 +67,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nasseg.searches.darts.relax import ArchParameters, GatedSum, MixedOp, _accumulate
+from nasseg.searches.darts.relaxation import ArchParameters, GatedSum, MixedOp, _accumulate
 from nasseg.space.base import Connection
 
 __all__ = ["MODES", "SAMPLING_MODES", "PartialChannelError", "PartialMixedOp",
