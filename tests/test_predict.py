@@ -3,7 +3,6 @@ MSD and nnU-Net layouts (3D NIfTI) and a 2D PNG set."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np

@@ -20,7 +20,7 @@ from torch import nn
 
 from nasseg.losses import DiceCELoss
 from nasseg.space.graph import SpaceGraph
-from nasseg.space.knobs import KnobError, check_knob_value, current_fixed_knobs
+from nasseg.space.knobs import check_knob_value, current_fixed_knobs
 
 __all__ = ["SearchSpace", "Connection", "TrainingStage", "ChoiceInfo", "SampleError", "GATE_REG"]
 

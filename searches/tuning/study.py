@@ -127,7 +127,7 @@ class TuneResult:
 def prepare_setup(config: TuneConfig) -> TrialSetup:
     """Check the space, knobs, data and architecture before any trial (user errors fail here)."""
     from nasseg.data import load_data, resolve_data_spec
-    from nasseg.derive import build_derived, read_arch
+    from nasseg.derive import read_arch
     from nasseg.space import GATE_REG, KnobError, create_space
     from nasseg.space.knobs import check_knob_value
 
