@@ -29,8 +29,9 @@ DEFAULT_DATA = "demo3d"
 @click.option("--batch-size", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--order", type=click.Choice(["1", "2"]), default="1", show_default=True,
               help="DARTS first order, or second order (unrolled).")
-@click.option("--arch-lr", type=float, default=3e-4, show_default=True,
-              help="Adam learning rate of the architecture parameters (DARTS: 3e-4).")
+@click.option("--arch-lr", type=float, default=None,
+              help="Adam learning rate of the architecture parameters [default: DARTS's 3e-4, "
+                   "raised for short searches to 6 / architecture steps, at most 0.05].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--set", "knob_items", multiple=True, metavar="LABEL=VALUE",
               help="Fix a knob of the space for this run (repeatable).")
@@ -62,7 +63,7 @@ DEFAULT_DATA = "demo3d"
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the network.")
 @user_errors
 def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: int,
-           batch_size: int, order: str, arch_lr: float, seed: int,
+           batch_size: int, order: str, arch_lr: float | None, seed: int,
            knob_items: tuple[str, ...], arg_items: tuple[str, ...], device: str, workers: int,
            deterministic: bool, resume: bool, nproc: int, mode: str, partial_k: int,
            tau_gumbel: tuple[float, float], amp: bool, channels_last: bool,

@@ -6,7 +6,14 @@ from typing import Any
 
 from nasseg.training.settings import RunSettings
 
-__all__ = ["SearchConfig"]
+__all__ = ["SearchConfig", "DARTS_ARCH_LR", "ARCH_TRAVEL", "MAX_AUTO_ARCH_LR"]
+
+#: DARTS's architecture learning rate (Liu et al. 2019), used as is for long searches.
+DARTS_ARCH_LR = 3e-4
+#: How far (in logits) an architecture parameter can move over a search with the default lr.
+ARCH_TRAVEL = 6.0
+#: The default lr never exceeds this, however short the search (a few steps would ask for more).
+MAX_AUTO_ARCH_LR = 0.05
 
 
 @dataclass
@@ -23,7 +30,11 @@ class SearchConfig(RunSettings):
         order: 1 (first-order DARTS) or 2 (unrolled, finite-difference Hessian-vector product).
         weight_lr, weight_decay: AdamW for the network weights.
         arch_lr, arch_betas, arch_weight_decay: Adam for alphas and betas (DARTS: 3e-4,
-            (0.5, 0.999), 1e-3).
+            (0.5, 0.999), 1e-3). ``arch_lr=None`` (the default) takes DARTS's 3e-4 for a search
+            as long as DARTS's, and more for a short one: ``6 / architecture steps`` within
+            [3e-4, 0.05],
+            so that a parameter can move about 6 logits over the search (Adam moves it by about
+            lr per step; at 3e-4 and ~200 steps a gate could not pass sigmoid(0.06)).
         mode: how choices are relaxed: ``full`` (softmax mixing, DARTS), ``partial``
             (partial channels, PC-DARTS), ``gumbel`` (hard Gumbel sampling, GDAS) or
             ``binary`` (binary gates, ProxylessNAS); see :mod:`nasseg.searches.darts.modes`.
@@ -42,7 +53,7 @@ class SearchConfig(RunSettings):
     order: int = 1
     weight_lr: float = 3e-3
     weight_decay: float = 1e-4
-    arch_lr: float = 3e-4
+    arch_lr: float | None = None
     arch_betas: tuple[float, float] = (0.5, 0.999)
     arch_weight_decay: float = 1e-3
     mode: str = "full"
@@ -77,6 +88,12 @@ class SearchConfig(RunSettings):
         if self.order == 2 and self.amp:
             raise ValueError("amp supports first order only (the finite-difference Hessian-"
                              "vector product needs full precision)")
+
+    def resolved_arch_lr(self, arch_steps: int) -> float:
+        """The architecture learning rate for a search of ``arch_steps`` architecture steps."""
+        if self.arch_lr is not None:
+            return self.arch_lr
+        return min(MAX_AUTO_ARCH_LR, max(DARTS_ARCH_LR, ARCH_TRAVEL / max(1, arch_steps)))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready settings."""

@@ -119,11 +119,6 @@ class DartsSearch:
         self.arch_params = list(self.arch.parameters())
         self.weight_opt = torch.optim.AdamW(self.weights, lr=config.weight_lr,
                                             weight_decay=config.weight_decay)
-        # A space with nothing left to search (all ablations off) trains its weights only.
-        self.arch_opt = torch.optim.Adam(self.arch_params, lr=config.arch_lr,
-                                         betas=config.arch_betas,
-                                         weight_decay=config.arch_weight_decay
-                                         ) if self.arch_params else None
         self.gate_reg = float(space.knob_values.get(GATE_REG, 0.0))
         self.split = _split(data, config)
         bs, seed, nw = config.batch_size, config.seed, config.num_workers
@@ -141,6 +136,13 @@ class DartsSearch:
             len(part) // min(bs, len(part))
             for part in (shard(self.split["weights"], r, world) for r in range(world)))
         self.val_loader = EpochLoader(data, self.split["val"], bs, False, seed, nw)
+        # A space with nothing left to search (all ablations off) trains its weights only.
+        self.arch_lr = config.resolved_arch_lr(
+            (config.epochs - config.warmup_epochs) * self.steps_per_epoch)
+        self.arch_opt = torch.optim.Adam(self.arch_params, lr=self.arch_lr,
+                                         betas=config.arch_betas,
+                                         weight_decay=config.arch_weight_decay
+                                         ) if self.arch_params else None
         self.show_progress = show_progress
         self.start_epoch = 0
         self.history: list[dict[str, Any]] = []
@@ -331,6 +333,7 @@ class DartsSearch:
         })
         write_json(self.run_folder.arch_params, {
             "epochs_done": epochs_done, "world_size": self.dist.world_size,
+            "arch_lr": self.arch_opt.param_groups[0]["lr"] if self.arch_opt else None,
             "rank_max_difference": self.rank_difference, **self.arch.scores()})
 
     def resume(self) -> None:
@@ -373,6 +376,10 @@ class DartsSearch:
         """Search from the current epoch to the last; checkpoint after every epoch."""
         if self.dist.is_main:
             write_json(self.run_folder.split, self.split)
+            if self.arch_opt is not None:
+                logger.info("architecture learning rate %.3g over %d architecture steps",
+                            self.arch_opt.param_groups[0]["lr"],
+                            (self.config.epochs - self.config.warmup_epochs) * self.steps_per_epoch)
         log = RunLog(self.run_folder.tensorboard, self.show_progress, enabled=self.dist.is_main)
         try:
             for epoch in range(self.start_epoch, self.config.epochs):
