@@ -392,4 +392,8 @@ class DartsSearch:
                     self.on_epoch(epoch, summary.val_dice)
         finally:
             log.close()
+        # Every rank leaves the process group together; a rank exiting while Gloo's threads
+        # still serve the group aborts (seen as SIGABRT at exit).
+        self.dist.barrier()
+        self.dist.close()
         return self.arch
