@@ -1,9 +1,10 @@
 """Settings every run shares, whether it searches or retrains."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-__all__ = ["RunSettings"]
+__all__ = ["RunSettings", "cosine_lr"]
 
 
 @dataclass
@@ -24,3 +25,9 @@ class RunSettings:
     deterministic: bool = False
     device: str = "auto"
     num_workers: int = 0
+
+
+def cosine_lr(base_lr: float, epoch: int, epochs: int) -> float:
+    """Cosine decay from ``base_lr`` to 10 % of it, a function of the epoch alone (so a resumed
+    run sets the same rate as an unbroken one)."""
+    return base_lr * (0.1 + 0.9 * (1 + math.cos(math.pi * epoch / epochs)) / 2)

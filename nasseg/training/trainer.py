@@ -5,7 +5,6 @@ declarative recipe, one stage by default); the best validation epoch's weights a
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from nasseg.training.guards import check_finite
 from nasseg.training.loaders import EpochLoader, move_batch
 from nasseg.training.runlog import RunLog, logger
 from nasseg.training.seeding import seed_everything, set_deterministic
-from nasseg.training.settings import RunSettings
+from nasseg.training.settings import RunSettings, cosine_lr
 
 __all__ = ["TrainConfig", "train_architecture", "stage_schedule"]
 
@@ -78,7 +77,7 @@ def _fit(model: SearchSpace, data: CaseSet, split: dict[str, list[int]],
                 optimizer = torch.optim.AdamW(_trainable(model, stage), lr=config.lr,
                                               weight_decay=config.weight_decay)
                 current_stage = stage
-            lr = config.lr * (0.1 + 0.9 * (1 + math.cos(math.pi * epoch / config.epochs)) / 2)
+            lr = cosine_lr(config.lr, epoch, config.epochs)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             start, losses = time.perf_counter(), []

@@ -14,7 +14,6 @@ per phase, steps per second, peak memory.
 from __future__ import annotations
 
 import itertools
-import math
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from nasseg.training.evaluate import evaluate_dice
 from nasseg.training.guards import check_finite
 from nasseg.training.loaders import EpochLoader, move_batch
 from nasseg.training.runlog import RunLog, logger
+from nasseg.training.settings import cosine_lr
 from nasseg.training.seeding import rng_state, set_rng_state
 
 __all__ = ["DartsSearch", "EpochSummary"]
@@ -247,8 +247,7 @@ class DartsSearch:
     # ----- epochs -----------------------------------------------------------------------------
     def _set_lr(self, epoch: int) -> None:
         """Cosine decay of the weight learning rate to 10 %, a function of the epoch alone."""
-        lr0 = self.config.weight_lr
-        lr = 0.1 * lr0 + 0.9 * lr0 * (1 + math.cos(math.pi * epoch / self.config.epochs)) / 2
+        lr = cosine_lr(self.config.weight_lr, epoch, self.config.epochs)
         for group in self.weight_opt.param_groups:
             group["lr"] = lr
 
