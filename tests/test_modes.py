@@ -140,11 +140,52 @@ def test_partial_mixed_op_keeps_shape_and_bypasses_three_quarters(dims):
     assert arch.alpha["cell"].grad.abs().sum() > 0
 
 
-def test_partial_mode_leaves_channel_changing_choices_fully_mixed():
+def test_partial_mode_runs_channel_changing_choices_on_a_quarter_of_the_channels():
     space = create_space("uxnet", in_channels=1, num_classes=3, spatial_dims=3, **TINY)
     arch = relax(space, mode="partial")
-    assert sorted(arch.fully_mixed) == ["N0_1_down", "N1_0_up"]
+    assert arch.fully_mixed == []
+    partial = {n: m for n, m in space.named_modules() if isinstance(m, PartialMixedOp)}
+    changing = {n: m for n, m in partial.items() if m.cin != m.cout}
+    assert changing, "the T() reduction/expansion choices should be partial"
     assert space(torch.randn(1, 1, 8, 8, 8)).shape == (1, 3, 8, 8, 8)
+
+
+class _Resize(SearchSpace):
+    """One choice from 8 to ``cout`` channels at half the size (``up``: twice the size)."""
+
+    def __init__(self, cout: int, up: bool = False) -> None:
+        super().__init__()
+        conv = (nn.ConvTranspose3d(8, cout, 2, stride=2) if up
+                else nn.Conv3d(8, cout, 3, stride=2, padding=1))
+        self.resize = self.op_choice("resize", {
+            "a": lambda: conv, "b": lambda: nn.Sequential(
+                nn.Upsample(scale_factor=2) if up else nn.MaxPool3d(2), nn.Conv3d(8, cout, 1))})
+
+    def forward(self, x):
+        return self.resize(x)
+
+
+def test_partial_bypass_repeats_or_averages_channels_and_others_stay_mixed():
+    x = torch.randn(1, 8, 4, 4, 4)
+    wide = _Resize(16)
+    relax(wide, mode="partial", partial_k=2)
+    out = wide(x)
+    assert out.shape == (1, 16, 2, 2, 2)
+    # group 1 (odd channels): the bypassed half, max-pooled, each channel twice
+    pooled = nn.functional.max_pool3d(x[:, 4:], 2)
+    assert torch.equal(out[:, 1::2], pooled.repeat_interleave(2, dim=1))
+
+    narrow = _Resize(4, up=True)
+    relax(narrow, mode="partial", partial_k=2)
+    out = narrow(x)
+    assert out.shape == (1, 4, 8, 8, 8)
+    averaged = x[:, 4:].unflatten(1, (2, 2)).mean(2)
+    assert torch.allclose(out[:, 1::2], nn.functional.interpolate(averaged, scale_factor=2))
+    out.sum().backward()
+
+    odd = _Resize(12)  # 8 -> 12 channels: no whole factor, so fully mixed
+    arch = relax(odd, mode="partial", partial_k=2)
+    assert arch.fully_mixed == ["resize"] and odd(x).shape == (1, 12, 2, 2, 2)
 
 
 def test_partial_mode_pools_the_bypass_of_a_strided_choice():
@@ -209,6 +250,26 @@ def test_sampled_modes_run_only_the_sampled_candidates(mode, arch_paths):
     before = dict(calls)
     cell(x)
     assert sum(calls.values()) - sum(before.values()) == 1
+
+
+def test_binary_second_path_runs_without_autograd_and_changes_no_gradient():
+    torch.manual_seed(0)
+    cell = Cell(channels=4, spatial_dims=3)
+    arch = relax(cell, mode="binary")
+    for p in cell.parameters():
+        p.requires_grad_(False)  # the architecture step
+    x = torch.randn(2, 4, 6, 6, 6, requires_grad=True)
+    alpha = arch.alpha["cell"]
+    loss = cell.head(cell.cell(x)).square().mean()
+    sample = arch.op_sample("cell")
+    assert len(sample.paths) == 2
+    got = torch.autograd.grad(loss, [alpha, x], retain_graph=True)
+    # the reference: both sampled paths under autograd, same sample and weights
+    ops = list(cell.cell.candidates.values())
+    out = sum(w * ops[i](x) for w, i in zip(sample.weights, sample.paths))
+    want = torch.autograd.grad(cell.head(out).square().mean(), [alpha, x])
+    assert torch.allclose(got[0], want[0], atol=1e-7) and got[0].abs().sum() > 0
+    assert torch.allclose(got[1], want[1], atol=1e-7)
 
 
 @pytest.mark.parametrize("mode", ["gumbel", "binary"])
@@ -318,7 +379,7 @@ def test_cli_search_mode_partial_writes_the_cost_card(small3d, tmp_path):
     assert result.exit_code == 0, result.output
     card = json.loads((out / "cost.json").read_text())
     assert card["mode"] == "partial" and card["partial_k"] == 2
-    assert card["fully_mixed_choices"] == ["N0_1_down", "N1_0_up"]
+    assert card["fully_mixed_choices"] == []
     assert read_json(out / "run.json")["search"]["mode"] == "partial"
     assert (out / "arch.json").exists()
 
@@ -329,30 +390,39 @@ def test_cli_search_mode_partial_writes_the_cost_card(small3d, tmp_path):
 
 
 # ----- the engine's exact fast path for dilated 3D convs --------------------------------------
-def test_fast_dilated_conv_gradients_match_pytorch():
+@pytest.mark.parametrize("dims", [3, 2])
+def test_fast_conv_gradients_match_pytorch(dims):
     import copy
 
-    from nasseg.searches.darts.fastconv import FastDilatedConv3d, speed_up_dilated_convs
+    from nasseg.training.fastconv import FLIP_BELOW, FastConv2d, FastConv3d, speed_up_convs
 
-    for kernel, dilation in [(3, 2), (5, 2), ((3, 5, 3), (2, 1, 3))]:
-        k = (kernel,) * 3 if isinstance(kernel, int) else kernel
-        d = (dilation,) * 3 if isinstance(dilation, int) else dilation
-        ref = nn.Conv3d(4, 6, k, padding=tuple(a * (b - 1) // 2 for a, b in zip(d, k)),
+    fast_type = FastConv3d if dims == 3 else FastConv2d
+    conv_type = nn.Conv3d if dims == 3 else nn.Conv2d
+    cases = [(3, 1, 6), (5, 1, FLIP_BELOW), (3, 2, 6), (5, 2, FLIP_BELOW), (1, 1, 6),
+             ((3, 5, 3)[:dims], (2, 1, 3)[:dims], 6)]
+    for kernel, dilation, cout in cases:
+        k = (kernel,) * dims if isinstance(kernel, int) else kernel
+        d = (dilation,) * dims if isinstance(dilation, int) else dilation
+        ref = conv_type(4, cout, k, padding=tuple(a * (b - 1) // 2 for a, b in zip(d, k)),
                         dilation=d, bias=True).double()
         fast = copy.deepcopy(ref)
-        assert speed_up_dilated_convs(fast) == 1 and isinstance(fast, FastDilatedConv3d)
-        x = torch.randn(2, 4, 6, 4, 6, dtype=torch.double)
+        assert speed_up_convs(fast) == 1 and isinstance(fast, fast_type)
+        size = (6, 4, 6)[:dims]
+        x = torch.randn(2, 4, *size, dtype=torch.double)
         x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-        g = torch.randn(2, 6, 6, 4, 6, dtype=torch.double)
+        g = torch.randn(2, cout, *size, dtype=torch.double)
         ref(x1).backward(g)
         fast(x2).backward(g)
-        assert torch.allclose(x1.grad, x2.grad)
-        assert torch.allclose(ref.weight.grad, fast.weight.grad)
+        assert torch.allclose(x1.grad, x2.grad), (kernel, dilation, cout)
+        assert torch.allclose(ref.weight.grad, fast.weight.grad), (kernel, dilation, cout)
         assert torch.allclose(ref.bias.grad, fast.bias.grad)
-    assert speed_up_dilated_convs(nn.Conv3d(4, 4, 3, padding=1)) == 0  # undilated: left alone
+    # strided, grouped or not "same"-padded: left alone
+    assert speed_up_convs(conv_type(4, 4, 3, padding=1, stride=2)) == 0
+    assert speed_up_convs(conv_type(4, 4, 3, padding=1, groups=2)) == 0
+    assert speed_up_convs(conv_type(4, 4, 3, padding=0)) == 0
     # differentiable twice (second-order uses of the supernet stay exact)
-    conv = nn.Conv3d(2, 2, 3, padding=2, dilation=2).double()
-    speed_up_dilated_convs(conv)
-    x = torch.randn(1, 2, 4, 4, 2, dtype=torch.double, requires_grad=True)
+    conv = conv_type(2, 2, 3, padding=2, dilation=2).double()
+    speed_up_convs(conv)
+    x = torch.randn(1, 2, *(4, 4, 2)[:dims], dtype=torch.double, requires_grad=True)
     assert torch.autograd.gradgradcheck(lambda x, w: conv._conv_forward(x, w, conv.bias),
                                         (x, conv.weight))

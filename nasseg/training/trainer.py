@@ -25,6 +25,7 @@ from nasseg.runs import RunFolder
 from nasseg.space import SearchSpace, TrainingStage
 from nasseg.training.device import resolve_device
 from nasseg.training.evaluate import evaluate_dice
+from nasseg.training.fastconv import speed_up_convs
 from nasseg.training.guards import check_finite
 from nasseg.training.loaders import EpochLoader, move_batch
 from nasseg.training.runlog import RunLog, logger
@@ -139,6 +140,8 @@ def train_architecture(arch_path: str | Path, out: str | Path, data: str | None 
     set_deterministic(config.deterministic)
     device = resolve_device(config.device)
     model = build_derived(arch).to(device)
+    if device.type == "cpu":  # exact; some of PyTorch's CPU conv gradients are slow
+        speed_up_convs(model)
     train_idx, val_idx = split_indices(dataset.num_cases, config.val_fraction, config.seed)
     split = {"train": train_idx, "val": val_idx}
     write_json(run.split, split)

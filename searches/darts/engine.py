@@ -28,7 +28,7 @@ from nasseg.runs import RunFolder, RunFolderError
 from nasseg.searches.darts.config import SearchConfig
 from nasseg.searches.darts.cost import CostCard
 from nasseg.searches.darts.distributed import DistContext, shard
-from nasseg.searches.darts.fastconv import speed_up_dilated_convs
+from nasseg.training.fastconv import speed_up_convs
 from nasseg.searches.darts.modes import gumbel_temperature
 from nasseg.searches.darts.relaxation import ArchParameters, relax
 from nasseg.space import GATE_REG, SearchSpace
@@ -100,8 +100,8 @@ class DartsSearch:
         self.arch = relax(space, mode=config.mode, partial_k=config.partial_k)
         self.model.to(self.device)
         self.arch.to(self.device)
-        if self.device.type == "cpu":  # exact; PyTorch's CPU dilated weight gradient is slow
-            speed_up_dilated_convs(self.model)
+        if self.device.type == "cpu":  # exact; some of PyTorch's CPU conv gradients are slow
+            speed_up_convs(self.model)
         if config.channels_last:
             for t in list(self.model.parameters()) + list(self.model.buffers()):
                 if _memory_format(t) is not None:

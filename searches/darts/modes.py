@@ -13,9 +13,12 @@ the matching modules. What each mode does to the two kinds of choices:
     PC-DARTS' ``MixedOp``. The candidates the space built at ``C`` channels are *shrunk* to
     ``C/K`` at relax time (every conv's in/out channels and every norm's features divided by
     ``K``; weights sliced and rescaled to keep the fan-in-scaled init), see
-    :func:`shrink_channels`. Only op choices whose candidates map ``C`` channels to ``C``
-    channels can be partial (PC-DARTS defines nothing else); choices that change the channel
-    count (UXNet's reduction/expansion ops in T()) stay fully mixed and are listed in
+    :func:`shrink_channels`. PC-DARTS defines only ``C -> C`` choices; nasseg also runs
+    choices that change the channel count by a whole factor (UXNet's reduction and expansion
+    ops in T(), ``C -> 2C`` or ``4C -> C``) on ``1/K`` of the channels: the candidates map
+    ``C_in/K`` to ``C_out/K`` channels and each bypassed chunk is brought to ``C_out/K``
+    channels without parameters (channels repeated when there are more, neighbours averaged
+    when fewer). Choices that fit neither stay fully mixed and are listed in
     ``ArchParameters.fully_mixed``. If the candidates change the spatial size, the bypass is
     max-pooled (PC-DARTS' reduction cells) or nearest-upsampled to match. A candidate with a
     layer this module cannot shrink raises :class:`PartialChannelError`.
@@ -42,7 +45,9 @@ the matching modules. What each mode does to the two kinds of choices:
     one run. Architecture step: the paper's two-path estimate: two distinct candidates sampled
     from ``softmax(alpha)``, one of them active (sampled from the softmax over the two alphas),
     and ``dL/dg_j = <dL/dout, o_j>`` for the two paths, written as a straight-through weight
-    ``onehot_j + p'_j - stopgrad(p'_j)``, so only those two paths hold activations.
+    ``onehot_j + p'_j - stopgrad(p'_j)``. The inactive path has weight 0 in value, so no
+    gradient flows through it to its input or weights: it runs without autograd and holds
+    only its output; the active path alone holds activations, as in the weight step.
     connection: Bernoulli gates ``~ sigmoid(beta)`` with a straight-through gradient to
     ``sigmoid(beta)``; skipped inputs are not aligned; at least one stays (sampled by gate).
 
@@ -89,11 +94,14 @@ class OpSample:
     """One draw of an op choice: the candidates to run and their (straight-through) weights.
 
     ``weights`` is None when no gradient reaches the architecture (weight step, no grad mode):
-    then only ``paths[0]`` runs, unscaled.
+    then only ``paths[0]`` runs, unscaled. ``active`` is the position in ``paths`` of the path
+    whose output is the op's value; the others (ProxylessNAS' second path, weight 0 in value)
+    are run only for their gate's gradient ``<dL/dout, o_j>``.
     """
 
     paths: list[int]
     weights: list[torch.Tensor] | None
+    active: int = 0
 
 
 @dataclass
@@ -137,7 +145,8 @@ def sample_op(arch: ArchParameters, label: str) -> OpSample:
         p2 = torch.softmax(alpha[two], dim=0)
         active = int(torch.multinomial(p2.detach(), 1))
         paths = [int(i) for i in two.tolist()]
-        return OpSample(paths, [_straight_through(float(j == active), p2[j]) for j in range(2)])
+        return OpSample(paths, [_straight_through(float(j == active), p2[j]) for j in range(2)],
+                        active)
     raise ValueError(f"mode {arch.mode!r} does not sample op choices")
 
 
@@ -299,9 +308,11 @@ def shrink_channels(module: nn.Module, k: int, _done: set[int] | None = None) ->
     return module
 
 
-def partial_plan(label: str, candidates: nn.ModuleDict, k: int) -> int | None:
-    """The channel count ``C`` if op choice ``label`` can run on ``C/k`` channels (every
-    candidate maps C -> C or is channel-free), None if it changes the channel count."""
+def partial_plan(label: str, candidates: nn.ModuleDict, k: int) -> tuple[int, int] | None:
+    """``(C_in, C_out)`` if op choice ``label`` can run on ``1/k`` of its channels: every
+    candidate maps the same ``C_in`` to the same ``C_out`` (or is channel-free), both divide by
+    ``k``, and one divides the other (the bypass repeats or averages channels). None if not
+    (the choice then stays fully mixed)."""
     sigs: dict[str, tuple[int, int] | None] = {}
     for name, op in candidates.items():
         try:
@@ -314,16 +325,18 @@ def partial_plan(label: str, candidates: nn.ModuleDict, k: int) -> int | None:
     if len(known) != 1:
         return None
     cin, cout = next(iter(known))
-    if cin != cout:
-        return None
-    if cin % k:
+    if cin == cout and cin % k:
         raise PartialChannelError(f"op choice {label!r}: {cin} channels are not divisible by "
                                   f"K={k}; pick a --partial-k that divides them")
-    return cin
+    if cin % k or cout % k or max(cin, cout) % min(cin, cout):
+        return None
+    if any(s is None for s in sigs.values()) and cin != cout:
+        return None  # a channel-free candidate cannot change the channel count
+    return cin, cout
 
 
 # ----- relaxed modules ----------------------------------------------------------------------
-def _resize_bypass(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+def _resize_spatial(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     if tuple(x.shape[2:]) == tuple(size):
         return x
     if all(s <= t for s, t in zip(size, x.shape[2:])):
@@ -332,36 +345,56 @@ def _resize_bypass(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(x, size=tuple(size), mode="nearest")
 
 
+def _resize_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """Each channel repeated (more channels) or groups of neighbours averaged (fewer)."""
+    c = x.shape[1]
+    if c == channels:
+        return x
+    if channels > c:
+        return x.repeat_interleave(channels // c, dim=1)
+    return x.unflatten(1, (channels, c // channels)).mean(2)
+
+
+def _bypass(x: torch.Tensor, channels: int, size: Sequence[int]) -> torch.Tensor:
+    """A bypassed chunk brought to the mixed part's channels and size, without parameters
+    (the smaller of the two resizes first)."""
+    if channels < x.shape[1]:
+        return _resize_spatial(_resize_channels(x, channels), size)
+    return _resize_channels(_resize_spatial(x, size), channels)
+
+
 class PartialMixedOp(MixedOp):
-    """PC-DARTS: the candidates (shrunk to ``C/K`` channels) mix the first ``C/K`` channels; the
-    rest bypass them; a channel shuffle with ``K`` groups interleaves the two."""
+    """PC-DARTS: the candidates (shrunk to ``1/K`` of their channels) mix the first ``C_in/K``
+    input channels; the rest bypass them; a channel shuffle with ``K`` groups interleaves the
+    two. A choice that changes the channel count (``C_out = r C_in`` or ``C_in = r C_out``)
+    brings each bypassed chunk to ``C_out/K`` channels by repeating or averaging channels."""
 
     def __init__(self, label: str, candidates: nn.ModuleDict, arch: ArchParameters,
-                 channels: int, k: int) -> None:
+                 channels: tuple[int, int], k: int) -> None:
         super().__init__(label, candidates, arch)
-        self.channels, self.k = channels, k
+        (self.cin, self.cout), self.k = channels, k
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c, k = self.channels, self.k
-        if x.shape[1] != c:
-            raise RuntimeError(f"op choice {self.label!r} (partial channels) expects {c} "
-                               f"channels, got {x.shape[1]}")
-        part = c // k
+        k = self.k
+        if x.shape[1] != self.cin:
+            raise RuntimeError(f"op choice {self.label!r} (partial channels) expects "
+                               f"{self.cin} channels, got {x.shape[1]}")
+        part_in, part_out = self.cin // k, self.cout // k
         weights = self._arch[0].op_probs(self.label)
         out = None
         # a copy of the slice: a view would keep all C channels of x alive for backward
-        xs = x[:, :part].contiguous()
+        xs = x[:, :part_in].contiguous()
         for w, op in zip(weights, self.candidates.values()):
             out = _accumulate(out, w, op(xs))
-        if out.shape[1] != part:
+        if out.shape[1] != part_out:
             raise PartialChannelError(
                 f"op choice {self.label!r}: a shrunk candidate gave {out.shape[1]} channels "
-                f"instead of {part}; it cannot run on C/K channels")
+                f"instead of {part_out}; it cannot run on 1/K of the channels")
         size = out.shape[2:]
         # Shuffled channel j*K + g holds group g's channel j; group 0 is the mixed part, groups
         # 1..K-1 the bypassed chunks: one stack and a view, one copy (PC-DARTS: cat + shuffle).
-        groups = [out] + [_resize_bypass(x[:, g * part:(g + 1) * part], size).to(out.dtype)
-                          for g in range(1, k)]
+        groups = [out] + [_bypass(x[:, g * part_in:(g + 1) * part_in], part_out, size
+                                  ).to(out.dtype) for g in range(1, k)]
         return torch.stack(groups, dim=2).flatten(1, 2)
 
 
@@ -377,8 +410,15 @@ class SampledMixedOp(MixedOp):
         if sample.weights is None:
             return ops[sample.paths[0]](x)
         out = None
-        for w, i in zip(sample.weights, sample.paths):
-            out = _accumulate(out, w, ops[i](x))
+        for j, (w, i) in enumerate(zip(sample.weights, sample.paths)):
+            if j == sample.active:
+                y = ops[i](x)
+            else:
+                # Weight 0 in value: no gradient reaches x or the op's weights through this
+                # path, so it runs without autograd and holds only its output (for its gate).
+                with torch.no_grad():
+                    y = ops[i](x)
+            out = _accumulate(out, w, y)
         return out
 
 
