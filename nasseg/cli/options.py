@@ -7,7 +7,7 @@ import click
 
 from nasseg.space.knobs import parse_knob_value
 
-__all__ = ["parse_assignments"]
+__all__ = ["parse_assignments", "PatchSize"]
 
 
 def parse_assignments(items: Sequence[str], option: str) -> dict[str, Any]:
@@ -19,3 +19,20 @@ def parse_assignments(items: Sequence[str], option: str) -> dict[str, Any]:
             raise click.BadParameter(f"expected LABEL=VALUE, got {item!r}", param_hint=option)
         values[key.strip()] = parse_knob_value(text.strip())
     return values
+
+
+class PatchSize(click.ParamType):
+    """A patch size written ``96x96x64`` (or with commas): one positive size per axis."""
+
+    name = "SIZE"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[int, ...]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            sizes = tuple(int(v) for v in str(value).replace(",", "x").split("x"))
+        except ValueError:
+            sizes = ()
+        if not sizes or min(sizes) < 1:
+            self.fail(f"expected sizes such as 96x96x64, got {value!r}", param, ctx)
+        return sizes

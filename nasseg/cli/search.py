@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from nasseg.cli.errors import user_errors
-from nasseg.cli.options import parse_assignments
+from nasseg.cli.options import PatchSize, parse_assignments
 from nasseg.runs import fresh_run_dir
 
 __all__ = ["search"]
@@ -61,13 +61,21 @@ DEFAULT_DATA = "demo3d"
 @click.option("--channels-last", is_flag=True,
               help="Channels-last memory format (channels_last_3d in 3D) for weights and inputs.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the network.")
+@click.option("--patch-size", type=PatchSize(), default=None,
+              help="Training patch size, e.g. 96x96x64 [default: the data set's].")
+@click.option("--memory-budget", default=None, metavar="SIZE|auto",
+              help="Before searching, pick the largest batch or patch (--fit) whose search steps "
+                   "fit this much memory (e.g. 20GB; auto: 90% of the GPU, 80% of free RAM).")
+@click.option("--fit", type=click.Choice(["batch", "patch"]), default="batch", show_default=True,
+              help="--memory-budget: size the batch (patch kept) or the patch (batch kept).")
 @user_errors
 def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: int,
            batch_size: int, order: str, arch_lr: float | None, seed: int,
            knob_items: tuple[str, ...], arg_items: tuple[str, ...], device: str, workers: int,
            deterministic: bool, resume: bool, nproc: int, mode: str, partial_k: int,
            tau_gumbel: tuple[float, float], amp: bool, channels_last: bool,
-           compile_: bool) -> None:
+           compile_: bool, patch_size: tuple[int, ...] | None, memory_budget: str | None,
+           fit: str) -> None:
     """Search an architecture of SPACE on DATA; derive it into RUN/arch.json."""
     import os
     import subprocess
@@ -101,7 +109,8 @@ def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: 
                               seed=seed, deterministic=deterministic,
                               device=device, mode=mode, partial_k=partial_k,
                               tau_gumbel=tau_gumbel, amp=amp, channels_last=channels_last,
-                              compile=compile_, num_workers=workers)
+                              compile=compile_, num_workers=workers, patch_size=patch_size,
+                              memory_budget=memory_budget, fit=fit)
         if is_main_process():
             click.echo(f"searching space {space!r} on {data!r} into {out}", err=True)
         result = start_search(out, space, data, knobs, space_args, config)

@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from nasseg.cli.errors import user_errors
+from nasseg.cli.options import PatchSize
 
 __all__ = ["train"]
 
@@ -23,9 +24,12 @@ __all__ = ["train"]
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="DataLoader worker processes (patch reading and augmentation).")
 @click.option("--deterministic", is_flag=True)
+@click.option("--patch-size", type=PatchSize(), default=None,
+              help="Training patch size, e.g. 96x96x64 [default: the data set's].")
 @user_errors
 def train(arch: Path, data: str | None, out: Path | None, epochs: int, batch_size: int,
-          lr: float, seed: int, device: str, workers: int, deterministic: bool) -> None:
+          lr: float, seed: int, device: str, workers: int, deterministic: bool,
+          patch_size: tuple[int, ...] | None) -> None:
     """Train the architecture in ARCH (an arch.json) and write metrics.json."""
     from nasseg.runs import fresh_run_dir
     from nasseg.training.trainer import TrainConfig, train_architecture
@@ -33,7 +37,8 @@ def train(arch: Path, data: str | None, out: Path | None, epochs: int, batch_siz
     if out is None:
         out = fresh_run_dir(Path("runs"), f"train-{arch.resolve().parent.name}")
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                         deterministic=deterministic, device=device, num_workers=workers)
+                         deterministic=deterministic, device=device, num_workers=workers,
+                         patch_size=patch_size)
     click.echo(f"training {arch} into {out}", err=True)
     metrics = train_architecture(arch, out, data, config)
     per_class = ", ".join(f"{k} {v:.3f}" if v is not None and v == v else f"{k} n/a"

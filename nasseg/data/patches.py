@@ -71,6 +71,9 @@ class PatchDataset(Dataset):
         self.augment = augment
         self.seed = int(seed)
         self.patch = tuple(int(p) for p in (patch_size or data.patch_size))
+        if len(self.patch) != data.spatial_dims or min(self.patch) < 1:
+            raise DataError(f"{data.name}: patch size {self.patch} does not fit its "
+                            f"{data.spatial_dims}D cases (need {data.spatial_dims} positive sizes)")
         self.fg_fraction = fg_fraction
         self.epoch = 0
 

@@ -20,8 +20,10 @@ class EpochLoader:
     """
 
     def __init__(self, data: CaseSet, indices: Sequence[int], batch_size: int,
-                 train: bool, seed: int, num_workers: int = 0) -> None:
-        self.dataset = PatchDataset(data, indices, augment=train, seed=seed)
+                 train: bool, seed: int, num_workers: int = 0,
+                 patch_size: Sequence[int] | None = None) -> None:
+        self.dataset = PatchDataset(data, indices, augment=train, seed=seed,
+                                    patch_size=patch_size)
         self.seed = seed
         self.generator = torch.Generator()
         self.loader = DataLoader(self.dataset, batch_size=min(batch_size, len(indices)),

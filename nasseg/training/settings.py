@@ -17,6 +17,7 @@ class RunSettings:
         seed, deterministic: repeatability; ``deterministic`` asks torch for deterministic kernels.
         device: ``cpu``, ``cuda``, ``cuda:1``... or ``auto``.
         num_workers: DataLoader worker processes (patch reading and augmentation).
+        patch_size: the crop size of training patches; None takes the data set's own.
     """
 
     batch_size: int = 2
@@ -25,6 +26,13 @@ class RunSettings:
     deterministic: bool = False
     device: str = "auto"
     num_workers: int = 0
+    patch_size: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.patch_size is not None:  # JSON gives lists
+            self.patch_size = tuple(int(p) for p in self.patch_size)
+            if not self.patch_size or min(self.patch_size) < 1:
+                raise ValueError(f"patch_size must be positive sizes, got {self.patch_size}")
 
 
 def cosine_lr(base_lr: float, epoch: int, epochs: int) -> float:

@@ -65,9 +65,9 @@ def _fit(model: SearchSpace, data: CaseSet, split: dict[str, list[int]],
          config: TrainConfig, run: RunFolder, device: torch.device,
          on_epoch: Callable[[int, float], None] | None = None) -> dict[str, Any]:
     train = EpochLoader(data, split["train"], config.batch_size, True, config.seed,
-                        config.num_workers)
+                        config.num_workers, config.patch_size)
     val = EpochLoader(data, split["val"], config.batch_size, False, config.seed,
-                      config.num_workers)
+                      config.num_workers, config.patch_size)
     schedule = stage_schedule(model.training_stages(), config.epochs)
     best: dict[str, Any] = {"dice_mean": -1.0}
     log = RunLog(run.tensorboard)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from nasseg.searches.darts.budget import FITS, parse_memory_size
 from nasseg.training.settings import RunSettings
 
 __all__ = ["SearchConfig", "DARTS_ARCH_LR", "ARCH_TRAVEL", "MAX_AUTO_ARCH_LR"]
@@ -46,6 +47,9 @@ class SearchConfig(RunSettings):
         channels_last: channels-last memory format (``channels_last_3d`` for 3D) for the
             weights and the inputs.
         compile: ``torch.compile`` the network (``Module.compile``; checkpoints keep their keys).
+        memory_budget: ``auto`` or a size (``20GB``): before the search, probe for the largest
+            batch or patch (``fit``) whose steps fit; see :mod:`nasseg.searches.darts.budget`.
+        fit: what the memory budget sizes: ``batch`` or ``patch``.
     """
 
     epochs: int = 20
@@ -62,8 +66,11 @@ class SearchConfig(RunSettings):
     amp: bool = False
     channels_last: bool = False
     compile: bool = False
+    memory_budget: str | None = None
+    fit: str = "batch"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.arch_betas = tuple(self.arch_betas)  # JSON gives lists
         if self.order not in (1, 2):
             raise ValueError(f"order must be 1 or 2, got {self.order}")
@@ -85,6 +92,10 @@ class SearchConfig(RunSettings):
             raise ValueError(f"second order needs a deterministic relaxation (mode full or "
                              f"partial), not mode {self.mode!r}: each loss of the unrolled "
                              "gradient would sample a different network")
+        if self.fit not in FITS:
+            raise ValueError(f"fit must be one of {FITS}, got {self.fit!r}")
+        if self.memory_budget is not None and str(self.memory_budget).lower() != "auto":
+            parse_memory_size(self.memory_budget)
         if self.order == 2 and self.amp:
             raise ValueError("amp supports first order only (the finite-difference Hessian-"
                              "vector product needs full precision)")

@@ -114,6 +114,7 @@ class CostCard:
                             else platform.processor() or platform.machine()),
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "mode": config.mode, "order": config.order, "batch_size": config.batch_size,
+            "patch_size": list(config.patch_size) if config.patch_size else None,
             "amp": config.amp, "channels_last": config.channels_last, "compile": config.compile,
             **extra, "sessions": sessions,
         }

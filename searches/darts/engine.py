@@ -40,7 +40,7 @@ from nasseg.training.runlog import RunLog, logger
 from nasseg.training.settings import cosine_lr
 from nasseg.training.seeding import rng_state, set_rng_state
 
-__all__ = ["DartsSearch", "EpochSummary"]
+__all__ = ["DartsSearch", "EpochSummary", "search_split"]
 
 
 @dataclass
@@ -67,7 +67,8 @@ def _grad_enabled(params: Sequence[nn.Parameter], enabled: bool) -> Iterator[Non
             p.requires_grad_(flag)
 
 
-def _split(data: CaseSet, config: SearchConfig) -> dict[str, list[int]]:
+def search_split(data: CaseSet, config: SearchConfig) -> dict[str, list[int]]:
+    """The cases of the weight half, the architecture half and validation."""
     train, val = split_indices(data.num_cases, config.val_fraction, config.seed)
     if len(train) < 2:
         raise ValueError(f"{data.name}: {data.num_cases} cases leave fewer than 2 for training; "
@@ -120,22 +121,23 @@ class DartsSearch:
         self.weight_opt = torch.optim.AdamW(self.weights, lr=config.weight_lr,
                                             weight_decay=config.weight_decay)
         self.gate_reg = float(space.knob_values.get(GATE_REG, 0.0))
-        self.split = _split(data, config)
-        bs, seed, nw = config.batch_size, config.seed, config.num_workers
+        self.split = search_split(data, config)
+        bs, seed, nw, patch = (config.batch_size, config.seed, config.num_workers,
+                               config.patch_size)
         # Several processes (torchrun): each searches its shard; rank 0's start is everyone's.
         self.dist = DistContext.from_environment(self.device)
         rank, world = self.dist.rank, self.dist.world_size
         self.weight_loader = EpochLoader(data, shard(self.split["weights"], rank, world), bs,
-                                         True, seed, nw)
+                                         True, seed, nw, patch)
         self.arch_loader = EpochLoader(data, shard(self.split["arch"], rank, world), bs, True,
-                                       seed + 1, nw)
+                                       seed + 1, nw, patch)
         self.dist.broadcast(self.weights + self.arch_params)
         self.rank_difference = 0.0
         # Every rank takes the same number of steps, or the gradient all-reduces would hang.
         self.steps_per_epoch = min(
             len(part) // min(bs, len(part))
             for part in (shard(self.split["weights"], r, world) for r in range(world)))
-        self.val_loader = EpochLoader(data, self.split["val"], bs, False, seed, nw)
+        self.val_loader = EpochLoader(data, self.split["val"], bs, False, seed, nw, patch)
         # A space with nothing left to search (all ablations off) trains its weights only.
         self.arch_lr = config.resolved_arch_lr(
             (config.epochs - config.warmup_epochs) * self.steps_per_epoch)

@@ -1,15 +1,17 @@
 """A whole search run: folder, description, seeded supernet, engine, and the derived arch.json."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from nasseg import __version__
-from nasseg.data import CaseSet, load_data, resolve_data_spec
+from nasseg.data import CaseSet, DataError, load_data, resolve_data_spec
 from nasseg.derive import derive_run
 from nasseg.files import read_json, write_json
 from nasseg.runs import RunFolder
+from nasseg.searches.darts.budget import fit_memory
 from nasseg.searches.darts.config import SearchConfig
 from nasseg.searches.darts.distributed import is_main_process
 from nasseg.searches.darts.engine import DartsSearch
@@ -54,7 +56,7 @@ def _description(space: SearchSpace, data: str, dataset: CaseSet, config: Search
         "kind": "search", "nasseg_version": __version__,
         "space": space_name(space), "space_args": space.init_arguments,
         "knobs": dict(space.knob_values), "data": data, "class_names": dataset.class_names,
-        "input_shape": [dataset.in_channels, *dataset.patch_size],
+        "input_shape": [dataset.in_channels, *(config.patch_size or dataset.patch_size)],
         "search": config.to_dict(),
     }
 
@@ -69,16 +71,28 @@ def start_search(run_dir: Path, space: str, data: str, knobs: Mapping[str, Any],
 
     Under ``torchrun`` every process calls this; rank 0 returns the result, the others None.
     """
+    if config.memory_budget is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("--memory-budget probes in one process; fit the batch or patch there, "
+                         "then search in several with --batch-size / --patch-size")
     run = RunFolder(Path(run_dir))
     data = resolve_data_spec(data)
     dataset = load_data(data)
     args = {"in_channels": dataset.in_channels, "num_classes": dataset.num_classes,
             "spatial_dims": dataset.spatial_dims, **space_args}
     built = create_space(space, knobs=knobs, **args)  # fail on bad names before writing anything
+    if config.patch_size is not None and len(config.patch_size) != dataset.spatial_dims:
+        raise DataError(f"{data}: patch size {config.patch_size} does not fit its "
+                        f"{dataset.spatial_dims}D cases (need {dataset.spatial_dims} sizes)")
     if not is_main_process():  # rank 0 owns the folder; the others only search
         return _execute(run, _description(built, data, dataset, config), False, show_progress)
     run.ensure_new()
+    memory_fit = None
+    if config.memory_budget is not None:
+        config, memory_fit = fit_memory(lambda: create_space(space, knobs=knobs, **args),
+                                        dataset, config)
     description = _description(built, data, dataset, config)
+    if memory_fit is not None:
+        description["memory_fit"] = memory_fit
     write_json(run.config, description)
     return _execute(run, description, resume=False, show_progress=show_progress,
                     on_epoch=on_epoch)
