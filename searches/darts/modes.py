@@ -410,14 +410,17 @@ class SampledMixedOp(MixedOp):
         if sample.weights is None:
             return ops[sample.paths[0]](x)
         out = None
-        for j, (w, i) in enumerate(zip(sample.weights, sample.paths)):
+        # The active path last: the others' temporaries are freed before its activations pile up.
+        order = sorted(range(len(sample.paths)), key=lambda j: j == sample.active)
+        for j in order:
+            w, op = sample.weights[j], ops[sample.paths[j]]
             if j == sample.active:
-                y = ops[i](x)
+                y = op(x)
             else:
                 # Weight 0 in value: no gradient reaches x or the op's weights through this
                 # path, so it runs without autograd and holds only its output (for its gate).
                 with torch.no_grad():
-                    y = ops[i](x)
+                    y = op(x)
             out = _accumulate(out, w, y)
         return out
 
