@@ -22,7 +22,7 @@ Engines, each in a FRESH subprocess (so its peak RSS is its own):
 
 Step time: median of ``--steps`` steps after ``--warmup`` steps. Memory: peak RSS of the
 subprocess (``getrusage``), and the step's share = peak RSS minus the RSS just before the first
-step (imports, model and data excluded); on CUDA also ``max_memory_allocated``; and, exact and
+step (imports, model, data and torch's start-up, run first by a tiny conv, excluded); on CUDA also ``max_memory_allocated``; and, exact and
 noise-free, the activation memory autograd saves in one step's forward (``saved MB``: the
 larger of the architecture and the weight step; saved-tensor hooks, distinct storages). Writes
 ``OUT/engine_speed.json`` and prints the table with ratios to NNI, to the ideal and to full
@@ -256,9 +256,20 @@ def run_ideal(case: dict[str, Any], reps: int, device: torch.device) -> dict[str
     return {"times": [2 * total], "per_op_seconds": per_op}
 
 
+def _start_runtime(device: torch.device) -> None:
+    """Start torch's one-time machinery (thread pools, oneDNN, the autograd engine's threads,
+    the CUDA context) with a tiny conv forward and backward, so that the step memory measured
+    afterwards is the steps' own and not the runtime's start-up, the same for every engine."""
+    conv = torch.nn.Conv3d(2, 2, 3, padding=1).to(device)
+    x = torch.randn(1, 2, 8, 8, 8, device=device, requires_grad=True)
+    torch.nn.functional.interpolate(conv(x), scale_factor=2).sum().backward()
+    _sync(device)
+
+
 def one(config: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(config["threads"])
     device = torch.device(config["device"])
+    _start_runtime(device)
     case = CASES[config["case"]]
     engine = config["engine"]
     if engine.startswith("nasseg-"):
