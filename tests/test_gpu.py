@@ -79,3 +79,18 @@ def test_fp16_grad_scaler_path_runs_on_cpu(small3d, tmp_path):
     engine.scaler = torch.amp.GradScaler("cpu")
     _check_search(engine)
     assert "scaler" in torch.load(engine.run_folder.checkpoint, weights_only=False)
+
+
+def test_compile_path_traces_the_supernet_on_cpu(small3d, tmp_path, monkeypatch):
+    """``--compile`` through TorchDynamo and AOT autograd (the relaxed choices and the custom
+    conv gradients included); the "aot_eager" backend skips inductor's C++ build, which takes
+    minutes on CPU (measured: a 2-epoch compiled search works, about 100 s of it compiling)."""
+    original = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile",
+                        lambda self, **kw: original(self, backend="aot_eager", **kw))
+    torch._dynamo.reset()
+    engine = _search(small3d, tmp_path, "cpu", epochs=1, compile=True)
+    assert engine.model._compiled_call_impl is not None
+    card = _check_search(engine)
+    assert card["compile"] is True
+    torch._dynamo.reset()

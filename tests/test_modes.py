@@ -328,6 +328,37 @@ def test_memory_modes_hold_less_than_full_mixing():
         assert _step_memory(mode) < 0.5 * full, mode
 
 
+def _supernet_step_memory(mode: str, small3d, tmp_path) -> int:
+    """The larger of the saved-tensor bytes of the engine's architecture step and weight step
+    on the UXNet supernet (features 8, 3 levels, 16^3, batch 2); sampled modes: worst of 4."""
+    from nasseg.searches.darts.cost import saved_activation_bytes
+    from nasseg.searches.darts.engine import _grad_enabled
+
+    seed_everything(0)
+    dataset = load_arrays(small3d)
+    run = RunFolder(tmp_path / mode)
+    run.path.mkdir(parents=True)
+    space = create_space("uxnet", in_channels=1, num_classes=dataset.num_classes,
+                         spatial_dims=3, features=8, levels=3)
+    engine = DartsSearch(space, dataset, run, SearchConfig(device="cpu", mode=mode),
+                         show_progress=False)
+    batch = next(engine.weight_loader.epoch(0))
+    engine.model.train()
+    peak = 0
+    for frozen in (engine.weights, engine.arch_params):
+        with _grad_enabled(frozen, False):
+            for _ in range(4 if mode in ("gumbel", "binary") else 1):
+                peak = max(peak, saved_activation_bytes(lambda: engine._loss(batch, "m", 0, 0)))
+    return peak
+
+
+def test_memory_modes_meet_the_target_on_the_uxnet_supernet(small3d, tmp_path):
+    """Issue target: each memory-saving mode holds at most 0.4x full mixing's step memory."""
+    full = _supernet_step_memory("full", small3d, tmp_path)
+    for mode in ("partial", "gumbel", "binary"):
+        assert _supernet_step_memory(mode, small3d, tmp_path) <= 0.4 * full, mode
+
+
 # ----- temperature, resume, settings, CLI -----------------------------------------------------
 def test_gumbel_temperature_anneals_linearly_over_the_searching_epochs():
     assert gumbel_temperature(0, 10, 2, 5.0, 0.5) == 5.0  # warm-up
