@@ -86,7 +86,7 @@ def test_cli_search_fits_the_batch_to_the_budget(small3d, tmp_path):
     tried = [p["batch"] for p in fit["probes"]]
     # 12 cases: 2 for validation, halves of 5: batches 1-4, all fit in 1000 GB
     assert tried == [1, 2, 3, 4] and fit["chosen"] == 4 and run["search"]["batch_size"] == 4
-    assert all(p["peak_mb"] > 0 for p in fit["probes"])
+    assert all(p["peak_mb"] > 0 for p in fit["probes"]) and fit["seconds"] > 0
     assert (out / "arch.json").exists()
 
     patch = CliRunner().invoke(cli, [
@@ -107,6 +107,16 @@ def test_cli_search_refuses_a_budget_nothing_fits(small3d, tmp_path):
     assert result.exit_code == 1
     assert "even batch 1 does not fit" in result.output
     assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_budget_refuses_several_processes(small3d, tmp_path, monkeypatch):
+    from nasseg.searches.darts.run import start_search
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="probes in one process"):
+        start_search(tmp_path / "run", "uxnet", str(small3d), {}, {"features": 4},
+                     SearchConfig(memory_budget="8GB"))
+    assert not (tmp_path / "run").exists()
 
 
 def test_patch_size_option_sets_the_training_crops(small3d, tmp_path):

@@ -27,6 +27,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
@@ -215,9 +216,10 @@ def fit_memory(build_space: Callable[[], SearchSpace], data: CaseSet, config: Se
                     _describe(candidate), shown, f"{budget / 2**20:,.0f}")
         return peak
 
+    start = time.perf_counter()
     best, probes = largest_fitting(candidates, measure, budget)
     record = {"budget": config.memory_budget, "budget_mb": budget / 2**20, "fit": config.fit,
-              "device": str(device),
+              "device": str(device), "seconds": time.perf_counter() - start,
               "probes": [{config.fit: _describe(c), "peak_mb": None if p is None else p / 2**20}
                          for c, p in probes]}
     if best is None:
