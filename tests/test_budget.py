@@ -109,6 +109,30 @@ def test_cli_search_refuses_a_budget_nothing_fits(small3d, tmp_path):
     assert not (tmp_path / "run" / "run.json").exists()
 
 
+def test_out_of_memory_in_a_probe_means_does_not_fit(small3d, monkeypatch):
+    """The CUDA out-of-memory path, raised on CPU: the probe stops there and keeps the last
+    batch that ran."""
+    from nasseg.searches.darts.budget import fit_memory
+    from nasseg.searches.darts.engine import DartsSearch
+
+    real_step = DartsSearch._weight_step
+
+    def step(self, batch, epoch, step):
+        if batch["image"].shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_step(self, batch, epoch, step)
+
+    monkeypatch.setattr(DartsSearch, "_weight_step", step)
+    data = load_arrays(small3d)
+    config = SearchConfig(device="cpu", memory_budget="1000GB", warmup_epochs=0, epochs=1)
+    fitted, record = fit_memory(lambda: create_space("uxnet", in_channels=1, num_classes=3,
+                                                     spatial_dims=3, features=4, levels=2),
+                                data, config)
+    assert fitted.batch_size == 2 and record["chosen"] == 2
+    assert [p["batch"] for p in record["probes"]] == [1, 2, 3]
+    assert record["probes"][-1]["peak_mb"] is None
+
+
 def test_budget_refuses_several_processes(small3d, tmp_path, monkeypatch):
     from nasseg.searches.darts.run import start_search
 
