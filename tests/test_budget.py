@@ -17,6 +17,12 @@ from nasseg.searches.darts.budget import (batch_candidates, largest_fitting, mea
 from nasseg.space import create_space
 
 
+def _supernet_builder(features: int):
+    """Builds a fresh two-level UXNet supernet for small3d (1 channel, 3 classes) per call."""
+    return lambda: create_space("uxnet", in_channels=1, num_classes=3, spatial_dims=3,
+                                features=features, levels=2)
+
+
 def test_memory_sizes_parse_in_decimal_and_binary_units():
     assert parse_memory_size("20GB") == 20 * 10**9
     assert parse_memory_size("1.5GiB") == int(1.5 * 2**30)
@@ -60,11 +66,7 @@ def test_largest_fitting_candidate_stops_at_the_first_that_does_not_fit():
 
 def test_measured_peak_grows_with_the_patch(small3d):
     data = load_arrays(small3d)
-
-    def build():
-        return create_space("uxnet", in_channels=1, num_classes=data.num_classes,
-                            spatial_dims=3, features=8, levels=2)
-
+    build = _supernet_builder(features=8)
     config = SearchConfig(device="cpu", batch_size=4, warmup_epochs=0, epochs=1)
     small = measure_peak(build, data, SearchConfig(**{**config.to_dict(),
                                                       "patch_size": (8, 8, 8)}))
@@ -125,9 +127,7 @@ def test_out_of_memory_in_a_probe_means_does_not_fit(small3d, monkeypatch):
     monkeypatch.setattr(DartsSearch, "_weight_step", step)
     data = load_arrays(small3d)
     config = SearchConfig(device="cpu", memory_budget="1000GB", warmup_epochs=0, epochs=1)
-    fitted, record = fit_memory(lambda: create_space("uxnet", in_channels=1, num_classes=3,
-                                                     spatial_dims=3, features=4, levels=2),
-                                data, config)
+    fitted, record = fit_memory(_supernet_builder(features=4), data, config)
     assert fitted.batch_size == 2 and record["chosen"] == 2
     assert [p["batch"] for p in record["probes"]] == [1, 2, 3]
     assert record["probes"][-1]["peak_mb"] is None
@@ -162,11 +162,7 @@ def test_patch_size_option_sets_the_training_crops(small3d, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_probe_measures_reserved_memory(small3d):
     data = load_arrays(small3d)
-
-    def build():
-        return create_space("uxnet", in_channels=1, num_classes=data.num_classes,
-                            spatial_dims=3, features=8, levels=2)
-
+    build = _supernet_builder(features=8)
     config = SearchConfig(device="cuda", batch_size=2, warmup_epochs=0, epochs=1)
     peak = measure_peak(build, data, config)
     assert peak is not None and 0 < peak < torch.cuda.get_device_properties(0).total_memory
