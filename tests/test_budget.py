@@ -76,12 +76,17 @@ def test_measured_peak_grows_with_the_patch(small3d):
     assert large > small + 100 * 2**20
 
 
+def _search(data, out, *options):
+    """``nasseg search`` of a small UXNet (features 4, 2 levels) for one epoch on CPU."""
+    return CliRunner().invoke(cli, [
+        "search", "--data", str(data), "--out", str(out), "--epochs", "1", "--warmup-epochs",
+        "0", "--device", "cpu", "--space-arg", "features=4", "--space-arg", "levels=2",
+        *options])
+
+
 def test_cli_search_fits_the_batch_to_the_budget(small3d, tmp_path):
     out = tmp_path / "run"
-    result = CliRunner().invoke(cli, [
-        "search", "--data", str(small3d), "--out", str(out), "--epochs", "1",
-        "--warmup-epochs", "0", "--device", "cpu", "--space-arg", "features=4",
-        "--space-arg", "levels=2", "--memory-budget", "1000GB"])
+    result = _search(small3d, out, "--memory-budget", "1000GB")
     assert result.exit_code == 0, result.output
     run = json.loads((out / "run.json").read_text())
     fit = run["memory_fit"]
@@ -91,10 +96,7 @@ def test_cli_search_fits_the_batch_to_the_budget(small3d, tmp_path):
     assert all(p["peak_mb"] > 0 for p in fit["probes"]) and fit["seconds"] > 0
     assert (out / "arch.json").exists()
 
-    patch = CliRunner().invoke(cli, [
-        "search", "--data", str(small3d), "--out", str(tmp_path / "patch"), "--epochs", "1",
-        "--warmup-epochs", "0", "--device", "cpu", "--space-arg", "features=4",
-        "--space-arg", "levels=2", "--memory-budget", "1000GB", "--fit", "patch"])
+    patch = _search(small3d, tmp_path / "patch", "--memory-budget", "1000GB", "--fit", "patch")
     assert patch.exit_code == 0, patch.output
     run = json.loads((tmp_path / "patch" / "run.json").read_text())
     assert run["memory_fit"]["chosen"] == [16, 16, 16] == run["search"]["patch_size"]
@@ -102,10 +104,7 @@ def test_cli_search_fits_the_batch_to_the_budget(small3d, tmp_path):
 
 
 def test_cli_search_refuses_a_budget_nothing_fits(small3d, tmp_path):
-    result = CliRunner().invoke(cli, [
-        "search", "--data", str(small3d), "--out", str(tmp_path / "run"), "--epochs", "1",
-        "--device", "cpu", "--space-arg", "features=4", "--space-arg", "levels=2",
-        "--memory-budget", "1MB"])
+    result = _search(small3d, tmp_path / "run", "--memory-budget", "1MB")
     assert result.exit_code == 1
     assert "even batch 1 does not fit" in result.output
     assert not (tmp_path / "run" / "run.json").exists()
@@ -145,10 +144,7 @@ def test_budget_refuses_several_processes(small3d, tmp_path, monkeypatch):
 
 def test_patch_size_option_sets_the_training_crops(small3d, tmp_path):
     out = tmp_path / "run"
-    result = CliRunner().invoke(cli, [
-        "search", "--data", str(small3d), "--out", str(out), "--epochs", "1",
-        "--warmup-epochs", "0", "--device", "cpu", "--space-arg", "features=4",
-        "--space-arg", "levels=2", "--patch-size", "8x8x8"])
+    result = _search(small3d, out, "--patch-size", "8x8x8")
     assert result.exit_code == 0, result.output
     run = json.loads((out / "run.json").read_text())
     assert run["search"]["patch_size"] == [8, 8, 8] and run["input_shape"] == [1, 8, 8, 8]
