@@ -77,15 +77,15 @@ def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: 
            compile_: bool, patch_size: tuple[int, ...] | None, memory_budget: str | None,
            fit: str) -> None:
     """Search an architecture of SPACE on DATA; derive it into RUN/arch.json."""
-    import os
     import subprocess
     import sys
 
     from nasseg.searches.darts import SearchConfig
-    from nasseg.searches.darts.distributed import is_main_process, launch_command
+    from nasseg.searches.darts.distributed import (is_main_process, launch_command,
+                                                   launched_world_size)
     from nasseg.searches.darts.run import resume_search, start_search
 
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    distributed = launched_world_size() > 1
     if (nproc > 1 or distributed) and out is None:
         raise click.UsageError("a search in several processes needs --out RUN (one folder for all)")
     if nproc > 1 and not distributed:

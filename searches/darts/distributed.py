@@ -17,12 +17,17 @@ import torch
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-__all__ = ["DistContext", "shard", "is_main_process", "launch_command"]
+__all__ = ["DistContext", "shard", "is_main_process", "launched_world_size", "launch_command"]
 
 
 def is_main_process() -> bool:
     """Whether this process is rank 0 (or not part of a distributed run)."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def launched_world_size() -> int:
+    """How many processes ``torchrun`` started for this run (1 outside one)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def launch_command(nproc: int, argv: Sequence[str]) -> list[str]:
@@ -60,7 +65,7 @@ class DistContext:
     @classmethod
     def from_environment(cls, device: torch.device) -> "DistContext":
         """Join the process group ``torchrun`` describes in the environment, if any."""
-        world = int(os.environ.get("WORLD_SIZE", "1"))
+        world = launched_world_size()
         if world <= 1:
             return cls()
         if not dist.is_initialized():

@@ -28,12 +28,12 @@ from nasseg.runs import RunFolder, RunFolderError
 from nasseg.searches.darts.config import SearchConfig
 from nasseg.searches.darts.cost import CostCard
 from nasseg.searches.darts.distributed import DistContext, shard
-from nasseg.training.fastconv import speed_up_convs
 from nasseg.searches.darts.modes import gumbel_temperature
 from nasseg.searches.darts.relaxation import ArchParameters, relax
 from nasseg.space import GATE_REG, SearchSpace
 from nasseg.training.device import resolve_device
 from nasseg.training.evaluate import evaluate_dice
+from nasseg.training.fastconv import speed_up_convs
 from nasseg.training.guards import check_finite
 from nasseg.training.loaders import EpochLoader, move_batch
 from nasseg.training.runlog import RunLog, logger

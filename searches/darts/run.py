@@ -1,7 +1,6 @@
 """A whole search run: folder, description, seeded supernet, engine, and the derived arch.json."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -13,7 +12,7 @@ from nasseg.files import read_json, write_json
 from nasseg.runs import RunFolder
 from nasseg.searches.darts.budget import fit_memory
 from nasseg.searches.darts.config import SearchConfig
-from nasseg.searches.darts.distributed import is_main_process
+from nasseg.searches.darts.distributed import is_main_process, launched_world_size
 from nasseg.searches.darts.engine import DartsSearch
 from nasseg.space import SearchSpace, create_space, space_name
 from nasseg.training.seeding import seed_everything, set_deterministic
@@ -71,7 +70,7 @@ def start_search(run_dir: Path, space: str, data: str, knobs: Mapping[str, Any],
 
     Under ``torchrun`` every process calls this; rank 0 returns the result, the others None.
     """
-    if config.memory_budget is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if config.memory_budget is not None and launched_world_size() > 1:
         raise ValueError("--memory-budget probes in one process; fit the batch or patch there, "
                          "then search in several with --batch-size / --patch-size")
     run = RunFolder(Path(run_dir))
