@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/table1"))
     parser.add_argument("--search-epochs", type=int, default=25)
     parser.add_argument("--train-epochs", type=int, default=30)
-    parser.add_argument("--features", type=int, default=4)
+    parser.add_argument("--features", type=int, default=8)
     parser.add_argument("--levels", type=int, default=3)
     parser.add_argument("--arch-lr", type=float, default=3e-2)
     parser.add_argument("--seed", type=int, default=0)
