@@ -22,11 +22,11 @@ Engines, each in a FRESH subprocess (so its peak RSS is its own):
 
 Step time: median of ``--steps`` steps after ``--warmup`` steps. Memory: peak RSS of the
 subprocess (``getrusage``), and the step's share = peak RSS minus the RSS just before the first
-step (imports, model, data and torch's start-up, run first by a tiny conv, excluded); on CUDA also ``max_memory_allocated``; and, exact and
-noise-free, the activation memory autograd saves in one step's forward (``saved MB``: the
-larger of the architecture and the weight step; saved-tensor hooks, distinct storages). Writes
-``OUT/engine_speed.json`` and prints the table with ratios to NNI, to the ideal and to full
-mixing. Machines shared with other work are noisy: compare ratios taken in one run.
+step (imports, model, data and torch's start-up, run first by a tiny conv, excluded); on CUDA
+also ``max_memory_allocated``; and, exact and noise-free, the activation memory autograd saves
+in one step's forward (``saved MB``: the larger of the architecture and the weight step;
+saved-tensor hooks, distinct storages). Writes ``OUT/engine_speed.json`` and prints the table
+with ratios to NNI, to the ideal and to full mixing. Machines shared with other work are noisy: compare ratios taken in one run.
 """
 from __future__ import annotations
 

@@ -42,8 +42,9 @@ from nasseg.training.runlog import logger
 if TYPE_CHECKING:
     from nasseg.searches.darts.config import SearchConfig
 
-__all__ = ["FITS", "parse_memory_size", "resolve_budget", "batch_candidates",
-           "patch_candidates", "largest_fitting", "measure_peak", "fit_memory"]
+__all__ = ["FITS", "parse_memory_size", "is_auto", "check_budget", "resolve_budget",
+           "batch_candidates", "patch_candidates", "largest_fitting", "measure_peak",
+           "fit_memory"]
 
 FITS = ("batch", "patch")
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6,
@@ -62,6 +63,17 @@ def parse_memory_size(text: str) -> int:
     return int(float(match.group(1)) * _UNITS[unit])
 
 
+def is_auto(text: str) -> bool:
+    """Whether a budget is ``auto`` (any case, surrounding spaces ignored)."""
+    return str(text).strip().lower() == "auto"
+
+
+def check_budget(text: str) -> None:
+    """Raise ValueError unless ``text`` is ``auto`` or a size :func:`parse_memory_size` reads."""
+    if not is_auto(text):
+        parse_memory_size(text)
+
+
 def _available_cpu_bytes() -> int:
     try:
         with open("/proc/meminfo") as fh:
@@ -74,7 +86,7 @@ def _available_cpu_bytes() -> int:
 
 def resolve_budget(text: str, device: torch.device) -> int:
     """The budget in bytes: a size, or ``auto`` (90 % of the GPU, 80 % of free CPU memory)."""
-    if str(text).strip().lower() != "auto":
+    if not is_auto(text):
         return parse_memory_size(text)
     if device.type == "cuda":
         return int(0.9 * torch.cuda.get_device_properties(device).total_memory)
@@ -121,8 +133,14 @@ def largest_fitting(candidates: Sequence[T], measure: Callable[[T], int | None],
 
 
 def _rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    """This process's resident size now (Linux), else its peak so far (``getrusage``)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        from nasseg.searches.darts.cost import peak_rss_mb  # cost imports config imports this
+
+        return int(peak_rss_mb() * 2**20)
 
 
 class _RssSampler:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from nasseg.searches.darts.budget import FITS, parse_memory_size
+from nasseg.searches.darts.budget import FITS, check_budget
 from nasseg.training.settings import RunSettings
 
 __all__ = ["SearchConfig", "DARTS_ARCH_LR", "ARCH_TRAVEL", "MAX_AUTO_ARCH_LR"]
@@ -94,8 +94,8 @@ class SearchConfig(RunSettings):
                              "gradient would sample a different network")
         if self.fit not in FITS:
             raise ValueError(f"fit must be one of {FITS}, got {self.fit!r}")
-        if self.memory_budget is not None and str(self.memory_budget).lower() != "auto":
-            parse_memory_size(self.memory_budget)
+        if self.memory_budget is not None:
+            check_budget(self.memory_budget)
         if self.order == 2 and self.amp:
             raise ValueError("amp supports first order only (the finite-difference Hessian-"
                              "vector product needs full precision)")
