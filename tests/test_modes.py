@@ -420,7 +420,7 @@ def test_cli_search_mode_partial_writes_the_cost_card(small3d, tmp_path):
     assert "second order needs a deterministic relaxation" in bad.output
 
 
-# ----- the engine's exact fast path for dilated 3D convs --------------------------------------
+# ----- exact faster conv gradients on CPU (flipped-kernel input gradient, dilated phases) -----
 @pytest.mark.parametrize("dims", [3, 2])
 def test_fast_conv_gradients_match_pytorch(dims):
     import copy
