@@ -38,12 +38,16 @@ class SampleError(ValueError):
 
 @dataclass(frozen=True)
 class ChoiceInfo:
-    """What can vary under one label: an ``op`` choice, a ``connection`` choice or a ``knob``."""
+    """What can vary under one label: an ``op`` choice, a ``connection`` choice or a ``knob``.
+
+    ``inputs`` is the number of tensors an op choice's candidates take (``op(*inputs)``).
+    """
 
     label: str
     kind: str
     candidates: tuple[Any, ...]
     node: str | None = None
+    inputs: int = 1
 
 
 @dataclass(frozen=True)
@@ -141,15 +145,19 @@ class SearchSpace(ModelSpace):
         return self._frozen_sample[label]
 
     def op_choice(self, label: str, candidates: Mapping[str, ModuleOrFactory],
-                  node: str | None = None) -> nn.Module:
+                  node: str | None = None, inputs: int = 1) -> nn.Module:
         """A layer that is one of ``candidates`` (name -> module or factory).
 
         While searching this is an NNI ``LayerChoice``; frozen, it is the chosen module alone
-        (other candidates given as factories are never built).
+        (other candidates given as factories are never built). ``inputs`` is how many tensors
+        every candidate takes (a fusion of A and B takes 2); the engine relaxes such a choice
+        over all of them.
         """
         if not candidates:
             raise ValueError(f"op choice {label!r} needs at least one candidate")
-        self.choice_infos[label] = ChoiceInfo(label, "op", tuple(candidates), node)
+        if inputs < 1:
+            raise ValueError(f"op choice {label!r}: inputs must be >= 1, got {inputs}")
+        self.choice_infos[label] = ChoiceInfo(label, "op", tuple(candidates), node, inputs)
         if self.is_frozen:
             name = self._sample_value(label)
             if name not in candidates:
