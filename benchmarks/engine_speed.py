@@ -214,7 +214,8 @@ def run_nni(case: dict[str, Any], warmup: int, steps: int, device: torch.device
     memory = _memory(timer.before or 0.0, device)
     # both of NNI's steps run the forward with every parameter requiring grad
     batch = {k: v.to(device) for k, v in train[0].items()}
-    saved = saved_mb(lambda: supernet.compute_loss(supernet.forward_batch(batch), batch))
+    stage = supernet.training_stages()[0]
+    saved = saved_mb(lambda: supernet.compute_loss(supernet.forward_batch(batch), batch, stage))
     return {"times": timer.times[warmup:], **memory, "saved_mb": saved}
 
 

@@ -278,7 +278,10 @@ def test_patch_dataset_items() -> None:
     np.testing.assert_array_equal(item["image"].numpy(), data.images[2])
     item["image"].zero_()
     assert data.images[2].any()  # a copy, not a view
-    assert "presence" not in PatchDataset(_tiny(with_meta=False), [0])[0]
+    # presence is the patch's own, computed from its label, also where the set has none
+    bare = PatchDataset(_tiny(with_meta=False), [0])[0]
+    expected = [float((bare["label"] == c).any()) for c in (1, 2)]
+    assert bare["presence"].tolist() == expected
     with pytest.raises(DataError):
         PatchDataset(data, [4])
 

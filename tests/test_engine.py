@@ -56,7 +56,7 @@ def test_warmup_keeps_architecture_frozen(small3d, tmp_path):
 
 def test_architecture_step_computes_no_weight_gradients(small3d, tmp_path):
     engine = _engine(small3d, tmp_path)
-    batch = next(engine.arch_loader.epoch(0))
+    batch = next(engine.stage_loaders(engine.schedule[0])[1].epoch(0))
     engine._arch_step(batch, batch, 0, 0)
     assert all(w.grad is None for w in engine.weights)
     assert all(a.grad is not None and a.grad.abs().sum() > 0 for a in engine.arch_params)
@@ -83,8 +83,8 @@ def test_second_order_matches_exact_unrolled_gradient(small3d, tmp_path):
         engine.arch.double()
         for group in engine.weight_opt.param_groups:
             group["lr"] = 0.05
-        wb = {k: (v.double() if k == "image" else v) for k, v in next(engine.weight_loader.epoch(0)).items()}
-        ab = {k: (v.double() if k == "image" else v) for k, v in next(engine.arch_loader.epoch(0)).items()}
+        wb = {k: (v.double() if k == "image" else v) for k, v in next(engine.stage_loaders(engine.schedule[0])[0].epoch(0)).items()}
+        ab = {k: (v.double() if k == "image" else v) for k, v in next(engine.stage_loaders(engine.schedule[0])[1].epoch(0)).items()}
         _, approx = engine._unrolled_grads(ab, wb, 0, 0)
 
         names = [n for n, _ in engine.model.named_parameters()]
@@ -93,7 +93,7 @@ def test_second_order_matches_exact_unrolled_gradient(small3d, tmp_path):
 
         def loss_with(params, batch):
             out = functional_call(model, dict(zip(names, params)), (batch["image"],))
-            return model.compute_loss(out, batch)
+            return model.compute_loss(out, batch, engine.schedule[0])
 
         g = torch.autograd.grad(loss_with(weights, wb), weights, create_graph=True)
         unrolled = [w - 0.05 * gi for w, gi in zip(weights, g)]
@@ -112,7 +112,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_checkpoint(small3d, tmp_path):
     saved = engine.run_folder.checkpoint.read_bytes()
     engine = _engine(small3d, tmp_path, epochs=2)
     engine.resume()
-    engine.model.compute_loss = lambda out, batch: out.sum() * float("nan")
+    engine.model.compute_loss = lambda out, batch, stage: out.sum() * float("nan")
     with pytest.raises(NonFiniteLossError, match="became nan at epoch 1, step 0"):
         engine.run()
     assert engine.run_folder.checkpoint.read_bytes() == saved

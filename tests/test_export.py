@@ -46,7 +46,8 @@ def test_export_runs_without_nasseg(trained, fmt, tmp_path):
     result = CliRunner().invoke(cli, ["export", str(trained), "--format", fmt])
     assert result.exit_code == 0, result.output
     path = trained / ("model.ts" if fmt == "torchscript" else "model.onnx")
-    model, arch = load_trained(trained)
+    model, info = load_trained(trained)
+    arch = info["arch"]
     x = np.random.default_rng(0).standard_normal((2, *arch["input_shape"])).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     with torch.no_grad():

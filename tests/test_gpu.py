@@ -62,7 +62,7 @@ def test_short_search_on_cuda(option, mode, small3d, tmp_path, monkeypatch):
     assert card["peak_memory_mb"]["cuda_allocated"] > 0
     if OPTIONS[option].get("amp"):
         assert card["amp_dtype"] == ("float16" if option == "amp-fp16" else "bfloat16")
-        assert (engine.scaler is not None) == (option == "amp-fp16")
+        assert (engine.precision.scaler is not None) == (option == "amp-fp16")
 
 
 @pytest.mark.parametrize("option", ["amp", "channels-last"])
@@ -75,8 +75,8 @@ def test_gpu_paths_run_on_cpu(option, small3d, tmp_path):
 
 def test_fp16_grad_scaler_path_runs_on_cpu(small3d, tmp_path):
     engine = _search(small3d, tmp_path, "cpu", epochs=1, amp=True)
-    engine.amp_dtype = torch.float16  # what a GPU without bf16 gets
-    engine.scaler = torch.amp.GradScaler("cpu")
+    engine.precision.dtype = torch.float16  # what a GPU without bf16 gets
+    engine.precision.scaler = torch.amp.GradScaler("cpu")
     _check_search(engine)
     assert "scaler" in torch.load(engine.run_folder.checkpoint, weights_only=False)
 

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from nasseg.evaluation import EvaluationError, evaluate_folders, read_label_file, write_evaluation
+from nasseg.inference import network_predict_fn as on_image
 from nasseg.inference import sliding_window_predict, window_starts
 from nasseg.metrics import (case_metrics, dice_per_class, hd95_per_class, iou_per_class,
                             pixel_accuracy)
@@ -57,7 +58,7 @@ def test_whole_image_patch_is_a_single_pass() -> None:
         calls.append(tuple(batch.shape))
         return conv(batch)
 
-    out = sliding_window_predict(fn, image, (16, 20))
+    out = sliding_window_predict(on_image(fn), image, (16, 20))
     assert calls == [(1, 2, 16, 20)]
     expected = torch.softmax(conv(image[None]), dim=1)[0]
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
@@ -68,7 +69,7 @@ def test_constant_logits_give_their_softmax_everywhere() -> None:
     logits = torch.tensor([0.5, -1.0, 2.0])
     image = torch.randn(1, 19, 23, 17)
     out = sliding_window_predict(
-        lambda b: logits.view(1, 3, 1, 1, 1).expand(b.shape[0], 3, *b.shape[2:]),
+        on_image(lambda b: logits.view(1, 3, 1, 1, 1).expand(b.shape[0], 3, *b.shape[2:])),
         image, (8, 8, 8), batch_size=4)
     assert out.shape == (3, 19, 23, 17)
     torch.testing.assert_close(out, torch.softmax(logits, 0).view(3, 1, 1, 1).expand_as(out),
@@ -85,7 +86,7 @@ def test_gaussian_map_blends_overlapping_windows() -> None:
         cls1 = torch.where(first_col > 0, 10.0, -10.0).view(-1, 1, 1, 1)
         return torch.cat([-cls1, cls1], dim=1).expand(-1, 2, 8, 8)
 
-    out = sliding_window_predict(fn, columns[None], (8, 8), overlap=0.5)[1].numpy()
+    out = sliding_window_predict(on_image(fn), columns[None], (8, 8), overlap=0.5)[1].numpy()
 
     # 1-D Gaussian, sigma = 8 / 8, centre 3.5, scaled so the 2-D map peaks at 1
     g = lambda x: np.exp(-0.5 * ((np.asarray(x, dtype=float) - 3.5) / 1.0) ** 2) / np.exp(-0.125)
@@ -96,7 +97,7 @@ def test_gaussian_map_blends_overlapping_windows() -> None:
     assert np.all(out[:, :4] < 1e-6) and np.all(out[:, 8:] > 1 - 1e-6)
     assert np.all(np.diff(out[4]) >= 0) and out[4, 5] + out[4, 6] == pytest.approx(1.0)  # smooth hand-over
 
-    flat = sliding_window_predict(fn, columns[None], (8, 8), overlap=0.5, gaussian=False)[1]
+    flat = sliding_window_predict(on_image(fn), columns[None], (8, 8), overlap=0.5, gaussian=False)[1]
     torch.testing.assert_close(flat[:, 4:8], torch.full((8, 4), 0.5), rtol=0, atol=1e-6)
 
 
@@ -105,10 +106,10 @@ def test_gaussian_map_blends_overlapping_windows() -> None:
 def test_odd_shapes_are_covered_exactly(shape: tuple[int, ...], patch: tuple[int, ...]) -> None:
     fn, truth = _pointwise()
     image = torch.randn(2, *shape)
-    out = sliding_window_predict(fn, image, patch, overlap=0.5, batch_size=3)
+    out = sliding_window_predict(on_image(fn), image, patch, overlap=0.5, batch_size=3)
     assert out.shape == (3,) + shape and out.dtype == torch.float32
     torch.testing.assert_close(out, truth(image), rtol=0, atol=1e-5)
-    single = sliding_window_predict(fn, image, patch, overlap=0.25, batch_size=1)
+    single = sliding_window_predict(on_image(fn), image, patch, overlap=0.25, batch_size=1)
     torch.testing.assert_close(single, out, rtol=0, atol=1e-5)
 
 
@@ -123,7 +124,7 @@ def test_images_smaller_than_the_patch_are_padded(shape: tuple[int, ...], patch:
         seen.append(batch)
         return fn(batch)
 
-    out = sliding_window_predict(spy, image, patch)
+    out = sliding_window_predict(on_image(spy), image, patch)
     assert out.shape == (3,) + shape
     torch.testing.assert_close(out, truth(image), rtol=0, atol=1e-5)
     window = seen[0][0, 0]  # the first window; padding is zeros, split evenly before and after
@@ -146,16 +147,16 @@ def test_mirroring_keeps_a_flip_equivariant_function() -> None:
         return conv(batch)
 
     image = torch.randn(1, 13, 11, 9)
-    plain = sliding_window_predict(fn, image, (8, 8, 8))
+    plain = sliding_window_predict(on_image(fn), image, (8, 8, 8))
     n_plain = len(calls)
-    mirrored = sliding_window_predict(fn, image, (8, 8, 8), mirror=True)
+    mirrored = sliding_window_predict(on_image(fn), image, (8, 8, 8), mirror=True)
     assert len(calls) - n_plain == 8 * n_plain
     torch.testing.assert_close(mirrored, plain, rtol=0, atol=1e-5)
 
     # a function that is not flip-equivariant is changed (averaged) by mirroring
     ramp = torch.linspace(-3, 3, 8)
     skewed = lambda b: torch.stack([torch.zeros_like(b[:, 0]), ramp.view(1, 8, 1, 1).expand_as(b[:, 0])], 1)
-    p = sliding_window_predict(skewed, torch.zeros(1, 8, 8, 8), (8, 8, 8), mirror=True)
+    p = sliding_window_predict(on_image(skewed), torch.zeros(1, 8, 8, 8), (8, 8, 8), mirror=True)
     torch.testing.assert_close(p, torch.full_like(p, 0.5), rtol=0, atol=1e-6)
 
 
@@ -163,11 +164,12 @@ def test_sliding_window_rejects_bad_arguments() -> None:
     image = torch.zeros(1, 8, 8)
     ident = lambda b: torch.zeros(b.shape[0], 2, *b.shape[2:])
     with pytest.raises(ValueError, match="patch_size"):
-        sliding_window_predict(ident, image, (8, 8, 8))
+        sliding_window_predict(on_image(ident), image, (8, 8, 8))
     with pytest.raises(ValueError, match="overlap"):
-        sliding_window_predict(ident, image, (4, 4), overlap=1.0)
+        sliding_window_predict(on_image(ident), image, (4, 4), overlap=1.0)
     with pytest.raises(ValueError, match="predict_fn"):
-        sliding_window_predict(lambda b: torch.zeros(b.shape[0], 2, 3, 3), image, (4, 4))
+        sliding_window_predict(on_image(lambda b: torch.zeros(b.shape[0], 2, 3, 3)), image,
+                               (4, 4))
 
 
 @pytest.mark.gpu
@@ -175,14 +177,14 @@ def test_sliding_window_rejects_bad_arguments() -> None:
 def test_sliding_window_stays_on_the_image_device() -> None:
     fn, truth = _pointwise()
     image = torch.randn(1, 19, 23, 17, device="cuda")
-    out = sliding_window_predict(fn, image.cpu(), (8, 8, 8))
+    out = sliding_window_predict(on_image(fn), image.cpu(), (8, 8, 8))
     seen = []
 
     def spy(batch: torch.Tensor) -> torch.Tensor:
         seen.append(batch.device.type)
         return fn(batch.cpu()).to(batch.device)
 
-    gpu = sliding_window_predict(spy, image, (8, 8, 8), mirror=True, batch_size=2)
+    gpu = sliding_window_predict(on_image(spy), image, (8, 8, 8), mirror=True, batch_size=2)
     assert gpu.device.type == "cuda" and set(seen) == {"cuda"}
     torch.testing.assert_close(gpu.cpu(), out, rtol=0, atol=1e-5)
 

@@ -342,7 +342,7 @@ def _supernet_step_memory(mode: str, small3d, tmp_path) -> int:
                          spatial_dims=3, features=8, levels=3)
     engine = DartsSearch(space, dataset, run, SearchConfig(device="cpu", mode=mode),
                          show_progress=False)
-    batch = next(engine.weight_loader.epoch(0))
+    batch = next(engine.stage_loaders(engine.schedule[0])[0].epoch(0))
     engine.model.train()
     peak = 0
     for frozen in (engine.weights, engine.arch_params):

@@ -10,7 +10,8 @@ from nasseg.data.arrays import (
 from nasseg.data.cases import Case, CaseSet
 from nasseg.data.demo import DEMO_SETS, make_demo
 from nasseg.data.patches import PatchDataset
-from nasseg.data.source import DataProblems, load_data, resolve_data_spec
+from nasseg.data.source import (DataProblems, load_data, locate_data_spec, record_data_spec,
+                                resolve_data_spec)
 
 __all__ = [
     "DataError",
@@ -25,5 +26,7 @@ __all__ = [
     "make_demo",
     "load_data",
     "resolve_data_spec",
+    "record_data_spec",
+    "locate_data_spec",
     "DataProblems",
 ]

@@ -13,8 +13,9 @@ from torch.utils.data import Dataset
 
 from nasseg.data.arrays import DataError
 from nasseg.data.cases import CaseSet
+from nasseg.data.views import PATCH_VIEW, DataView, context_crop, patch_presence, read_box
 
-__all__ = ["PatchDataset", "crop_box", "ROTATION_PROBABILITY"]
+__all__ = ["PatchDataset", "crop_box", "patch_start", "ROTATION_PROBABILITY"]
 
 #: Share of training patches rotated by a multiple of 90 degrees (nnU-Net rotates 20 %).
 ROTATION_PROBABILITY = 0.2
@@ -31,21 +32,20 @@ def crop_box(shape: Sequence[int], patch: Sequence[int], centre: Sequence[int]
     return tuple(box)
 
 
-def _pad(array: np.ndarray, patch: Sequence[int]) -> np.ndarray:
-    """Zero-pad the trailing ``len(patch)`` axes of ``array`` up to ``patch`` (centred)."""
-    lead = array.ndim - len(patch)
-    missing = [max(0, p - s) for s, p in zip(array.shape[lead:], patch)]
-    if not any(missing):
-        return array
-    pads = [(0, 0)] * lead + [(m // 2, m - m // 2) for m in missing]
-    return np.pad(array, pads)
+def patch_start(shape: Sequence[int], patch: Sequence[int], centre: Sequence[int]) -> list[int]:
+    """Where a patch around ``centre`` starts: :func:`crop_box`'s start, or, on an axis shorter
+    than the patch, the negative offset that centres the case in the zero-padded patch."""
+    box = crop_box(shape, patch, centre)
+    return [b.start if s >= p else -((p - s) // 2) for b, s, p in zip(box, shape, patch)]
 
 
 class PatchDataset(Dataset):
-    """Patches of selected cases of a :class:`~nasseg.data.cases.CaseSet`.
+    """Patches of selected cases of a :class:`~nasseg.data.cases.CaseSet`, as a space's view.
 
-    Items are dicts ``{"image": (C, *patch) float32, "label": (*patch) int64, "index": case}``
-    plus ``"presence"`` / ``"scene"`` when the case has them.
+    Items are dicts ``{"image": (C, *patch) float32, "label": (*patch) int64, "index": case}``,
+    the view's ``"context"`` (and ``"context_label"``) crops around the patch (see
+    :mod:`nasseg.data.views`), ``"presence"`` (the foreground classes in the patch's own label,
+    after augmentation; the case's presence for unlabelled cases) and ``"scene"`` when known.
 
     Args:
         data: the cases.
@@ -57,11 +57,13 @@ class PatchDataset(Dataset):
         seed: run seed; call :meth:`set_epoch` before each epoch.
         patch_size: crop size; default ``data.patch_size``.
         fg_fraction: share of patches forced to contain foreground (nnU-Net uses 1/3).
+        view: what else to cut around the patch; flips, rotations and the intensity change
+            apply to every crop alike (the crops are concentric, so they stay aligned).
     """
 
     def __init__(self, data: CaseSet, indices: Sequence[int], augment: bool = False,
                  seed: int = 0, patch_size: Sequence[int] | None = None,
-                 fg_fraction: float = 1 / 3) -> None:
+                 fg_fraction: float = 1 / 3, view: DataView = PATCH_VIEW) -> None:
         n = data.num_cases
         bad = [i for i in indices if not 0 <= int(i) < n]
         if bad:
@@ -75,6 +77,7 @@ class PatchDataset(Dataset):
             raise DataError(f"{data.name}: patch size {self.patch} does not fit its "
                             f"{data.spatial_dims}D cases (need {data.spatial_dims} positive sizes)")
         self.fg_fraction = fg_fraction
+        self.view = view
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -98,33 +101,55 @@ class PatchDataset(Dataset):
         index = self.indices[item]
         case = self.data.case(index)
         image, label = case.image, case.label
+        labelled = label is not None
         if label is None:
             label = np.zeros(image.shape[1:], dtype=np.int64)
         rng = np.random.default_rng((self.seed, self.epoch, index)) if self.augment else None
+        start = [0] * len(self.patch)
         if tuple(label.shape) != self.patch:
-            box = crop_box(label.shape, self.patch, self._centre(label, rng))
-            image, label = _pad(image[(slice(None), *box)], self.patch), _pad(label[box], self.patch)
+            start = patch_start(label.shape, self.patch, self._centre(label, rng))
+        # (array, number of leading non-spatial axes): every crop is augmented alike
+        crops: dict[str, tuple[np.ndarray, int]] = {
+            "image": (read_box(image, start, self.patch), 1),
+            "label": (read_box(label, start, self.patch), 0)}
+        if self.view.context:
+            crops["context"] = (np.stack([context_crop(image, start, self.patch, f)
+                                          for f in self.view.context]), 2)
+            if self.view.context_labels:
+                crops["context_label"] = (np.stack([
+                    context_crop(label, start, self.patch, f, label=True)
+                    for f in self.view.context]), 1)
         if rng is not None:
-            for axis in range(label.ndim):
-                if rng.random() < 0.5:
-                    image = np.flip(image, axis=axis + 1)
-                    label = np.flip(label, axis=axis)
-            planes = [(a, b) for a in range(label.ndim) for b in range(a + 1, label.ndim)
-                      if label.shape[a] == label.shape[b]]
-            if planes and rng.random() < ROTATION_PROBABILITY:
-                a, b = planes[int(rng.integers(len(planes)))]
-                k = int(rng.integers(4))
-                image = np.rot90(image, k, axes=(a + 1, b + 1))
-                label = np.rot90(label, k, axes=(a, b))
-            scale, shift = rng.uniform(0.9, 1.1), rng.uniform(-0.1, 0.1)
-            image = image * np.float32(scale) + np.float32(shift)
-        sample: dict[str, torch.Tensor | int] = {
-            "image": torch.from_numpy(np.array(image, dtype=np.float32, order="C", copy=True)),
-            "label": torch.from_numpy(np.array(label, dtype=np.int64, order="C", copy=True)),
-            "index": index,
-        }
-        if case.presence is not None:
+            crops = self._augment(crops, rng)
+        sample: dict[str, torch.Tensor | int] = {"index": index}
+        for key, (array, _) in crops.items():
+            dtype = np.int64 if "label" in key else np.float32
+            sample[key] = torch.from_numpy(np.array(array, dtype=dtype, order="C", copy=True))
+        if labelled:
+            sample["presence"] = torch.from_numpy(
+                patch_presence(crops["label"][0], self.data.num_classes))
+        elif case.presence is not None:
             sample["presence"] = torch.from_numpy(np.asarray(case.presence, dtype=np.float32))
         if case.scene is not None:
             sample["scene"] = torch.tensor(int(case.scene), dtype=torch.int64)
         return sample
+
+    def _augment(self, crops: dict[str, tuple[np.ndarray, int]], rng: np.random.Generator
+                 ) -> dict[str, tuple[np.ndarray, int]]:
+        """Random flips, a 90-degree rotation for some patches, intensity scale and shift."""
+        dims = len(self.patch)
+        for axis in range(dims):
+            if rng.random() < 0.5:
+                crops = {k: (np.flip(a, axis=lead + axis), lead) for k, (a, lead) in crops.items()}
+        planes = [(a, b) for a in range(dims) for b in range(a + 1, dims)
+                  if self.patch[a] == self.patch[b]]
+        if planes and rng.random() < ROTATION_PROBABILITY:
+            a, b = planes[int(rng.integers(len(planes)))]
+            k = int(rng.integers(4))
+            crops = {key: (np.rot90(arr, k, axes=(lead + a, lead + b)), lead)
+                     for key, (arr, lead) in crops.items()}
+        scale, shift = np.float32(rng.uniform(0.9, 1.1)), np.float32(rng.uniform(-0.1, 0.1))
+        for key in ("image", "context"):
+            if key in crops:
+                crops[key] = (crops[key][0] * scale + shift, crops[key][1])
+        return crops

@@ -5,13 +5,15 @@ problem found is reported at once, and nothing is cached until the data is clean
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from nasseg.data.arrays import DataError, load_arrays
 from nasseg.data.cases import CaseSet
 from nasseg.data.demo import DEMO_SETS, make_demo
 
-__all__ = ["load_data", "resolve_data_spec", "DataProblems"]
+__all__ = ["load_data", "resolve_data_spec", "record_data_spec", "locate_data_spec",
+           "DataProblems"]
 
 
 class DataProblems(DataError):
@@ -26,6 +28,23 @@ class DataProblems(DataError):
 def resolve_data_spec(spec: str) -> str:
     """``spec`` as it should be recorded: demo names as they are, paths made absolute."""
     return spec if spec in DEMO_SETS else str(Path(spec).resolve())
+
+
+def record_data_spec(spec: str, folder: str | os.PathLike[str]) -> str:
+    """How a file in ``folder`` records the data ``spec`` without a machine's absolute path:
+    demo names as they are, paths relative to ``folder`` (they still resolve when the folder
+    and the data move together)."""
+    if spec in DEMO_SETS:
+        return spec
+    return os.path.relpath(Path(spec).resolve(), Path(folder).resolve())
+
+
+def locate_data_spec(recorded: str, folder: str | os.PathLike[str]) -> str:
+    """The data ``spec`` a file in ``folder`` recorded with :func:`record_data_spec`."""
+    if recorded in DEMO_SETS:
+        return recorded
+    path = Path(recorded)
+    return str(path if path.is_absolute() else (Path(folder) / path).resolve())
 
 
 def load_data(spec: str) -> CaseSet:

@@ -15,7 +15,8 @@ machine. Keys (stable):
 ``supernet_params`` trainable parameters of the whole space
 ``flops``           FLOPs of one forward pass on ``input_shape`` (a multiply-add counts 2)
 ``input_shape``     [channels, *patch size]
-``data``            the data set searched on
+``data``            the data set searched on: a demo name, or a path relative to this file
+``view``            the data view the network reads (``context`` factors, ``context_labels``)
 ``graph``           ``fixed`` edges ([source, node] pairs) and ``outputs`` of the node graph
 ``layout``          node -> [column, row] for drawing (empty: laid out by depth)
 """
@@ -24,10 +25,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from nasseg.data import locate_data_spec
 from nasseg.files import FileFormatError, read_json, write_json
-from nasseg.space import SearchSpace, create_space
+from nasseg.space import KnobError, SampleError, SearchSpace, create_space
 
-__all__ = ["ARCH_FORMAT", "read_arch", "write_arch", "build_derived"]
+__all__ = ["ARCH_FORMAT", "read_arch", "write_arch", "build_derived", "arch_data"]
 
 ARCH_FORMAT = "nasseg.arch/1"
 _REQUIRED = ("space", "space_args", "sample", "input_shape")
@@ -49,9 +51,33 @@ def write_arch(path: str | Path, arch: dict[str, Any]) -> None:
     write_json(path, {"format": ARCH_FORMAT, **arch})
 
 
-def build_derived(arch: dict[str, Any]) -> SearchSpace:
-    """Build the derived (frozen) network an architecture file describes."""
-    knob_labels = {k for k in arch.get("knobs", {})}
-    space = create_space(arch["space"], knobs={k: arch["sample"][k] for k in knob_labels},
-                         **arch["space_args"])
-    return space.freeze(arch["sample"])
+def arch_data(path: str | Path, arch: dict[str, Any]) -> str | None:
+    """The data set an ``arch.json`` at ``path`` names (its relative path resolved)."""
+    recorded = arch.get("data")
+    return None if recorded is None else locate_data_spec(recorded, Path(path).parent)
+
+
+def build_derived(arch: dict[str, Any], source: str | Path = "architecture") -> SearchSpace:
+    """Build the derived (frozen) network an architecture file describes.
+
+    The sample is checked against its space first: a label the space does not have, or a
+    choice or knob the sample lacks, raises :class:`SampleError` naming ``source``.
+    """
+    sample = arch["sample"]
+    try:
+        space = create_space(arch["space"], knobs={k: v for k, v in sample.items()
+                                                   if k in arch.get("knobs", {})},
+                             **arch["space_args"])
+    except (KnobError, SampleError, TypeError) as exc:
+        raise SampleError(f"{source}: {exc}") from None
+    missing = sorted(set(space.choice_infos) - set(sample))
+    unknown = sorted(set(sample) - set(space.choice_infos))
+    if missing or unknown:
+        problems = ([f"lacks {', '.join(missing)}"] if missing else []) + (
+            [f"names {', '.join(unknown)}, which the space does not have"] if unknown else [])
+        raise SampleError(f"{source}: its sample {' and '.join(problems)} (space "
+                          f"{arch['space']!r}); derive it again from its search")
+    try:
+        return space.freeze(sample)
+    except (KnobError, SampleError) as exc:
+        raise SampleError(f"{source}: {exc}") from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from nasseg.data import locate_data_spec, record_data_spec
 from nasseg.derive.arch_file import write_arch
 from nasseg.derive.cost import count_flops, count_parameters
 from nasseg.derive.draw import draw_architecture
@@ -56,7 +57,7 @@ def derive_architecture(space: SearchSpace, scores: Mapping[str, Any], tau: floa
     for label, entry in choices.items():  # op choices of pruned nodes and edges are not built
         if entry["kind"] == "op":
             entry["used"] = label in derived.choice_infos
-    example = space.example_input(input_shape[1:], input_shape[0])
+    example = space.example_batch(input_shape[1:], input_shape[0])
     return {
         "space": space_name(space),
         "space_args": space.init_arguments,
@@ -88,9 +89,9 @@ def derive_run(run_dir: str | Path, tau: float | None = None, out: str | Path | 
     space = create_space(config["space"], knobs=config["knobs"], **config["space_args"])
     tau = space.default_tau if tau is None else tau
     arch = derive_architecture(space, scores, tau, config["input_shape"])
-    arch["data"] = config["data"]
-    arch["epochs_searched"] = scores.get("epochs_done")
     target = Path(out) if out is not None else run.arch
+    arch["data"] = record_data_spec(locate_data_spec(config["data"], run.path), target.parent)
+    arch["epochs_searched"] = scores.get("epochs_done")
     write_arch(target, arch)
     draw_architecture(arch, target.with_suffix(".svg"))
     return target, arch

@@ -10,14 +10,15 @@ file is written to a temporary name, checked by reading it back, then renamed.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from nasseg.data import DataError, load_data
+from nasseg.data import CaseSet, DataError
+from nasseg.data.views import PATCH_VIEW, DataView
 from nasseg.data.formats import SUPPORTED_ENDINGS, RawCase, RawDataset, read_spacing
 from nasseg.data.preprocess import CTStats, normalise, prepare_case, restore_label
 from nasseg.export import load_trained
@@ -32,22 +33,46 @@ _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 @dataclass
 class PredictionPlan:
-    """How inputs are prepared: what the training data went through."""
+    """How inputs are prepared: what the training data went through.
+
+    A training folder carries it (``plan.json``, and inside ``model.pt``), so prediction runs
+    where the training data is absent.
+    """
 
     channel_kinds: list[str]
     target_spacing: tuple[float, ...] | None  # None: keep each input's own spacing
     ct_stats: dict[int, CTStats]
     patch_size: tuple[int, ...]
     class_names: list[str]
+    view: DataView = PATCH_VIEW
 
     @classmethod
-    def from_training_data(cls, spec: str) -> "PredictionPlan":
-        """The plan of the data set a network was trained on (demo sets: z-score, no resampling)."""
-        data = load_data(spec)
+    def from_data(cls, data: CaseSet, patch_size: Sequence[int] | None = None,
+                  view: DataView = PATCH_VIEW) -> "PredictionPlan":
+        """The plan of a loaded training set (demo sets: z-score, no resampling)."""
         kinds = getattr(data, "channel_kinds", None) or ["image"] * data.in_channels
         ct = {int(c): CTStats(**s) for c, s in (getattr(data, "ct_stats", None) or {}).items()}
-        return cls(list(kinds), getattr(data, "target_spacing", None), ct,
-                   tuple(data.patch_size), list(data.class_names))
+        spacing = getattr(data, "target_spacing", None)
+        return cls(list(kinds), None if spacing is None else tuple(float(v) for v in spacing),
+                   ct, tuple(patch_size or data.patch_size), list(data.class_names), view)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (``plan.json``)."""
+        return {"channel_kinds": self.channel_kinds,
+                "target_spacing": None if self.target_spacing is None else list(self.target_spacing),
+                "ct_stats": {str(c): asdict(s) for c, s in self.ct_stats.items()},
+                "patch_size": list(self.patch_size), "class_names": self.class_names,
+                "view": self.view.to_dict()}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "PredictionPlan":
+        """Read :meth:`to_dict`'s form."""
+        spacing = values["target_spacing"]
+        return cls(list(values["channel_kinds"]),
+                   None if spacing is None else tuple(float(v) for v in spacing),
+                   {int(c): CTStats(**s) for c, s in values["ct_stats"].items()},
+                   tuple(int(p) for p in values["patch_size"]), list(values["class_names"]),
+                   DataView.from_dict(values.get("view")))
 
 
 def _ending(path: Path) -> str:
@@ -117,8 +142,11 @@ def predict_path(trained: str | Path, inputs: str | Path, output: str | Path, ov
                  mirror: bool = False, device: str = "auto",
                  progress: Callable[[str], None] | None = None) -> list[Path]:
     """Segment every case under ``inputs`` with the network of ``trained``; return the files."""
-    model, arch = load_trained(trained)
-    plan = PredictionPlan.from_training_data(arch["data"])
+    model, state = load_trained(trained)
+    if "plan" not in state:
+        raise DataError(f"{trained}: the trained model carries no preprocessing plan; retrain "
+                        "it with this version of nasseg")
+    plan = PredictionPlan.from_dict(state["plan"])
     dev = resolve_device(device)
     model.to(dev)
     predict_fn = network_predict_fn(model)
@@ -140,7 +168,8 @@ def predict_path(trained: str | Path, inputs: str | Path, output: str | Path, ov
         prepared = prepare_case(ds, raw, spacing)
         image, _ = normalise(prepared.image, plan.channel_kinds, plan.ct_stats)
         probs = sliding_window_predict(predict_fn, torch.from_numpy(image).to(dev),
-                                       plan.patch_size, overlap=overlap, mirror=mirror)
+                                       plan.patch_size, overlap=overlap, mirror=mirror,
+                                       view=model.data_view())
         label = restore_label(probs.argmax(0).cpu().numpy().astype(np.int64), prepared.meta)
         target = out_dir / f"{raw.case_id}{_ending(raw.image_files[0])}"
         written.append(write_label(label, target, raw.image_files[0]))

@@ -5,18 +5,26 @@ overlapping windows; each window's softmax output is weighted by a Gaussian impo
 (as nnU-Net does), because predictions near a window's border see less context and are less
 reliable than those at its centre.  Optional mirroring averages over all flips of the spatial
 axes (test-time augmentation).
+
+Every window becomes a batch of the network's data view (:mod:`nasseg.data.views`): a space
+that reads context gets, for each window, the context crops cut from the whole image around it
+(reaching beyond the window, zeros outside the image), exactly as its training patches had.
 """
 from __future__ import annotations
 
 import itertools
 import math
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
-__all__ = ["sliding_window_predict", "gaussian_importance_map", "window_starts", "network_predict_fn"]
+from nasseg.data.views import PATCH_VIEW, DataView, context_start
 
-PredictFn = Callable[[torch.Tensor], torch.Tensor]
+__all__ = ["sliding_window_predict", "gaussian_importance_map", "window_starts",
+           "network_predict_fn", "window_batch"]
+
+Batch = dict[str, torch.Tensor]
+PredictFn = Callable[[Batch], torch.Tensor]
 
 #: Smallest weight of the importance map, relative to its maximum of 1: every voxel a window
 #: covers keeps a positive weight, so normalising never divides by zero (or by an underflow).
@@ -56,15 +64,47 @@ def window_starts(size: int, patch: int, overlap: float) -> list[int]:
     return [int(round(step * i)) for i in range(num)]
 
 
-def network_predict_fn(net: torch.nn.Module) -> PredictFn:
-    """A ``predict_fn`` for a nasseg search space / frozen network: segmentation logits of a batch.
+def network_predict_fn(net: Callable[..., Any]) -> PredictFn:
+    """A ``predict_fn``: segmentation logits of a batch dict of the network's view.
 
-    Uses ``net.forward_batch`` and ``net.segmentation`` when the network has them (so spaces with
-    several outputs work), else calls ``net`` directly.  Put the network in ``eval()`` mode first.
+    Uses ``net.forward_batch`` and ``net.segmentation`` when the network has them (nasseg spaces,
+    any view, several outputs), else calls ``net(batch["image"])``.  Put the network in
+    ``eval()`` mode first.
     """
     if hasattr(net, "forward_batch") and hasattr(net, "segmentation"):
-        return lambda batch: net.segmentation(net.forward_batch({"image": batch}))
-    return net
+        return lambda batch: net.segmentation(net.forward_batch(batch))
+    return lambda batch: net(batch["image"])
+
+
+def _context_window(image: torch.Tensor, start: Sequence[int], patch: Sequence[int],
+                    factor: int) -> torch.Tensor:
+    """The context crop of ``factor`` around the window at ``start`` (as
+    :func:`nasseg.data.views.context_crop` cuts training patches), on the image's device."""
+    box_start = context_start(start, patch, factor)
+    size = [p * factor for p in patch]
+    box = image.new_zeros((image.shape[0], *size))
+    lo = [max(0, b) for b in box_start]
+    hi = [min(n, b + z) for n, b, z in zip(image.shape[1:], box_start, size)]
+    if all(h > lo_ for lo_, h in zip(lo, hi)):
+        box[(slice(None), *(slice(a - b, c - b) for a, b, c in zip(lo, box_start, hi)))] = \
+            image[(slice(None), *(slice(a, c) for a, c in zip(lo, hi)))]
+    shape = [image.shape[0]]
+    for p in patch:
+        shape += [p, factor]
+    return box.reshape(shape).mean(dim=tuple(2 + 2 * i for i in range(len(patch))))
+
+
+def window_batch(image: torch.Tensor, starts: Sequence[Sequence[int]], patch: Sequence[int],
+                 view: DataView = PATCH_VIEW) -> Batch:
+    """The batch of ``view`` for windows of ``patch`` starting at ``starts`` in ``image``."""
+    batch = {"image": torch.stack([image[(slice(None), *(slice(o, o + p) for o, p in
+                                                         zip(start, patch)))]
+                                   for start in starts])}
+    if view.context:
+        batch["context"] = torch.stack([torch.stack([_context_window(image, start, patch, f)
+                                                     for f in view.context])
+                                        for start in starts])
+    return batch
 
 
 def _check(image: torch.Tensor, patch_size: Sequence[int] | int, overlap: float,
@@ -85,23 +125,31 @@ def _check(image: torch.Tensor, patch_size: Sequence[int] | int, overlap: float,
     return patch
 
 
-def _predict_probs(predict_fn: PredictFn, batch: torch.Tensor, mirror: bool) -> torch.Tensor:
+def _flip(batch: Batch, axes: tuple[int, ...], dims: int) -> Batch:
+    """Every tensor of ``batch`` flipped along spatial ``axes`` (counted from the last
+    ``dims`` axes); concentric context crops flip about the same centre as the window."""
+    if not axes:
+        return batch
+    return {k: v.flip(tuple(v.ndim - dims + a for a in axes)) for k, v in batch.items()}
+
+
+def _predict_probs(predict_fn: PredictFn, batch: Batch, mirror: bool) -> torch.Tensor:
     """Softmax probabilities of ``batch``; averaged over all spatial flips when ``mirror``."""
-    spatial = tuple(range(2, batch.ndim))
-    flip_sets = [()]
+    images = batch["image"]
+    dims = images.ndim - 2
+    flip_sets: list[tuple[int, ...]] = [()]
     if mirror:
-        flip_sets = [axes for r in range(len(spatial) + 1) for axes in itertools.combinations(spatial, r)]
+        flip_sets = [axes for r in range(dims + 1) for axes in itertools.combinations(range(dims), r)]
     total = None
     for axes in flip_sets:
-        x = batch.flip(axes) if axes else batch
-        logits = predict_fn(x)
-        if not isinstance(logits, torch.Tensor) or logits.ndim != batch.ndim \
-                or logits.shape[0] != batch.shape[0] or logits.shape[2:] != batch.shape[2:]:
+        logits = predict_fn(_flip(batch, axes, dims))
+        if not isinstance(logits, torch.Tensor) or logits.ndim != images.ndim \
+                or logits.shape[0] != images.shape[0] or logits.shape[2:] != images.shape[2:]:
             got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
             raise ValueError(f"predict_fn must return logits (B, K, *patch) for a batch of shape "
-                             f"{tuple(batch.shape)}, got {got}")
+                             f"{tuple(images.shape)}, got {got}")
         probs = torch.softmax(logits.float(), dim=1)
-        probs = probs.flip(axes) if axes else probs
+        probs = probs.flip(tuple(2 + a for a in axes)) if axes else probs
         total = probs if total is None else total + probs
     return total / len(flip_sets)
 
@@ -110,18 +158,19 @@ def _predict_probs(predict_fn: PredictFn, batch: torch.Tensor, mirror: bool) -> 
 def sliding_window_predict(predict_fn: PredictFn, image: torch.Tensor,
                            patch_size: Sequence[int] | int, overlap: float = 0.5,
                            gaussian: bool = True, mirror: bool = False,
-                           batch_size: int = 1) -> torch.Tensor:
+                           batch_size: int = 1, view: DataView = PATCH_VIEW) -> torch.Tensor:
     """Class probabilities ``(K, *spatial)`` (float32, on the image's device) of a whole image.
 
     Args:
-        predict_fn: maps a batch ``(B, C, *patch)`` to logits ``(B, K, *patch)``
-            (see :func:`network_predict_fn`).
+        predict_fn: maps a batch dict of ``view`` (``"image"``: ``(B, C, *patch)``) to logits
+            ``(B, K, *patch)`` (see :func:`network_predict_fn`).
         image: ``(C, H, W)`` or ``(C, D, H, W)``; windows are cut on its device.
         patch_size: the window size per spatial axis (or one int for all).
         overlap: fraction of a window shared with its neighbour, in ``[0, 1)``.
         gaussian: weight windows with a Gaussian importance map (else uniformly).
         mirror: average over all ``2**dims`` flips of the spatial axes (test-time augmentation).
         batch_size: windows per ``predict_fn`` call.
+        view: the network's data view; context crops are cut around every window.
 
     An axis shorter than the patch is zero-padded symmetrically and the padding cropped away.
     """
@@ -141,13 +190,14 @@ def sliding_window_predict(predict_fn: PredictFn, image: torch.Tensor,
     else:
         weight_map = torch.ones(patch, dtype=torch.float32, device=image.device)
     starts = itertools.product(*(window_starts(s, p, overlap) for s, p in zip(padded_shape, patch)))
-    windows = [tuple(slice(o, o + p) for o, p in zip(origin, patch)) for origin in starts]
+    origins = list(starts)
+    windows = [tuple(slice(o, o + p) for o, p in zip(origin, patch)) for origin in origins]
 
     probs_sum: torch.Tensor | None = None
     weight_sum = torch.zeros(padded_shape, dtype=torch.float32, device=image.device)
     for first in range(0, len(windows), batch_size):
         chunk = windows[first:first + batch_size]
-        batch = torch.stack([padded[(slice(None),) + w] for w in chunk])
+        batch = window_batch(padded, origins[first:first + batch_size], patch, view)
         probs = _predict_probs(predict_fn, batch, mirror).to(image.device)
         if probs_sum is None:
             probs_sum = torch.zeros((probs.shape[1],) + padded_shape, dtype=torch.float32,

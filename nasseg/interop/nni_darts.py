@@ -110,7 +110,8 @@ def _nni_classes() -> dict[str, type]:
 
         def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
             model = self.model
-            loss = model.compute_loss(model.forward_batch(batch), batch)
+            loss = model.compute_loss(model.forward_batch(batch), batch,
+                                      model.training_stages()[-1])
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"NNI DARTS: non-finite loss {float(loss)} at epoch "
                                          f"{self.current_epoch}")

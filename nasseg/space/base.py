@@ -18,11 +18,13 @@ from nni.nas.nn.pytorch import InputChoice, LayerChoice, ModelSpace
 from nni.nas.space import current_model, model_context
 from torch import nn
 
+from nasseg.data.views import PATCH_VIEW, DataView
 from nasseg.losses import DiceCELoss
 from nasseg.space.graph import SpaceGraph
 from nasseg.space.knobs import check_knob_value, current_fixed_knobs
+from nasseg.space.recipe import BatchMetric, TrainingStage
 
-__all__ = ["SearchSpace", "Connection", "TrainingStage", "ChoiceInfo", "SampleError", "GATE_REG"]
+__all__ = ["SearchSpace", "Connection", "ChoiceInfo", "SampleError", "GATE_REG"]
 
 #: The knob every space with connection choices gets: the weight of the gate binarization
 #: regularizer J = -mean((sigmoid(beta) - 0.5)^2) in the architecture loss.
@@ -48,21 +50,6 @@ class ChoiceInfo:
     candidates: tuple[Any, ...]
     node: str | None = None
     inputs: int = 1
-
-
-@dataclass(frozen=True)
-class TrainingStage:
-    """One stage of a space's training recipe.
-
-    Args:
-        name: shown in logs.
-        fraction: share of the epochs this stage gets; the fractions of a recipe sum to 1.
-        trainable: prefixes of parameter names trained in this stage (empty: all parameters).
-    """
-
-    name: str
-    fraction: float = 1.0
-    trainable: tuple[str, ...] = ()
 
 
 def _build(candidate: ModuleOrFactory) -> nn.Module:
@@ -245,30 +232,70 @@ class SearchSpace(ModelSpace):
         self.knob_values[label] = value
         return value
 
-    # ----- what the engine and the trainer ask ------------------------------------------------
+    # ----- the method's recipe: what the engine, trainer, inference and export ask ---------
+    #: Spatial dimensions the space runs in.
+    supported_dims: tuple[int, ...] = (2, 3)
+    #: The validation value that picks the best epoch and feeds the tuner (higher is better):
+    #: ``dice_mean`` or a name one of :meth:`metrics` reports.
+    selection_metric: str = "dice_mean"
+
+    def data_view(self) -> DataView:
+        """What the network reads from one location (default: the patch alone)."""
+        return PATCH_VIEW
+
     def forward_batch(self, batch: Mapping[str, torch.Tensor]) -> Outputs:
-        """Run the network on a batch dict; the default feeds ``batch["image"]``."""
+        """Run the network on a batch of the space's view; the default feeds ``batch["image"]``.
+
+        In training mode a space may read targets (e.g. ``batch["label"]`` as an extra input);
+        in eval mode its outputs must not depend on them (inference has none).
+        """
         return self(batch["image"])
 
     def segmentation(self, outputs: Outputs) -> torch.Tensor:
         """The segmentation logits among the outputs (the tensor itself, or ``outputs["seg"]``)."""
         return outputs if isinstance(outputs, torch.Tensor) else outputs["seg"]
 
-    def compute_loss(self, outputs: Outputs, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """The training loss; the default is Dice + cross-entropy on the segmentation."""
+    def segmentation_loss(self, outputs: Outputs, batch: Mapping[str, torch.Tensor]
+                          ) -> torch.Tensor:
+        """Dice + cross-entropy of the segmentation against ``batch["label"]``."""
         return self.loss_fn(self.segmentation(outputs), batch["label"])
+
+    def compute_loss(self, outputs: Outputs, batch: Mapping[str, torch.Tensor],
+                     stage: TrainingStage) -> torch.Tensor:
+        """The weights' training loss in ``stage``; the default is the segmentation loss."""
+        return self.segmentation_loss(outputs, batch)
+
+    def arch_loss(self, outputs: Outputs, batch: Mapping[str, torch.Tensor],
+                  stage: TrainingStage) -> torch.Tensor:
+        """The loss the architecture step descends (default: the segmentation loss alone, so
+        auxiliary terms train the weights without steering the architecture)."""
+        return self.segmentation_loss(outputs, batch)
 
     def training_stages(self) -> list[TrainingStage]:
         """The training recipe; the default is one stage that trains everything."""
         return [TrainingStage("all")]
 
+    def metrics(self) -> list[BatchMetric]:
+        """Fresh accumulators of the validation metrics this space adds beyond Dice."""
+        return []
+
+    def training_only(self) -> tuple[str, ...]:
+        """Names of submodules that exist for training alone (auxiliary decoders, mask
+        encoders): left out of parameter counts, FLOPs and exports, never run in eval mode."""
+        return ()
+
     def node_positions(self) -> dict[str, tuple[float, float]] | None:
         """Where to draw each node (column, row); None lets the drawing lay nodes out by depth."""
         return None
 
-    def example_input(self, patch_size: Sequence[int], in_channels: int) -> torch.Tensor:
-        """A zero input of one patch, used to count FLOPs."""
-        return torch.zeros(1, in_channels, *patch_size)
+    def example_batch(self, patch_size: Sequence[int], in_channels: int) -> dict[str, torch.Tensor]:
+        """A zero batch of one location in the space's view (FLOPs, export tracing, tests)."""
+        image = torch.zeros(1, in_channels, *patch_size)
+        batch = {"image": image}
+        context = self.data_view().context
+        if context:
+            batch["context"] = torch.zeros(1, len(context), in_channels, *patch_size)
+        return batch
 
     # ----- freezing ---------------------------------------------------------------------------
     @property

@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from nasseg.data import CaseSet, PatchDataset
+from nasseg.data.views import PATCH_VIEW, DataView
 from nasseg.training.seeding import epoch_seed
 
 __all__ = ["EpochLoader", "move_batch"]
@@ -16,14 +17,15 @@ class EpochLoader:
     """A ``DataLoader`` over some cases that is re-seeded at every epoch.
 
     Shuffling and augmentation of epoch ``e`` are a function of ``(seed, e)`` alone, so a search
-    resumed at epoch ``e`` sees exactly the batches an unbroken one would.
+    resumed at epoch ``e`` sees exactly the batches an unbroken one would. Items are patches of
+    ``view`` (see :class:`~nasseg.data.patches.PatchDataset`).
     """
 
     def __init__(self, data: CaseSet, indices: Sequence[int], batch_size: int,
                  train: bool, seed: int, num_workers: int = 0,
-                 patch_size: Sequence[int] | None = None) -> None:
+                 patch_size: Sequence[int] | None = None, view: DataView = PATCH_VIEW) -> None:
         self.dataset = PatchDataset(data, indices, augment=train, seed=seed,
-                                    patch_size=patch_size)
+                                    patch_size=patch_size, view=view)
         self.seed = seed
         self.generator = torch.Generator()
         self.loader = DataLoader(self.dataset, batch_size=min(batch_size, len(indices)),

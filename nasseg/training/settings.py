@@ -18,6 +18,11 @@ class RunSettings:
         device: ``cpu``, ``cuda``, ``cuda:1``... or ``auto``.
         num_workers: DataLoader worker processes (patch reading and augmentation).
         patch_size: the crop size of training patches; None takes the data set's own.
+        amp: mixed precision (autocast bf16 where the GPU supports it, else fp16 with a
+            GradScaler; bf16 autocast on CPU).
+        channels_last: channels-last memory format (``channels_last_3d`` for 3D) for the
+            weights and the inputs.
+        compile: ``torch.compile`` the network (``Module.compile``; checkpoints keep their keys).
     """
 
     batch_size: int = 2
@@ -27,6 +32,9 @@ class RunSettings:
     device: str = "auto"
     num_workers: int = 0
     patch_size: tuple[int, ...] | None = None
+    amp: bool = False
+    channels_last: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.patch_size is not None:  # JSON gives lists

@@ -1,38 +1,52 @@
 """Retrain a derived architecture from scratch and measure it on the validation cases.
 
-The network is rebuilt from ``arch.json`` alone; training follows the space's stages (a
-declarative recipe, one stage by default); the best validation epoch's weights are kept.
+The network is rebuilt from ``arch.json`` alone and trained through the space's recipe: its
+stages in turn (what trains, eval-mode modules, learning rates, share of the cases), the loss
+``compute_loss(outputs, batch, stage)``, its own metrics beside Dice. The runtime is the
+search's: device, mixed precision, channels-last, compile, several processes (torchrun), a NaN
+guard, and an atomic checkpoint after every epoch, so ``resume`` continues a killed run to the
+same weights an unbroken one ends with (``deterministic`` on the CPU).
+
+The training folder is portable: it holds a copy of its ``arch.json``, the data set relative to
+itself, and its preprocessing plan (``plan.json``, also inside ``model.pt``), so ``nasseg
+predict`` runs where the training data is absent.
 """
 from __future__ import annotations
 
+import itertools
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch import nn
 
 from nasseg import __version__
-from nasseg.data import CaseSet, load_data, resolve_data_spec, split_indices
-from nasseg.derive import build_derived, count_flops, count_parameters, read_arch
-from nasseg.files import save_torch, write_json
+from nasseg.data import (CaseSet, load_data, locate_data_spec, record_data_spec,
+                         resolve_data_spec, split_indices)
+from nasseg.derive import (arch_data, build_derived, count_flops, count_parameters, read_arch,
+                           write_arch)
 from nasseg.evaluation import summarize_cases
+from nasseg.files import read_json, save_torch, write_json
 from nasseg.inference import network_predict_fn, sliding_window_predict
+from nasseg.inference.predict import PredictionPlan
 from nasseg.metrics import case_metrics, chance_dice
-from nasseg.runs import RunFolder
-from nasseg.space import SearchSpace, TrainingStage
+from nasseg.runs import RunFolder, RunFolderError
+from nasseg.runtime.placement import place_batch, prepare_model
+from nasseg.runtime.precision import Precision
+from nasseg.runtime.staging import StagedWeights
+from nasseg.searches.darts.distributed import DistContext, is_main_process, shard
+from nasseg.space import SearchSpace, TrainingStage, final_stage_epochs, stage_schedule
 from nasseg.training.device import resolve_device
-from nasseg.training.evaluate import evaluate_dice
-from nasseg.training.fastconv import speed_up_convs
+from nasseg.training.evaluate import Validation, validate
 from nasseg.training.guards import check_finite
-from nasseg.training.loaders import EpochLoader, move_batch
+from nasseg.training.loaders import EpochLoader
 from nasseg.training.runlog import RunLog, logger
-from nasseg.training.seeding import seed_everything, set_deterministic
+from nasseg.training.seeding import rng_state, seed_everything, set_deterministic, set_rng_state
 from nasseg.training.settings import RunSettings, cosine_lr
 
-__all__ = ["TrainConfig", "train_architecture", "stage_schedule"]
+__all__ = ["TrainConfig", "train_architecture", "resume_training"]
 
 
 @dataclass
@@ -43,87 +57,138 @@ class TrainConfig(RunSettings):
     lr: float = 3e-3
     weight_decay: float = 1e-4
 
-
-def stage_schedule(stages: list[TrainingStage], epochs: int) -> list[TrainingStage]:
-    """The stage of every epoch: each stage gets its fraction of ``epochs`` (at least one)."""
-    total = sum(s.fraction for s in stages)
-    counts = [max(1, round(epochs * s.fraction / total)) for s in stages]
-    counts[-1] = max(1, epochs - sum(counts[:-1]))
-    return [s for s, n in zip(stages, counts) for _ in range(n)]
-
-
-def _trainable(model: nn.Module, stage: TrainingStage) -> list[nn.Parameter]:
-    params = [p for name, p in model.named_parameters()
-              if not stage.trainable or name.startswith(stage.trainable)]
-    if not params:
-        raise ValueError(f"training stage {stage.name!r} selects no parameters "
-                         f"(prefixes {stage.trainable})")
-    return params
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """Settings as ``run.json`` records them; unknown keys are an error."""
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown training settings: {unknown}")
+        return cls(**values)
 
 
-def _fit(model: SearchSpace, data: CaseSet, split: dict[str, list[int]],
-         config: TrainConfig, run: RunFolder, device: torch.device,
-         on_epoch: Callable[[int, float], None] | None = None) -> dict[str, Any]:
-    train = EpochLoader(data, split["train"], config.batch_size, True, config.seed,
-                        config.num_workers, config.patch_size)
-    val = EpochLoader(data, split["val"], config.batch_size, False, config.seed,
-                      config.num_workers, config.patch_size)
-    schedule = stage_schedule(model.training_stages(), config.epochs)
-    best: dict[str, Any] = {"dice_mean": -1.0}
-    log = RunLog(run.tensorboard)
-    optimizer, current_stage = None, None
-    try:
-        for epoch, stage in enumerate(schedule):
-            if stage is not current_stage:
-                optimizer = torch.optim.AdamW(_trainable(model, stage), lr=config.lr,
-                                              weight_decay=config.weight_decay)
-                current_stage = stage
-            lr = cosine_lr(config.lr, epoch, config.epochs)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            start, losses = time.perf_counter(), []
-            model.train()
-            for step, batch in enumerate(log.progress(train.epoch(epoch), len(train),
-                                                      f"epoch {epoch + 1}/{config.epochs}")):
-                batch = move_batch(batch, device)
-                loss = model.compute_loss(model.forward_batch(batch), batch)
-                check_finite(loss, "training", epoch, step)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(model.parameters(), 12.0)
-                optimizer.step()
-                losses.append(loss.detach().item())
-            dice, per_class = evaluate_dice(model, val.epoch(0), data.num_classes, device)
-            log.scalars({"loss/train": sum(losses) / len(losses), "dice/val_mean": dice,
-                         **{f"dice/val_{n}": d for n, d in zip(data.class_names[1:], per_class)}},
-                        epoch + 1)
-            logger.info("epoch %d/%d [%s]  loss %.4f  val Dice %.3f  (%.1fs)", epoch + 1,
-                        config.epochs, stage.name, sum(losses) / len(losses), dice,
+class _Retrain:
+    """One retrain of ``model`` in ``run``: epochs, validation, checkpoints, resume."""
+
+    def __init__(self, model: SearchSpace, data: CaseSet, split: dict[str, list[int]],
+                 config: TrainConfig, run: RunFolder,
+                 on_epoch: Callable[[int, float], None] | None) -> None:
+        self.model, self.data, self.split, self.config, self.run = model, data, split, config, run
+        self.on_epoch = on_epoch
+        self.device = resolve_device(config.device)
+        prepare_model(model, self.device, config.channels_last, config.compile)
+        self.precision = Precision(self.device, config.amp)
+        stages = model.training_stages()
+        self.schedule = stage_schedule(stages, config.epochs)
+        self.staged = StagedWeights(model, stages, config.lr, config.weight_decay)
+        self.dist = DistContext.from_environment(self.device)
+        self.dist.broadcast(self.staged.params)
+        self.view = model.data_view()
+        self.val = EpochLoader(data, split["val"], config.batch_size, False, config.seed,
+                               config.num_workers, config.patch_size, self.view)
+        self._loaders: dict[tuple[float, float], tuple[EpochLoader, int]] = {}
+        self.best: dict[str, Any] = {"value": -float("inf"), "epoch": None}
+        self.history: list[dict[str, Any]] = []
+        self.start_epoch = 0
+
+    def _loader(self, stage: TrainingStage) -> tuple[EpochLoader, int]:
+        """This rank's training loader over the stage's share of the cases, and its steps
+        (every rank takes the same number, or the gradient all-reduces would hang)."""
+        if stage.cases not in self._loaders:
+            cfg, world = self.config, self.dist.world_size
+            share = stage.case_share(self.split["train"])
+            mine = shard(share, self.dist.rank, world)
+            steps = min(len(p) // min(cfg.batch_size, len(p))
+                        for p in (shard(share, r, world) for r in range(world)))
+            self._loaders[stage.cases] = (
+                EpochLoader(self.data, mine, cfg.batch_size, True, cfg.seed, cfg.num_workers,
+                            cfg.patch_size, self.view), steps)
+        return self._loaders[stage.cases]
+
+    def _step(self, batch: dict[str, Any], epoch: int, step: int) -> float:
+        stage = self.schedule[epoch]
+        batch = place_batch(batch, self.device, self.config.channels_last)
+        with self.precision.autocast():
+            loss = self.model.compute_loss(self.model.forward_batch(batch), batch, stage)
+        check_finite(loss, "training", epoch, step)
+        trainable = self.staged.trainable()
+        self.staged.optimizer.zero_grad(set_to_none=True)
+        self.precision.backward(loss)
+        self.dist.average_gradients(trainable)
+        self.precision.step(self.staged.optimizer, trainable)
+        return loss.detach().item()
+
+    def _epoch(self, epoch: int, log: RunLog) -> Validation:
+        cfg, stage = self.config, self.schedule[epoch]
+        self.staged.enter(stage, cosine_lr(cfg.lr, epoch, cfg.epochs))
+        self.staged.train_mode()
+        loader, steps = self._loader(stage)
+        start, losses = time.perf_counter(), []
+        batches = itertools.islice(loader.epoch(epoch), steps)
+        for step, batch in enumerate(log.progress(batches, steps,
+                                                  f"epoch {epoch + 1}/{cfg.epochs}")):
+            losses.append(self._step(batch, epoch, step))
+        val = Validation({"dice_mean": float("nan")})
+        if self.dist.is_main:
+            val = validate(self.model, self.val.epoch(0), self.data.num_classes, self.device,
+                           self.precision.autocast())
+        loss = sum(losses) / len(losses)
+        log.scalars({"loss/train": loss, "dice/val_mean": val.dice,
+                     **val.scalars(self.data.class_names)}, epoch + 1)
+        extra = "".join(f"  {k} {v:.3f}" for k, v in val.values.items() if k != "dice_mean")
+        if self.dist.is_main:
+            logger.info("epoch %d/%d [%s]  loss %.4f  val Dice %.3f%s  (%.1fs)", epoch + 1,
+                        cfg.epochs, stage.name, loss, val.dice, extra,
                         time.perf_counter() - start)
-            if dice > best["dice_mean"]:
-                best = {"dice_mean": dice, "dice_per_class": per_class, "epoch": epoch + 1}
-                save_torch(run.model, {"model": model.state_dict()})
-            if on_epoch is not None:
-                on_epoch(epoch, dice)
-    finally:
-        log.close()
-    return best
+        self.history.append({"epoch": epoch, "stage": stage.name, "loss": loss, **val.values})
+        return val
+
+    def _save(self, epochs_done: int) -> None:
+        if self.dist.is_main:
+            save_torch(self.run.checkpoint, {
+                "epochs_done": epochs_done, "model": self.model.state_dict(),
+                "optimizer": self.staged.optimizer.state_dict(),
+                "scaler": self.precision.state_dict(), "rng": rng_state(),
+                "best": self.best, "history": self.history})
+
+    def resume(self) -> None:
+        """Continue from the folder's checkpoint: weights, optimizer, scaler, RNG, history."""
+        path = self.run.checkpoint
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=False)
+            self.model.load_state_dict(state["model"])
+            self.staged.optimizer.load_state_dict(state["optimizer"])
+            self.precision.load_state_dict(state.get("scaler"))
+        except (RuntimeError, KeyError, EOFError, ValueError, OSError) as exc:
+            raise RunFolderError(f"{path}: unreadable or not from this training ({exc})") from None
+        set_rng_state(state["rng"])
+        self.best, self.history = dict(state["best"]), list(state["history"])
+        self.start_epoch = int(state["epochs_done"])
+        logger.info("resuming %s after epoch %d", self.run.path, self.start_epoch)
+
+    def fit(self, extra_state: dict[str, Any]) -> dict[str, Any]:
+        """Train the remaining epochs; keep the best epoch of the final stage in ``model.pt``."""
+        final = final_stage_epochs(self.schedule)
+        log = RunLog(self.run.tensorboard, enabled=self.dist.is_main)
+        try:
+            for epoch in range(self.start_epoch, self.config.epochs):
+                val = self._epoch(epoch, log)
+                if self.dist.is_main and epoch in final and val.selected > self.best["value"]:
+                    self.best = {"value": val.selected, "epoch": epoch + 1,
+                                 "metric": val.selection_metric, "values": val.values,
+                                 "dice_per_class": val.dice_per_class}
+                    save_torch(self.run.model, {"model": self.model.state_dict(), **extra_state})
+                self._save(epoch + 1)
+                if self.on_epoch is not None:
+                    self.on_epoch(epoch, val.selected)
+        finally:
+            log.close()
+        self.dist.barrier()
+        return self.best
 
 
-def train_architecture(arch_path: str | Path, out: str | Path, data: str | None = None,
-                       config: TrainConfig | None = None,
-                       on_epoch: Callable[[int, float], None] | None = None) -> dict[str, Any]:
-    """Train the network of ``arch_path`` from scratch into the folder ``out``.
-
-    Writes ``model.pt`` (best validation epoch, with its architecture), ``metrics.json`` and
-    TensorBoard logs; returns the metrics. The best epoch is chosen by patch Dice; the final
-    metrics score whole validation cases by sliding window (Dice, IoU, HD95 per class). ``data`` defaults to the data set searched on.
-    ``on_epoch(epoch, val_dice)`` is called after every epoch (a tuner reports to its pruner
-    there; an exception it raises stops the training).
-    """
-    config = config or TrainConfig()
+def _prepare(arch_path: Path, data_spec: str | None) -> tuple[dict[str, Any], str, CaseSet]:
     arch = read_arch(arch_path)
-    data_spec = resolve_data_spec(data) if data else arch.get("data")
+    data_spec = data_spec or arch_data(arch_path, arch)
     if data_spec is None:
         raise ValueError(f"{arch_path}: names no data set; pass --data")
     dataset = load_data(data_spec)
@@ -131,36 +196,91 @@ def train_architecture(arch_path: str | Path, out: str | Path, data: str | None 
     if (dataset.in_channels, dataset.num_classes) != expected:
         raise ValueError(f"{data_spec}: {dataset.in_channels} channels / {dataset.num_classes} "
                          f"classes, but {arch_path} was built for {expected[0]} / {expected[1]}")
+    return arch, data_spec, dataset
+
+
+def train_architecture(arch_path: str | Path, out: str | Path, data: str | None = None,
+                       config: TrainConfig | None = None,
+                       on_epoch: Callable[[int, float], None] | None = None
+                       ) -> dict[str, Any] | None:
+    """Train the network of ``arch_path`` from scratch into the new folder ``out``.
+
+    Writes ``run.json``, a copy of the ``arch.json``, ``plan.json``, ``split.json``,
+    ``checkpoint.pt`` (every epoch), ``model.pt`` (the best epoch of the final stage, by the
+    space's selection metric, with its architecture and plan), ``metrics.json`` and TensorBoard
+    logs; returns the metrics (None on the ranks other than 0 of a distributed run). The final
+    metrics score whole validation cases by sliding window (Dice, IoU, HD95 per class).
+    ``data`` defaults to the data set searched on. ``on_epoch(epoch, value)`` is called after
+    every epoch with the selection metric (a tuner reports to its pruner there; an exception it
+    raises stops the training).
+    """
+    config = config or TrainConfig()
+    arch_path = Path(arch_path)
+    arch, data_spec, dataset = _prepare(arch_path, resolve_data_spec(data) if data else None)
     run = RunFolder(Path(out))
-    run.ensure_new()
-    write_json(run.config, {"kind": "train", "nasseg_version": __version__,
-                            "arch": str(Path(arch_path).resolve()), "data": data_spec,
-                            "train": config.__dict__})
+    recorded = record_data_spec(data_spec, run.path)
+    if is_main_process():  # rank 0 owns the folder
+        run.ensure_new()
+        write_arch(run.arch, {**{k: v for k, v in arch.items() if k != "format"},
+                              "data": recorded})
+        write_json(run.config, {"kind": "train", "nasseg_version": __version__,
+                                "arch": run.arch.name, "data": recorded,
+                                "train": asdict(config)})
+    return _run(run, arch, dataset, config, on_epoch, resume=False)
+
+
+def resume_training(out: str | Path, on_epoch: Callable[[int, float], None] | None = None
+                    ) -> dict[str, Any] | None:
+    """Continue the training in ``out`` from its last checkpoint (with its own settings)."""
+    run = RunFolder(Path(out))
+    run.require(run.config, run.arch, run.checkpoint)
+    description = read_json(run.config, "run description")
+    config = TrainConfig.from_dict(description["train"])
+    arch, _, dataset = _prepare(run.arch, locate_data_spec(description["data"], run.path))
+    return _run(run, arch, dataset, config, on_epoch, resume=True)
+
+
+def _run(run: RunFolder, arch: dict[str, Any], dataset: CaseSet, config: TrainConfig,
+         on_epoch: Callable[[int, float], None] | None, resume: bool) -> dict[str, Any] | None:
     seed_everything(config.seed)
     set_deterministic(config.deterministic)
-    device = resolve_device(config.device)
-    model = build_derived(arch).to(device)
-    if device.type == "cpu":  # exact; some of PyTorch's CPU conv gradients are slow
-        speed_up_convs(model)
+    model = build_derived(arch, run.arch)
+    if dataset.spatial_dims not in model.supported_dims:
+        raise ValueError(f"space {arch['space']!r} runs in {model.supported_dims}D, not on "
+                         f"{dataset.spatial_dims}D data")
     train_idx, val_idx = split_indices(dataset.num_cases, config.val_fraction, config.seed)
     split = {"train": train_idx, "val": val_idx}
-    write_json(run.split, split)
-    best = _fit(model, dataset, split, config, run, device, on_epoch)
+    plan = PredictionPlan.from_data(dataset, config.patch_size, model.data_view())
+    retrain = _Retrain(model, dataset, split, config, run, on_epoch)
+    if retrain.dist.is_main:
+        write_json(run.split, split)
+        write_json(run.path / "plan.json", plan.to_dict())
+    if resume:
+        retrain.resume()
+    portable_arch = read_arch(run.arch)
+    best = retrain.fit({"arch": portable_arch, "plan": plan.to_dict()})
+    retrain.dist.close()
+    if not retrain.dist.is_main:
+        return None
+    if best["epoch"] is None:
+        raise RunFolderError(f"{run.path}: no epoch of the final stage finished")
     state = torch.load(run.model, map_location="cpu", weights_only=False)
-    save_torch(run.model, {**state, "arch": arch})
     model.load_state_dict(state["model"])
-    summary, per_case = _evaluate_cases(model, dataset, val_idx, device)
-    example = model.example_input(arch["input_shape"][1:], arch["input_shape"][0]).to(device)
+    summary, per_case = _evaluate_cases(model, dataset, val_idx, retrain.device, plan)
+    shape = arch["input_shape"]
+    example = {k: v.to(retrain.device) for k, v in model.example_batch(shape[1:], shape[0]).items()}
     metrics = {
         "dice_mean": summary["mean_dice"], "dice_per_class": summary["dice"],
         "iou_mean": summary["mean_iou"], "iou_per_class": summary["iou"],
         "hd95_mean": summary["mean_hd95"], "hd95_per_class": summary["hd95"],
         "pixel_accuracy": summary["pixel_accuracy"], "per_case": per_case,
         "best_epoch": best["epoch"], "epochs": config.epochs,
+        "selection_metric": best["metric"], "validation": best["values"],
         "chance_dice": chance_dice(np.concatenate([dataset.case(i).label.ravel() for i in val_idx]),
                                    dataset.num_classes),
         "params": count_parameters(model), "flops": count_flops(model, example),
-        "data": data_spec, "arch": str(Path(arch_path).resolve()),
+        "data": read_json(run.config, "run description")["data"], "arch": run.arch.name,
+        "stages": [s.describe() for s in model.training_stages()],
         "num_val_cases": len(val_idx),
     }
     write_json(run.metrics, metrics)
@@ -168,8 +288,8 @@ def train_architecture(arch_path: str | Path, out: str | Path, data: str | None 
 
 
 @torch.no_grad()
-def _evaluate_cases(model: SearchSpace, data: CaseSet, indices: list[int], device: torch.device
-                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+def _evaluate_cases(model: SearchSpace, data: CaseSet, indices: list[int], device: torch.device,
+                    plan: PredictionPlan) -> tuple[dict[str, Any], dict[str, Any]]:
     """Whole validation cases by sliding window, scored as ``nasseg evaluate`` scores files."""
     model.eval()
     predict_fn = network_predict_fn(model)
@@ -178,7 +298,7 @@ def _evaluate_cases(model: SearchSpace, data: CaseSet, indices: list[int], devic
     for i in indices:
         case = data.case(i)
         probs = sliding_window_predict(predict_fn, torch.from_numpy(np.asarray(case.image)).to(device),
-                                       data.patch_size)
+                                       plan.patch_size, view=plan.view)
         per_case[case.case_id] = case_metrics(probs.argmax(0).cpu().numpy(), case.label,
                                               data.num_classes, spacing=spacing,
                                               class_names=data.class_names)

@@ -184,8 +184,8 @@ def measure_peak(build_space: Callable[[], SearchSpace], data: CaseSet, config: 
             engine = DartsSearch(build_space(), data, RunFolder(Path(tmp)), config,
                                  show_progress=False)
             engine.model.train()
-            weight_batches = engine.weight_loader.epoch(0)
-            arch_batches = engine.arch_loader.epoch(0)
+            weight_loader, arch_loader, _ = engine.stage_loaders(engine.schedule[0])
+            weight_batches, arch_batches = weight_loader.epoch(0), arch_loader.epoch(0)
             weight_batch, arch_batch = next(weight_batches), next(arch_batches)
             for step in range(3):
                 if engine.arch_opt is not None:

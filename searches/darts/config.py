@@ -22,7 +22,8 @@ class SearchConfig(RunSettings):
     """Everything that shapes a search, saved in ``run.json`` so a resume continues the same run.
 
     The shared settings (batch size for both halves, validation share, seed, determinism,
-    device, loader workers) come from :class:`~nasseg.training.settings.RunSettings`; the
+    device, loader workers, patch size, AMP (first order only here), channels-last, compile)
+    come from :class:`~nasseg.training.settings.RunSettings`; the
     validation share is held out, the rest halved into a weight half and an architecture half.
 
     Args:
@@ -42,11 +43,6 @@ class SearchConfig(RunSettings):
         partial_k: ``partial`` mode: 1/K of the channels go through the candidates.
         tau_gumbel: ``gumbel`` mode: temperature at the first and the last searching epoch
             (linear in between, as in GDAS; default 5 -> 0.5).
-        amp: mixed precision (autocast bf16 where the GPU supports it, else fp16 with a
-            GradScaler; bf16 autocast on CPU). First order only.
-        channels_last: channels-last memory format (``channels_last_3d`` for 3D) for the
-            weights and the inputs.
-        compile: ``torch.compile`` the network (``Module.compile``; checkpoints keep their keys).
         memory_budget: ``auto`` or a size (``20GB``): before the search, probe for the largest
             batch or patch (``fit``) whose steps fit; see :mod:`nasseg.searches.darts.budget`.
         fit: what the memory budget sizes: ``batch`` or ``patch``.
@@ -63,9 +59,6 @@ class SearchConfig(RunSettings):
     mode: str = "full"
     partial_k: int = 4
     tau_gumbel: tuple[float, float] = (5.0, 0.5)
-    amp: bool = False
-    channels_last: bool = False
-    compile: bool = False
     memory_budget: str | None = None
     fit: str = "batch"
 

@@ -6,6 +6,13 @@ product by finite differences (Liu et al., DARTS, ICLR 2019, eq. 7-8). The archi
 computes gradients for the architecture parameters only (weights are switched to
 ``requires_grad=False``), which spares the weight-gradient work of a naive step.
 
+The search follows the space's recipe: its training stages in turn (each its share of the
+epochs, its trainable parts, eval-mode modules, learning rates and share of the cases), the
+architecture moving only in the stages that search it (after the warm-up); the weights descend
+``compute_loss(outputs, batch, stage)``, the architecture ``arch_loss`` (by default the
+segmentation loss alone). A space may take gradients of its own tensors inside its forward
+during the architecture step: the weights then have ``requires_grad=False`` but grad mode is on.
+
 ``config.mode`` picks the relaxation (full mixing or a memory-saving mode, see
 :mod:`nasseg.searches.darts.modes`); ``amp``, ``channels_last`` and ``compile`` are the GPU
 levers. Every run writes ``RUN/cost.json`` (see :mod:`nasseg.searches.darts.cost`): wall time
@@ -15,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
@@ -30,12 +37,14 @@ from nasseg.searches.darts.cost import CostCard
 from nasseg.searches.darts.distributed import DistContext, shard
 from nasseg.searches.darts.modes import gumbel_temperature
 from nasseg.searches.darts.relaxation import ArchParameters, relax
-from nasseg.space import GATE_REG, SearchSpace
+from nasseg.runtime.placement import place_batch, prepare_model
+from nasseg.runtime.precision import Precision
+from nasseg.runtime.staging import StagedWeights
+from nasseg.space import GATE_REG, SearchSpace, TrainingStage, stage_schedule
 from nasseg.training.device import resolve_device
-from nasseg.training.evaluate import evaluate_dice
-from nasseg.training.fastconv import speed_up_convs
+from nasseg.training.evaluate import Validation, validate
 from nasseg.training.guards import check_finite
-from nasseg.training.loaders import EpochLoader, move_batch
+from nasseg.training.loaders import EpochLoader
 from nasseg.training.runlog import RunLog, logger
 from nasseg.training.settings import cosine_lr
 from nasseg.training.seeding import rng_state, set_rng_state
@@ -48,9 +57,11 @@ class EpochSummary:
     """What one epoch produced (logged, kept in the checkpoint's history)."""
 
     epoch: int
+    stage: str
     weight_loss: float
     arch_loss: float | None
     val_dice: float
+    val: dict[str, float]
     seconds: float
 
 
@@ -77,16 +88,13 @@ def search_split(data: CaseSet, config: SearchConfig) -> dict[str, list[int]]:
     return {"weights": train[:half], "arch": train[half:], "val": val}
 
 
-def _memory_format(tensor: torch.Tensor) -> torch.memory_format | None:
-    return {4: torch.channels_last, 5: torch.channels_last_3d}.get(tensor.dim())
-
-
 class DartsSearch:
     """One search of ``space`` (the supernet, built under the run's seed) on ``data``.
 
     Call :meth:`run`; it writes everything into ``run`` (see :mod:`nasseg.runs`) and can resume
-    from the folder's checkpoint. ``on_epoch(epoch, val_dice)`` is called after every epoch's
-    checkpoint (a tuner reports to its pruner there; an exception it raises stops the search).
+    from the folder's checkpoint. ``on_epoch(epoch, value)`` is called after every epoch's
+    checkpoint with the space's selection metric (a tuner reports to its pruner there; an
+    exception it raises stops the search).
     """
 
     def __init__(self, space: SearchSpace, data: CaseSet, run: RunFolder,
@@ -99,48 +107,28 @@ class DartsSearch:
         self.device = resolve_device(config.device)
         self.model = space
         self.arch = relax(space, mode=config.mode, partial_k=config.partial_k)
-        self.model.to(self.device)
         self.arch.to(self.device)
-        if self.device.type == "cpu":  # exact; some of PyTorch's CPU conv gradients are slow
-            speed_up_convs(self.model)
-        if config.channels_last:
-            for t in list(self.model.parameters()) + list(self.model.buffers()):
-                if _memory_format(t) is not None:
-                    t.data = t.data.contiguous(memory_format=_memory_format(t))
-        # AMP: bf16 autocast where supported (CPU, recent GPUs), else fp16 with a GradScaler.
-        self.amp_dtype = None
-        if config.amp:
-            self.amp_dtype = (torch.float16 if self.device.type == "cuda"
-                              and not torch.cuda.is_bf16_supported() else torch.bfloat16)
-        self.scaler = (torch.amp.GradScaler(self.device.type)
-                       if self.amp_dtype == torch.float16 else None)
-        if config.compile:
-            self.model.compile()  # in place: state_dict keys and hooks stay
-        self.weights = [p for p in self.model.parameters() if p.requires_grad]
+        prepare_model(self.model, self.device, config.channels_last, config.compile)
+        self.precision = Precision(self.device, config.amp)
+        self.schedule = stage_schedule(space.training_stages(), config.epochs)
+        self.staged = StagedWeights(self.model, space.training_stages(), config.weight_lr,
+                                    config.weight_decay)
+        self.weights = self.staged.params
+        self.weight_opt = self.staged.optimizer
         self.arch_params = list(self.arch.parameters())
-        self.weight_opt = torch.optim.AdamW(self.weights, lr=config.weight_lr,
-                                            weight_decay=config.weight_decay)
         self.gate_reg = float(space.knob_values.get(GATE_REG, 0.0))
         self.split = search_split(data, config)
-        bs, seed, nw, patch = (config.batch_size, config.seed, config.num_workers,
-                               config.patch_size)
+        self.view = space.data_view()
         # Several processes (torchrun): each searches its shard; rank 0's start is everyone's.
         self.dist = DistContext.from_environment(self.device)
-        rank, world = self.dist.rank, self.dist.world_size
-        self.weight_loader = EpochLoader(data, shard(self.split["weights"], rank, world), bs,
-                                         True, seed, nw, patch)
-        self.arch_loader = EpochLoader(data, shard(self.split["arch"], rank, world), bs, True,
-                                       seed + 1, nw, patch)
+        self._loaders: dict[tuple[float, float], tuple[EpochLoader, EpochLoader, int]] = {}
         self.dist.broadcast(self.weights + self.arch_params)
         self.rank_difference = 0.0
-        # Every rank takes the same number of steps, or the gradient all-reduces would hang.
-        self.steps_per_epoch = min(
-            len(part) // min(bs, len(part))
-            for part in (shard(self.split["weights"], r, world) for r in range(world)))
-        self.val_loader = EpochLoader(data, self.split["val"], bs, False, seed, nw, patch)
+        self.val_loader = EpochLoader(data, self.split["val"], config.batch_size, False,
+                                      config.seed, config.num_workers, config.patch_size,
+                                      self.view)
         # A space with nothing left to search (all ablations off) trains its weights only.
-        self.arch_lr = config.resolved_arch_lr(
-            (config.epochs - config.warmup_epochs) * self.steps_per_epoch)
+        self.arch_lr = config.resolved_arch_lr(self.arch_steps_planned())
         self.arch_opt = torch.optim.Adam(self.arch_params, lr=self.arch_lr,
                                          betas=config.arch_betas,
                                          weight_decay=config.arch_weight_decay
@@ -150,21 +138,40 @@ class DartsSearch:
         self.history: list[dict[str, Any]] = []
         self.cost = CostCard()
 
-    # ----- losses and steps -------------------------------------------------------------------
-    def _autocast(self):
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+    def stage_loaders(self, stage: TrainingStage) -> tuple[EpochLoader, EpochLoader, int]:
+        """This rank's weight and architecture loaders over ``stage``'s share of the cases, and
+        the steps of one epoch (every rank takes the same number, or the gradient all-reduces
+        would hang)."""
+        if stage.cases not in self._loaders:
+            cfg, rank, world = self.config, self.dist.rank, self.dist.world_size
+            halves = {k: stage.case_share(self.split[k]) for k in ("weights", "arch")}
+            loaders = [EpochLoader(self.data, shard(halves[k], rank, world), cfg.batch_size,
+                                   True, cfg.seed + offset, cfg.num_workers, cfg.patch_size,
+                                   self.view)
+                       for offset, k in enumerate(("weights", "arch"))]
+            steps = min(len(part) // min(cfg.batch_size, len(part))
+                        for part in (shard(halves["weights"], r, world) for r in range(world)))
+            self._loaders[stage.cases] = (loaders[0], loaders[1], steps)
+        return self._loaders[stage.cases]
 
-    def _loss(self, batch: dict[str, torch.Tensor], what: str, epoch: int, step: int
-              ) -> torch.Tensor:
-        batch = move_batch(batch, self.device)
-        if self.config.channels_last:
-            batch = {k: v.contiguous(memory_format=_memory_format(v))
-                     if isinstance(v, torch.Tensor) and v.is_floating_point()
-                     and _memory_format(v) is not None else v for k, v in batch.items()}
-        with self._autocast():
-            loss = self.model.compute_loss(self.model.forward_batch(batch), batch)
+    def _searches(self, epoch: int) -> bool:
+        return epoch >= self.config.warmup_epochs and self.schedule[epoch].search
+
+    def arch_steps_planned(self) -> int:
+        """Architecture steps of the whole search (after warm-up, in searched stages)."""
+        return sum(self.stage_loaders(self.schedule[e])[2]
+                   for e in range(self.config.epochs) if self._searches(e))
+
+    # ----- losses and steps -------------------------------------------------------------------
+    def _loss(self, batch: dict[str, torch.Tensor], what: str, epoch: int, step: int,
+              architecture: bool = False) -> torch.Tensor:
+        """The weights' loss of ``batch`` in this epoch's stage, or the architecture loss."""
+        batch = place_batch(batch, self.device, self.config.channels_last)
+        stage = self.schedule[epoch]
+        with self.precision.autocast():
+            outputs = self.model.forward_batch(batch)
+            loss_fn = self.model.arch_loss if architecture else self.model.compute_loss
+            loss = loss_fn(outputs, batch, stage)
         check_finite(loss, what, epoch, step)
         return loss
 
@@ -175,9 +182,9 @@ class DartsSearch:
     def _arch_step(self, arch_batch: dict, weight_batch: dict, epoch: int, step: int) -> float:
         with _grad_enabled(self.weights, False):
             if self.config.order == 1:
-                loss = self._loss(arch_batch, "architecture", epoch, step)
-                if self.scaler is not None:  # fp16: the weight step's loss scale, unscaled
-                    scale = self.scaler.get_scale()
+                loss = self._loss(arch_batch, "architecture", epoch, step, architecture=True)
+                if self.precision.scaler is not None:  # fp16: the weight step's scale, undone
+                    scale = self.precision.scaler.get_scale()
                     grads = [g / scale for g in self._arch_grads(loss * scale)]
                 else:
                     grads = self._arch_grads(loss)
@@ -188,7 +195,7 @@ class DartsSearch:
         for i, p in enumerate(self.arch_params):
             p.grad = grads[i] + (reg_grads[i] if reg_grads is not None else 0)
         self.dist.average_gradients(self.arch_params)
-        if self.scaler is not None and not all(bool(torch.isfinite(p.grad).all())
+        if self.precision.scaler is not None and not all(bool(torch.isfinite(p.grad).all())
                                                for p in self.arch_params):
             return loss.detach().item()  # fp16 overflow: skip, like the scaler's weight step
         self.arch_opt.step()
@@ -199,80 +206,71 @@ class DartsSearch:
         """DARTS second order: grad_a L_val(w', a) - xi * Hessian-vector product, with
         w' = w - xi * grad_w L_train(w, a) and the product by central finite differences."""
         xi = self.weight_opt.param_groups[0]["lr"]
-        backup = [w.detach().clone() for w in self.weights]
-        with _grad_enabled(self.weights, True), _grad_enabled(self.arch_params, False):
+        weights = self.staged.trainable()
+        backup = [w.detach().clone() for w in weights]
+        with _grad_enabled(weights, True), _grad_enabled(self.arch_params, False):
             train_loss = self._loss(weight_batch, "weight (unrolled)", epoch, step)
-            g_train = torch.autograd.grad(train_loss, self.weights, allow_unused=True)
+            g_train = torch.autograd.grad(train_loss, weights, allow_unused=True)
         with torch.no_grad():
-            for w, g in zip(self.weights, g_train):
+            for w, g in zip(weights, g_train):
                 if g is not None:
                     w.sub_(xi * (g + self.config.weight_decay * w))
-        with _grad_enabled(self.weights, True):
-            val_loss = self._loss(arch_batch, "architecture", epoch, step)
-            grads = torch.autograd.grad(val_loss, self.arch_params + self.weights,
+        with _grad_enabled(weights, True):
+            val_loss = self._loss(arch_batch, "architecture", epoch, step, architecture=True)
+            grads = torch.autograd.grad(val_loss, self.arch_params + weights,
                                         allow_unused=True)
         n = len(self.arch_params)
         d_arch = [torch.zeros_like(p) if g is None else g for p, g in zip(self.arch_params, grads[:n])]
-        d_w = [torch.zeros_like(w) if g is None else g for w, g in zip(self.weights, grads[n:])]
+        d_w = [torch.zeros_like(w) if g is None else g for w, g in zip(weights, grads[n:])]
         eps = 0.01 / (torch.sqrt(sum((g * g).sum() for g in d_w)) + 1e-12)
 
         def arch_grad_at(sign: float) -> list[torch.Tensor]:
             with torch.no_grad():
-                for w, b, g in zip(self.weights, backup, d_w):
+                for w, b, g in zip(weights, backup, d_w):
                     w.copy_(b + sign * eps * g)
             return self._arch_grads(self._loss(weight_batch, "weight (unrolled)", epoch, step))
 
         g_plus, g_minus = arch_grad_at(1.0), arch_grad_at(-1.0)
         with torch.no_grad():
-            for w, b in zip(self.weights, backup):
+            for w, b in zip(weights, backup):
                 w.copy_(b)
         grads_out = [da - xi * (gp - gm) / (2 * eps)
                      for da, gp, gm in zip(d_arch, g_plus, g_minus)]
         return val_loss, grads_out
 
     def _weight_step(self, batch: dict, epoch: int, step: int) -> float:
+        trainable = self.staged.trainable()
         with _grad_enabled(self.arch_params, False):
             loss = self._loss(batch, "weight", epoch, step)
             self.weight_opt.zero_grad(set_to_none=True)
-            (loss if self.scaler is None else self.scaler.scale(loss)).backward()
-            self.dist.average_gradients(self.weights)
-        if self.scaler is not None:  # fp16: unscale to clip; the scaler skips overflowing steps
-            self.scaler.unscale_(self.weight_opt)
-        nn.utils.clip_grad_norm_(self.weights, 12.0)
-        if self.scaler is not None:
-            self.scaler.step(self.weight_opt)
-            self.scaler.update()
-        else:
-            self.weight_opt.step()
+            self.precision.backward(loss)
+            self.dist.average_gradients(trainable)
+        self.precision.step(self.weight_opt, trainable)
         return loss.detach().item()
 
     # ----- epochs -----------------------------------------------------------------------------
-    def _set_lr(self, epoch: int) -> None:
-        """Cosine decay of the weight learning rate to 10 %, a function of the epoch alone."""
-        lr = cosine_lr(self.config.weight_lr, epoch, self.config.epochs)
-        for group in self.weight_opt.param_groups:
-            group["lr"] = lr
-
-    def _arch_batches(self, epoch: int) -> Iterator[dict]:
+    @staticmethod
+    def _arch_batches(loader: EpochLoader, epoch: int) -> Iterator[dict]:
         round_ = 0
         while True:
-            yield from self.arch_loader.epoch(epoch * 1000 + round_)
+            yield from loader.epoch(epoch * 1000 + round_)
             round_ += 1
 
     def _epoch(self, epoch: int, log: RunLog) -> EpochSummary:
         start = time.perf_counter()
-        self._set_lr(epoch)
-        cfg, cost = self.config, self.cost
+        cfg, cost, stage = self.config, self.cost, self.schedule[epoch]
+        # Cosine decay of the weight learning rate to 10 %, a function of the epoch alone.
+        self.staged.enter(stage, cosine_lr(cfg.weight_lr, epoch, cfg.epochs))
+        self.staged.train_mode()
         self.arch.temperature = gumbel_temperature(epoch, cfg.epochs, cfg.warmup_epochs,
                                                    *cfg.tau_gumbel)
-        self.model.train()
-        search_arch = epoch >= self.config.warmup_epochs and self.arch_opt is not None
-        arch_batches = cost.timed("data", self._arch_batches(epoch))
+        search_arch = self._searches(epoch) and self.arch_opt is not None
+        weight_loader, arch_loader, steps = self.stage_loaders(stage)
+        arch_batches = cost.timed("data", self._arch_batches(arch_loader, epoch))
         w_losses, a_losses = [], []
         batches = log.progress(
-            cost.timed("data", itertools.islice(self.weight_loader.epoch(epoch),
-                                                self.steps_per_epoch)),
-            self.steps_per_epoch, f"epoch {epoch + 1}/{self.config.epochs}")
+            cost.timed("data", itertools.islice(weight_loader.epoch(epoch), steps)),
+            steps, f"epoch {epoch + 1}/{cfg.epochs} [{stage.name}]")
         for step, batch in enumerate(batches):
             if search_arch:
                 arch_batch = next(arch_batches)
@@ -282,30 +280,28 @@ class DartsSearch:
             with cost.phase("weight_steps"):
                 w_losses.append(self._weight_step(batch, epoch, step))
             cost.steps["weight"] += 1
-        dice, per_class = float("nan"), []
+        val = Validation({"dice_mean": float("nan")})
         if self.dist.is_main:
-            with cost.phase("validation"), self._autocast():
-                dice, per_class = evaluate_dice(self.model, self.val_loader.epoch(0),
-                                                self.data.num_classes, self.device)
+            with cost.phase("validation"):
+                val = validate(self.model, self.val_loader.epoch(0), self.data.num_classes,
+                               self.device, self.precision.autocast())
         self.rank_difference = self.dist.max_difference(self.arch_params)
         if self.rank_difference > 0:
             raise RuntimeError(f"architecture parameters differ across ranks by "
                                f"{self.rank_difference} after epoch {epoch + 1}")
-        summary = EpochSummary(epoch, sum(w_losses) / len(w_losses),
-                               sum(a_losses) / len(a_losses) if a_losses else None, dice,
-                               time.perf_counter() - start)
-        self._log_epoch(log, summary, per_class)
+        summary = EpochSummary(epoch, stage.name, sum(w_losses) / len(w_losses),
+                               sum(a_losses) / len(a_losses) if a_losses else None, val.dice,
+                               val.values, time.perf_counter() - start)
+        self._log_epoch(log, summary, val)
         return summary
 
-    def _log_epoch(self, log: RunLog, s: EpochSummary, per_class: list[float]) -> None:
+    def _log_epoch(self, log: RunLog, s: EpochSummary, val: Validation) -> None:
         if not self.dist.is_main:
             return
         values = {"loss/weights": s.weight_loss, "dice/val_mean": s.val_dice,
-                  "time/epoch_seconds": s.seconds}
+                  "time/epoch_seconds": s.seconds, **val.scalars(self.data.class_names)}
         if s.arch_loss is not None:
             values["loss/architecture"] = s.arch_loss
-        for name, d in zip(self.data.class_names[1:], per_class):
-            values[f"dice/val_{name}"] = d
         scores = self.arch.scores()
         for label, entry in scores["op"].items():
             for cand, p in zip(entry["candidates"], entry["probs"]):
@@ -315,8 +311,10 @@ class DartsSearch:
                 values[f"gate/{label}/{i}"] = p
         log.scalars(values, s.epoch + 1)
         arch_text = "" if s.arch_loss is None else f"  arch loss {s.arch_loss:.4f}"
-        logger.info("epoch %d/%d  weight loss %.4f%s  val Dice %.3f  (%.1fs)", s.epoch + 1,
-                    self.config.epochs, s.weight_loss, arch_text, s.val_dice, s.seconds)
+        extra = "".join(f"  {k} {v:.3f}" for k, v in s.val.items() if k != "dice_mean")
+        logger.info("epoch %d/%d [%s]  weight loss %.4f%s  val Dice %.3f%s  (%.1fs)",
+                    s.epoch + 1, self.config.epochs, s.stage, s.weight_loss, arch_text,
+                    s.val_dice, extra, s.seconds)
 
     # ----- checkpoints ------------------------------------------------------------------------
     def _save(self, epochs_done: int) -> None:
@@ -328,7 +326,7 @@ class DartsSearch:
             "arch": self.arch.state_dict(),
             "weight_opt": self.weight_opt.state_dict(),
             "arch_opt": self.arch_opt.state_dict() if self.arch_opt else None,
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "scaler": self.precision.state_dict(),
             "rng": rng_state(),
             "history": self.history,
         })
@@ -349,8 +347,7 @@ class DartsSearch:
             self.weight_opt.load_state_dict(state["weight_opt"])
             if self.arch_opt is not None:
                 self.arch_opt.load_state_dict(state["arch_opt"])
-            if self.scaler is not None and state.get("scaler"):
-                self.scaler.load_state_dict(state["scaler"])
+            self.precision.load_state_dict(state.get("scaler"))
         except (RuntimeError, KeyError, EOFError, ValueError) as exc:
             raise RunFolderError(f"{path}: unreadable or not from this search ({exc})") from None
         set_rng_state(state["rng"])
@@ -368,8 +365,7 @@ class DartsSearch:
             return
         extra = {"partial_k": self.config.partial_k if self.config.mode == "partial" else None,
                  "fully_mixed_choices": list(self.arch.fully_mixed),
-                 "amp_dtype": None if self.amp_dtype is None
-                 else str(self.amp_dtype).replace("torch.", ""),
+                 "amp_dtype": self.precision.name,
                  "world_size": self.dist.world_size}
         write_json(self.run_folder.cost, self.cost.card(epochs_done, self.device, self.config, extra))
 
@@ -380,7 +376,7 @@ class DartsSearch:
             if self.arch_opt is not None:
                 logger.info("architecture learning rate %.3g over %d architecture steps",
                             self.arch_opt.param_groups[0]["lr"],
-                            (self.config.epochs - self.config.warmup_epochs) * self.steps_per_epoch)
+                            self.arch_steps_planned())
         log = RunLog(self.run_folder.tensorboard, self.show_progress, enabled=self.dist.is_main)
         try:
             for epoch in range(self.start_epoch, self.config.epochs):
@@ -390,7 +386,8 @@ class DartsSearch:
                     self._save(epoch + 1)
                 self._write_cost(epoch + 1)
                 if self.on_epoch is not None:
-                    self.on_epoch(epoch, summary.val_dice)
+                    self.on_epoch(epoch, summary.val[self.model.selection_metric]
+                                  if self.dist.is_main else summary.val_dice)
         finally:
             log.close()
         # Every rank leaves the process group together; a rank exiting while Gloo's threads

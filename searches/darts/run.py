@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from nasseg import __version__
-from nasseg.data import CaseSet, DataError, load_data, resolve_data_spec
+from nasseg.data import (CaseSet, DataError, load_data, locate_data_spec, record_data_spec,
+                         resolve_data_spec)
 from nasseg.derive import derive_run
 from nasseg.files import read_json, write_json
 from nasseg.runs import RunFolder
@@ -33,7 +34,7 @@ def _execute(run: RunFolder, description: dict[str, Any], resume: bool,
              show_progress: bool | None,
              on_epoch: Callable[[int, float], None] | None = None) -> SearchRun | None:
     config = SearchConfig.from_dict(description["search"])
-    data = load_data(description["data"])
+    data = load_data(locate_data_spec(description["data"], run.path))
     seed_everything(config.seed)
     set_deterministic(config.deterministic)
     space = create_space(description["space"], knobs=description["knobs"],
@@ -55,6 +56,7 @@ def _description(space: SearchSpace, data: str, dataset: CaseSet, config: Search
         "kind": "search", "nasseg_version": __version__,
         "space": space_name(space), "space_args": space.init_arguments,
         "knobs": dict(space.knob_values), "data": data, "class_names": dataset.class_names,
+        "view": space.data_view().to_dict(),
         "input_shape": [dataset.in_channels, *(config.patch_size or dataset.patch_size)],
         "search": config.to_dict(),
     }
@@ -83,13 +85,14 @@ def start_search(run_dir: Path, space: str, data: str, knobs: Mapping[str, Any],
         raise DataError(f"{data}: patch size {config.patch_size} does not fit its "
                         f"{dataset.spatial_dims}D cases (need {dataset.spatial_dims} sizes)")
     if not is_main_process():  # rank 0 owns the folder; the others only search
-        return _execute(run, _description(built, data, dataset, config), False, show_progress)
+        return _execute(run, _description(built, record_data_spec(data, run.path), dataset,
+                                          config), False, show_progress)
     run.ensure_new()
     memory_fit = None
     if config.memory_budget is not None:
         config, memory_fit = fit_memory(lambda: create_space(space, knobs=knobs, **args),
                                         dataset, config)
-    description = _description(built, data, dataset, config)
+    description = _description(built, record_data_spec(data, run.path), dataset, config)
     if memory_fit is not None:
         description["memory_fit"] = memory_fit
     write_json(run.config, description)

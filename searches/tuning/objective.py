@@ -105,7 +105,7 @@ def apply_knobs(arch: Mapping[str, Any], knobs: Mapping[str, Any]) -> dict[str, 
     net = build_derived(new)
     shape = new["input_shape"]
     new["params"] = count_parameters(net)
-    new["flops"] = count_flops(net, net.example_input(shape[1:], shape[0]))
+    new["flops"] = count_flops(net, net.example_batch(shape[1:], shape[0]))
     new.pop("format", None)
     return new
 
@@ -119,11 +119,11 @@ def measure_latency(arch: Mapping[str, Any], repeats: int = 20, warmup: int = 3)
     """
     net = build_derived(dict(arch)).eval()
     shape = arch["input_shape"]
-    x = net.example_input(shape[1:], shape[0])
+    batch = net.example_batch(shape[1:], shape[0])
     times = []
     for i in range(warmup + repeats):
         start = time.perf_counter()
-        net(x)
+        net.forward_batch(batch)
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return statistics.median(times)

@@ -127,14 +127,14 @@ class TuneResult:
 def prepare_setup(config: TuneConfig) -> TrialSetup:
     """Check the space, knobs, data and architecture before any trial (user errors fail here)."""
     from nasseg.data import load_data, resolve_data_spec
-    from nasseg.derive import read_arch
+    from nasseg.derive import arch_data, read_arch
     from nasseg.space import GATE_REG, KnobError, create_space
     from nasseg.space.knobs import check_knob_value
 
     arch = None
     if config.arch is not None:
         arch = read_arch(config.arch)
-        data = resolve_data_spec(config.data) if config.data else arch.get("data")
+        data = resolve_data_spec(config.data) if config.data else arch_data(config.arch, arch)
         if data is None:
             raise ValueError(f"{config.arch}: names no data set; pass --data")
         space = create_space(arch["space"], knobs={k: arch["sample"][k]
