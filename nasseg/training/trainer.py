@@ -15,22 +15,22 @@ import torch
 from torch import nn
 
 from nasseg import __version__
+from nasseg.artifacts.files import save_torch, write_json
+from nasseg.artifacts.run_folder import RunFolder
 from nasseg.data import CaseSet, load_data, resolve_data_spec, split_indices
 from nasseg.derive import build_derived, count_flops, count_parameters, read_arch
-from nasseg.files import save_torch, write_json
-from nasseg.evaluation import summarize_cases
+from nasseg.evaluation.folders import summarize_cases
+from nasseg.evaluation.metrics import case_metrics, chance_dice
+from nasseg.evaluation.validation import evaluate_dice
 from nasseg.inference import network_predict_fn, sliding_window_predict
-from nasseg.metrics import case_metrics, chance_dice
-from nasseg.runs import RunFolder
+from nasseg.runtime.device import resolve_device
+from nasseg.runtime.fastconv import speed_up_convs
+from nasseg.runtime.guards import check_finite
+from nasseg.runtime.loaders import EpochLoader, move_batch
+from nasseg.runtime.runlog import RunLog, logger
+from nasseg.runtime.seeding import seed_everything, set_deterministic
+from nasseg.runtime.settings import RunSettings, cosine_lr
 from nasseg.space import SearchSpace, TrainingStage
-from nasseg.training.device import resolve_device
-from nasseg.training.evaluate import evaluate_dice
-from nasseg.training.fastconv import speed_up_convs
-from nasseg.training.guards import check_finite
-from nasseg.training.loaders import EpochLoader, move_batch
-from nasseg.training.runlog import RunLog, logger
-from nasseg.training.seeding import seed_everything, set_deterministic
-from nasseg.training.settings import RunSettings, cosine_lr
 
 __all__ = ["TrainConfig", "train_architecture", "stage_schedule"]
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from nasseg.files import FileFormatError, read_json, write_json
+from nasseg.artifacts.files import FileFormatError, read_json, write_json
 from nasseg.space import SearchSpace, create_space
 
 __all__ = ["ARCH_FORMAT", "read_arch", "write_arch", "build_derived"]

@@ -5,9 +5,9 @@ from typing import Iterable
 
 import torch
 
-from nasseg.metrics import DiceAccumulator
+from nasseg.evaluation.metrics import DiceAccumulator
+from nasseg.runtime.loaders import move_batch
 from nasseg.space import SearchSpace
-from nasseg.training.loaders import move_batch
 
 __all__ = ["evaluate_dice"]
 

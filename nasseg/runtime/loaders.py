@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from nasseg.data import CaseSet, PatchDataset
-from nasseg.training.seeding import epoch_seed
+from nasseg.runtime.seeding import epoch_seed
 
 __all__ = ["EpochLoader", "move_batch"]
 
