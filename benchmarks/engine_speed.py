@@ -110,7 +110,7 @@ def _sync(device: torch.device) -> None:
 
 def saved_mb(fn) -> float:
     """MB of activations autograd saves for backward while ``fn`` runs (exact, noise-free)."""
-    from nasseg.searches.darts.cost import saved_activation_bytes
+    from nasseg.runtime.cost import saved_activation_bytes
 
     return saved_activation_bytes(fn) / 2**20
 
@@ -125,7 +125,7 @@ def _memory(before: float, device: torch.device) -> dict[str, Any]:
 def run_nasseg(case: dict[str, Any], mode: str, warmup: int, steps: int,
                device: torch.device, channels_last: bool = False) -> dict[str, Any]:
     from nasseg.data import SegmentationData
-    from nasseg.runs import RunFolder
+    from nasseg.artifacts.run_folder import RunFolder
     from nasseg.searches.darts import DartsSearch, SearchConfig
 
     torch.manual_seed(0)
@@ -168,7 +168,7 @@ def run_nni(case: dict[str, Any], warmup: int, steps: int, device: torch.device
     from nni.nas.evaluator.pytorch import DataLoader, Lightning, Trainer
     from nni.nas.strategy import DARTS
 
-    from nasseg.interop.nni_darts import _ArrayDataset, _nni_classes, _quiet
+    from nasseg.searches.nni.darts import _ArrayDataset, _nni_classes, _quiet
 
     torch.manual_seed(0)
     space = build_space(case)
@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> None:
     meta = {"torch": torch.__version__, "threads": args.threads, "device": args.device,
             "warmup": args.warmup, "steps": args.steps, "cases": {c: CASES[c] for c in args.cases},
             "seconds": time.perf_counter() - start}
-    from nasseg.files import write_json
+    from nasseg.artifacts.files import write_json
     write_json(args.out / "engine_speed.json", {"meta": meta, "results": results})
     (args.out / "engine_speed.md").write_text(text + "\n", encoding="utf-8")
 

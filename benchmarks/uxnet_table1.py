@@ -16,8 +16,8 @@ import logging
 import time
 from pathlib import Path
 
+from nasseg.artifacts.files import write_json
 from nasseg.derive import derive_run
-from nasseg.files import write_json
 from nasseg.searches.darts import SearchConfig
 from nasseg.searches.darts.run import start_search
 from nasseg.training.trainer import TrainConfig, train_architecture

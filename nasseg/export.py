@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
+from nasseg.artifacts.files import FileFormatError, atomic_path
+from nasseg.artifacts.run_folder import RunFolder
 from nasseg.derive import build_derived
-from nasseg.files import FileFormatError, atomic_path
-from nasseg.runs import RunFolder
 from nasseg.space import SearchSpace
 
 __all__ = ["FORMATS", "load_trained", "export_trained", "inference_network"]

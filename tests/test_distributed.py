@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from nasseg.files import read_json
-from nasseg.searches.darts.distributed import shard
+from nasseg.artifacts.files import read_json
+from nasseg.runtime.distributed import shard
 
 
 def test_shards_are_disjoint_and_complete():

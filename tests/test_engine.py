@@ -13,13 +13,13 @@ import pytest
 import torch
 from torch.func import functional_call
 
+from nasseg.artifacts.files import read_json
+from nasseg.artifacts.run_folder import RunFolder
 from nasseg.data import load_arrays
-from nasseg.files import read_json
-from nasseg.runs import RunFolder
+from nasseg.runtime.guards import NonFiniteLossError
+from nasseg.runtime.seeding import seed_everything
 from nasseg.searches.darts import DartsSearch, SearchConfig
 from nasseg.space import create_space
-from nasseg.training.guards import NonFiniteLossError
-from nasseg.training.seeding import seed_everything
 
 TINY = {"in_channels": 1, "num_classes": 3, "spatial_dims": 3, "features": 4, "levels": 2}
 

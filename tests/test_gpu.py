@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from nasseg.artifacts.files import read_json
+from nasseg.artifacts.run_folder import RunFolder
 from nasseg.data import load_arrays
-from nasseg.files import read_json
-from nasseg.runs import RunFolder
+from nasseg.runtime.seeding import seed_everything
 from nasseg.searches.darts import DartsSearch, SearchConfig
 from nasseg.space import create_space
-from nasseg.training.seeding import seed_everything
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 OPTIONS = {"amp": {"amp": True}, "amp-fp16": {"amp": True},

@@ -1,5 +1,5 @@
-"""Tests for sliding-window inference (nasseg.inference), the per-case metrics (nasseg.metrics)
-and folder evaluation (nasseg.evaluation)."""
+"""Tests for sliding-window inference (nasseg.inference), the per-case metrics
+(nasseg.evaluation.metrics) and folder evaluation (nasseg.evaluation.folders)."""
 from __future__ import annotations
 
 import json
@@ -11,11 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from nasseg.evaluation import EvaluationError, evaluate_folders, read_label_file, write_evaluation
+from nasseg.data.formats import read_label_file
+from nasseg.evaluation import EvaluationError, evaluate_folders, write_evaluation
+from nasseg.evaluation.metrics import (case_metrics, dice_per_class, hd95_per_class, iou_per_class,
+                                       pixel_accuracy)
 from nasseg.inference import network_predict_fn as on_image
 from nasseg.inference import sliding_window_predict, window_starts
-from nasseg.metrics import (case_metrics, dice_per_class, hd95_per_class, iou_per_class,
-                            pixel_accuracy)
 
 torch.set_num_threads(1)
 
@@ -284,7 +285,7 @@ def _nifti_folders(tmp_path):
 
 def test_evaluate_nifti_folders(tmp_path) -> None:
     pred_dir, ref_dir, pairs, spacing = _nifti_folders(tmp_path)
-    labels, sp = read_label_file(ref_dir / "case_a.nii.gz")
+    labels, sp, _ = read_label_file(ref_dir / "case_a.nii.gz")
     assert labels.shape == (16, 16, 12) and sp == spacing
     result = evaluate_folders(pred_dir, ref_dir, class_names=["bg", "liver", "tumour"])
     assert result["cases"] == ["case_a.nii.gz", "case_b.nii"] and result["num_classes"] == 3

@@ -1,4 +1,4 @@
-"""Tests for DiceCELoss (nasseg.losses) and the Dice metrics (nasseg.metrics)."""
+"""Tests for DiceCELoss (nasseg.losses) and the Dice metrics (nasseg.evaluation.metrics)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from nasseg.evaluation.metrics import DiceAccumulator, chance_dice
 from nasseg.losses import DiceCELoss
-from nasseg.metrics import DiceAccumulator, chance_dice
 
 
 def _onehot_logits(labels: torch.Tensor, num_classes: int, scale: float = 10.0) -> torch.Tensor:

@@ -15,18 +15,18 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
+from nasseg.artifacts.files import read_json
+from nasseg.artifacts.run_folder import RunFolder
 from nasseg.cli import cli
 from nasseg.data import load_arrays
 from nasseg.derive import derive_architecture
-from nasseg.files import read_json
 from nasseg.ops import NORMAL_OPS, OutputHead, normal_op
-from nasseg.runs import RunFolder
+from nasseg.runtime.seeding import seed_everything
 from nasseg.searches.darts import DartsSearch, SearchConfig
 from nasseg.searches.darts.modes import (PartialChannelError, PartialMixedOp, SampledConnection,
                                          gumbel_temperature, shrink_channels)
 from nasseg.searches.darts.relaxation import relax
 from nasseg.space import SearchSpace, create_space
-from nasseg.training.seeding import seed_everything
 
 MODES = ("full", "partial", "gumbel", "binary")
 TINY = {"features": 4, "levels": 2}
@@ -300,7 +300,7 @@ def test_sampled_gates_align_only_the_inputs_they_keep(mode):
 
 # ----- memory: activations saved for backward, counted exactly --------------------------------
 def _saved_bytes(fn) -> int:
-    from nasseg.searches.darts.cost import saved_activation_bytes
+    from nasseg.runtime.cost import saved_activation_bytes
 
     return saved_activation_bytes(fn)
 
@@ -331,7 +331,7 @@ def test_memory_modes_hold_less_than_full_mixing():
 def _supernet_step_memory(mode: str, small3d, tmp_path) -> int:
     """The larger of the saved-tensor bytes of the engine's architecture step and weight step
     on the UXNet supernet (features 8, 3 levels, 16^3, batch 2); sampled modes: worst of 4."""
-    from nasseg.searches.darts.cost import saved_activation_bytes
+    from nasseg.runtime.cost import saved_activation_bytes
     from nasseg.searches.darts.engine import _grad_enabled
 
     seed_everything(0)
@@ -425,7 +425,7 @@ def test_cli_search_mode_partial_writes_the_cost_card(small3d, tmp_path):
 def test_fast_conv_gradients_match_pytorch(dims):
     import copy
 
-    from nasseg.training.fastconv import FLIP_BELOW, FastConv2d, FastConv3d, speed_up_convs
+    from nasseg.runtime.fastconv import FLIP_BELOW, FastConv2d, FastConv3d, speed_up_convs
 
     fast_type = FastConv3d if dims == 3 else FastConv2d
     conv_type = nn.Conv3d if dims == 3 else nn.Conv2d

@@ -1,4 +1,4 @@
-"""NNI 3.0's own DARTS strategy runs on nasseg spaces through nasseg.interop.run_nni_darts."""
+"""NNI 3.0's own DARTS strategy runs on nasseg spaces through nasseg.searches.nni.run_nni_darts."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from nasseg.interop import run_nni_darts
+from nasseg.searches.nni import run_nni_darts
 from nasseg.space import SearchSpace, create_space
 
 UNET_ARGS = {"in_channels": 1, "num_classes": 2, "spatial_dims": 2, "features": 4, "levels": 2}

@@ -132,7 +132,7 @@ def _search(tmp_path, data, *args):
 
 
 def test_searches_2d_data_and_draws_the_result(tmp_path, small2d):
-    from nasseg.files import read_json
+    from nasseg.artifacts.files import read_json
 
     out = _search(tmp_path, small2d)
     arch = read_json(out / "arch.json")
@@ -143,7 +143,7 @@ def test_searches_2d_data_and_draws_the_result(tmp_path, small2d):
 def test_unet_ablation_trains_weights_only(tmp_path, small3d):
     import torch as _torch
 
-    from nasseg.files import read_json
+    from nasseg.artifacts.files import read_json
 
     out = _search(tmp_path, small3d, "--set", "sbb=false", "--set", "mssa=false")
     arch = read_json(out / "arch.json")

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from nasseg.artifacts.files import read_json
 from nasseg.cli import cli
-from nasseg.files import read_json
 
 SMALL = ["--space-arg", "features=4", "--space-arg", "levels=2", "--device", "cpu"]
 

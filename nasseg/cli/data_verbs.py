@@ -55,7 +55,7 @@ def predict(trained: Path, inputs: Path, output: Path, overlap: float, mirror: b
 @user_errors
 def evaluate(pred: Path, ref: Path, out: Path | None, num_classes: int | None) -> None:
     """Dice, IoU and HD95 per class and case between two folders of label files."""
-    from nasseg.evaluation import evaluate_folders, write_evaluation
+    from nasseg.evaluation.folders import evaluate_folders, write_evaluation
 
     result = evaluate_folders(pred, ref, num_classes)
     out = out or pred / "evaluation.json"

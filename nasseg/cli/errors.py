@@ -7,12 +7,12 @@ from typing import Any, Callable, TypeVar
 
 import click
 
+from nasseg.artifacts.files import FileFormatError
+from nasseg.artifacts.run_folder import RunFolderError
 from nasseg.data import DataError
-from nasseg.files import FileFormatError
-from nasseg.runs import RunFolderError
+from nasseg.evaluation.folders import EvaluationError
+from nasseg.runtime.guards import NonFiniteLossError
 from nasseg.space import KnobError, SampleError, UnknownSpaceError
-from nasseg.evaluation import EvaluationError
-from nasseg.training.guards import NonFiniteLossError
 
 __all__ = ["user_errors", "USER_ERRORS"]
 

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import click
 
+from nasseg.artifacts.run_folder import fresh_run_dir
 from nasseg.cli.errors import user_errors
 from nasseg.cli.options import PatchSize, parse_assignments
-from nasseg.runs import fresh_run_dir
 
 __all__ = ["search"]
 
@@ -81,8 +81,8 @@ def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: 
     import sys
 
     from nasseg.searches.darts import SearchConfig
-    from nasseg.searches.darts.distributed import (is_main_process, launch_command,
-                                                   launched_world_size)
+    from nasseg.runtime.distributed import (is_main_process, launch_command,
+                                            launched_world_size)
     from nasseg.searches.darts.run import resume_search, start_search
 
     distributed = launched_world_size() > 1

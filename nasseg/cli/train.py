@@ -31,7 +31,7 @@ def train(arch: Path, data: str | None, out: Path | None, epochs: int, batch_siz
           lr: float, seed: int, device: str, workers: int, deterministic: bool,
           patch_size: tuple[int, ...] | None) -> None:
     """Train the architecture in ARCH (an arch.json) and write metrics.json."""
-    from nasseg.runs import fresh_run_dir
+    from nasseg.artifacts.run_folder import fresh_run_dir
     from nasseg.training.trainer import TrainConfig, train_architecture
 
     if out is None:

@@ -335,11 +335,13 @@ def _load_png(path: Path, label: bool) -> np.ndarray:
                 elif img.mode == "LA":
                     img = img.convert("L")
             img.load()
+            mode = img.mode
             arr = np.asarray(img)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"{path}: unreadable PNG file ({type(exc).__name__}: {exc})") from None
     if label and arr.ndim != 2:
-        raise DataError(f"{path}: label PNG must be single-channel integer, got shape {arr.shape}")
+        raise DataError(f"{path}: label PNG must be single-channel integer, got shape {arr.shape} "
+                        f"(PNG mode {mode})")
     return arr
 
 

@@ -31,6 +31,7 @@ from typing import Any, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
+from nasseg.artifacts.files import atomic_path
 from nasseg.data.arrays import DataError
 from nasseg.data.cases import Case
 from nasseg.data.formats import RawDataset, read_dataset
@@ -43,7 +44,6 @@ from nasseg.data.preprocess import (
     prepare_case,
     resolve_target_spacing,
 )
-from nasseg.files import atomic_path
 
 __all__ = ["FORMAT_VERSION", "CACHE_DIRNAME", "H5CaseSet", "load_folder", "cache_path"]
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from nasseg.artifacts.arch_file import write_arch
+from nasseg.artifacts.files import read_json
+from nasseg.artifacts.run_folder import RunFolder
 from nasseg.data import locate_data_spec, record_data_spec
-from nasseg.derive.arch_file import write_arch
 from nasseg.derive.cost import count_flops, count_parameters
 from nasseg.derive.draw import draw_architecture
-from nasseg.files import read_json
-from nasseg.runs import RunFolder
 from nasseg.space import SearchSpace, create_space, space_name
 
 __all__ = ["derive_architecture", "derive_run", "check_tau"]

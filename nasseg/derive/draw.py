@@ -11,7 +11,7 @@ from html import escape
 from pathlib import Path
 from typing import Any, Mapping
 
-from nasseg.files import atomic_path
+from nasseg.artifacts.files import atomic_path
 from nasseg.space.graph import SpaceGraph
 
 __all__ = ["draw_architecture", "depth_layout"]

@@ -17,14 +17,14 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from nasseg.artifacts.files import atomic_path
 from nasseg.data import CaseSet, DataError
 from nasseg.data.views import PATCH_VIEW, DataView
 from nasseg.data.formats import SUPPORTED_ENDINGS, RawCase, RawDataset, read_spacing
 from nasseg.data.preprocess import CTStats, normalise, prepare_case, restore_label
 from nasseg.export import load_trained
-from nasseg.files import atomic_path
 from nasseg.inference.sliding_window import network_predict_fn, sliding_window_predict
-from nasseg.training.device import resolve_device
+from nasseg.runtime.device import resolve_device
 
 __all__ = ["PredictionPlan", "discover_inputs", "predict_path", "write_label"]
 

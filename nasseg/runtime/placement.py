@@ -6,6 +6,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from nasseg.runtime.fastconv import speed_up_convs
+
 __all__ = ["prepare_model", "place_batch", "memory_format"]
 
 
@@ -18,8 +20,6 @@ def prepare_model(model: nn.Module, device: torch.device, channels_last: bool = 
                   compile: bool = False) -> nn.Module:
     """Move ``model`` to ``device`` in place, with the CPU's faster exact conv gradients,
     channels-last weights and ``torch.compile`` (in place: state-dict keys and hooks stay)."""
-    from nasseg.training.fastconv import speed_up_convs
-
     model.to(device)
     if device.type == "cpu":
         speed_up_convs(model)

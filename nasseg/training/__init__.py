@@ -1,1 +1,1 @@
-"""Training building blocks shared by the search engine and the retrainer."""
+"""The retrain: train a derived architecture from scratch (search and retrain share nasseg.runtime)."""

@@ -23,28 +23,28 @@ import numpy as np
 import torch
 
 from nasseg import __version__
+from nasseg.artifacts.files import read_json, save_torch, write_json
+from nasseg.artifacts.run_folder import RunFolder, RunFolderError
 from nasseg.data import (CaseSet, load_data, locate_data_spec, record_data_spec,
                          resolve_data_spec, split_indices)
 from nasseg.derive import (arch_data, build_derived, count_flops, count_parameters, read_arch,
                            write_arch)
-from nasseg.evaluation import summarize_cases
-from nasseg.files import read_json, save_torch, write_json
+from nasseg.evaluation.folders import summarize_cases
+from nasseg.evaluation.metrics import case_metrics, chance_dice
+from nasseg.evaluation.validation import Validation, validate
 from nasseg.inference import network_predict_fn, sliding_window_predict
 from nasseg.inference.predict import PredictionPlan
-from nasseg.metrics import case_metrics, chance_dice
-from nasseg.runs import RunFolder, RunFolderError
+from nasseg.runtime.device import resolve_device
+from nasseg.runtime.distributed import DistContext, is_main_process, shard
+from nasseg.runtime.guards import check_finite
+from nasseg.runtime.loaders import EpochLoader
 from nasseg.runtime.placement import place_batch, prepare_model
 from nasseg.runtime.precision import Precision
+from nasseg.runtime.runlog import RunLog, logger
+from nasseg.runtime.seeding import rng_state, seed_everything, set_deterministic, set_rng_state
+from nasseg.runtime.settings import RunSettings, cosine_lr
 from nasseg.runtime.staging import StagedWeights
-from nasseg.searches.darts.distributed import DistContext, is_main_process, shard
 from nasseg.space import SearchSpace, TrainingStage, final_stage_epochs, stage_schedule
-from nasseg.training.device import resolve_device
-from nasseg.training.evaluate import Validation, validate
-from nasseg.training.guards import check_finite
-from nasseg.training.loaders import EpochLoader
-from nasseg.training.runlog import RunLog, logger
-from nasseg.training.seeding import rng_state, seed_everything, set_deterministic, set_rng_state
-from nasseg.training.settings import RunSettings, cosine_lr
 
 __all__ = ["TrainConfig", "train_architecture", "resume_training"]
 

@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 import torch
 
 from nasseg.data import CaseSet
+from nasseg.runtime.device import resolve_device
+from nasseg.runtime.runlog import logger
 from nasseg.space import SearchSpace
-from nasseg.training.device import resolve_device
-from nasseg.training.runlog import logger
 
 if TYPE_CHECKING:
     from nasseg.searches.darts.config import SearchConfig
@@ -138,7 +138,7 @@ def _rss_bytes() -> int:
         with open("/proc/self/statm") as fh:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except OSError:
-        from nasseg.searches.darts.cost import peak_rss_mb  # cost imports config imports this
+        from nasseg.runtime.cost import peak_rss_mb
 
         return int(peak_rss_mb() * 2**20)
 
@@ -170,7 +170,7 @@ class _RssSampler:
 def measure_peak(build_space: Callable[[], SearchSpace], data: CaseSet, config: SearchConfig
                  ) -> int | None:
     """Peak memory (bytes) of three search steps under ``config``, None if out of memory."""
-    from nasseg.runs import RunFolder
+    from nasseg.artifacts.run_folder import RunFolder
     from nasseg.searches.darts.engine import DartsSearch
 
     device = resolve_device(config.device)

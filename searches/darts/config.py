@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from nasseg.runtime.settings import RunSettings
 from nasseg.searches.darts.budget import FITS, check_budget
-from nasseg.training.settings import RunSettings
 
 __all__ = ["SearchConfig", "DARTS_ARCH_LR", "ARCH_TRAVEL", "MAX_AUTO_ARCH_LR"]
 
@@ -23,7 +23,7 @@ class SearchConfig(RunSettings):
 
     The shared settings (batch size for both halves, validation share, seed, determinism,
     device, loader workers, patch size, AMP (first order only here), channels-last, compile)
-    come from :class:`~nasseg.training.settings.RunSettings`; the
+    come from :class:`~nasseg.runtime.settings.RunSettings`; the
     validation share is held out, the rest halved into a weight half and an architecture half.
 
     Args:

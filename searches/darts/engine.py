@@ -15,7 +15,7 @@ during the architecture step: the weights then have ``requires_grad=False`` but 
 
 ``config.mode`` picks the relaxation (full mixing or a memory-saving mode, see
 :mod:`nasseg.searches.darts.modes`); ``amp``, ``channels_last`` and ``compile`` are the GPU
-levers. Every run writes ``RUN/cost.json`` (see :mod:`nasseg.searches.darts.cost`): wall time
+levers. Every run writes ``RUN/cost.json`` (see :mod:`nasseg.runtime.cost`): wall time
 per phase, steps per second, peak memory.
 """
 from __future__ import annotations
@@ -29,25 +29,25 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from nasseg.artifacts.files import FileFormatError, read_json, save_torch, write_json
+from nasseg.artifacts.run_folder import RunFolder, RunFolderError
 from nasseg.data import CaseSet, split_indices
-from nasseg.files import FileFormatError, read_json, save_torch, write_json
-from nasseg.runs import RunFolder, RunFolderError
-from nasseg.searches.darts.config import SearchConfig
-from nasseg.searches.darts.cost import CostCard
-from nasseg.searches.darts.distributed import DistContext, shard
-from nasseg.searches.darts.modes import gumbel_temperature
-from nasseg.searches.darts.relaxation import ArchParameters, relax
+from nasseg.evaluation.validation import Validation, validate
+from nasseg.runtime.cost import CostCard
+from nasseg.runtime.device import resolve_device
+from nasseg.runtime.distributed import DistContext, shard
+from nasseg.runtime.guards import check_finite
+from nasseg.runtime.loaders import EpochLoader
 from nasseg.runtime.placement import place_batch, prepare_model
 from nasseg.runtime.precision import Precision
+from nasseg.runtime.runlog import RunLog, logger
+from nasseg.runtime.seeding import rng_state, set_rng_state
+from nasseg.runtime.settings import cosine_lr
 from nasseg.runtime.staging import StagedWeights
+from nasseg.searches.darts.config import SearchConfig
+from nasseg.searches.darts.modes import gumbel_temperature
+from nasseg.searches.darts.relaxation import ArchParameters, relax
 from nasseg.space import GATE_REG, SearchSpace, TrainingStage, stage_schedule
-from nasseg.training.device import resolve_device
-from nasseg.training.evaluate import Validation, validate
-from nasseg.training.guards import check_finite
-from nasseg.training.loaders import EpochLoader
-from nasseg.training.runlog import RunLog, logger
-from nasseg.training.settings import cosine_lr
-from nasseg.training.seeding import rng_state, set_rng_state
 
 __all__ = ["DartsSearch", "EpochSummary", "search_split"]
 
@@ -91,10 +91,11 @@ def search_split(data: CaseSet, config: SearchConfig) -> dict[str, list[int]]:
 class DartsSearch:
     """One search of ``space`` (the supernet, built under the run's seed) on ``data``.
 
-    Call :meth:`run`; it writes everything into ``run`` (see :mod:`nasseg.runs`) and can resume
-    from the folder's checkpoint. ``on_epoch(epoch, value)`` is called after every epoch's
-    checkpoint with the space's selection metric (a tuner reports to its pruner there; an
-    exception it raises stops the search).
+    Call :meth:`run`; it writes everything into ``run`` (see
+    :mod:`nasseg.artifacts.run_folder`) and can resume from the folder's checkpoint.
+    ``on_epoch(epoch, value)`` is called after every epoch's checkpoint with the space's
+    selection metric (a tuner reports to its pruner there; an exception it raises stops the
+    search).
     """
 
     def __init__(self, space: SearchSpace, data: CaseSet, run: RunFolder,

@@ -6,17 +6,17 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from nasseg import __version__
+from nasseg.artifacts.files import read_json, write_json
+from nasseg.artifacts.run_folder import RunFolder
 from nasseg.data import (CaseSet, DataError, load_data, locate_data_spec, record_data_spec,
                          resolve_data_spec)
 from nasseg.derive import derive_run
-from nasseg.files import read_json, write_json
-from nasseg.runs import RunFolder
+from nasseg.runtime.distributed import is_main_process, launched_world_size
+from nasseg.runtime.seeding import seed_everything, set_deterministic
 from nasseg.searches.darts.budget import fit_memory
 from nasseg.searches.darts.config import SearchConfig
-from nasseg.searches.darts.distributed import is_main_process, launched_world_size
 from nasseg.searches.darts.engine import DartsSearch
 from nasseg.space import SearchSpace, create_space, space_name
-from nasseg.training.seeding import seed_everything, set_deterministic
 
 __all__ = ["SearchRun", "start_search", "resume_search"]
 

@@ -18,8 +18,8 @@ import nni.mutable as nm
 import optuna
 import torch
 
+from nasseg.artifacts.run_folder import RunFolderError
 from nasseg.derive import build_derived, count_flops, count_parameters, write_arch
-from nasseg.runs import RunFolderError
 from nasseg.searches.tuning.suggest import suggest_knobs
 
 __all__ = ["OBJECTIVES", "TrialSetup", "run_trial", "trial_dir", "apply_knobs",

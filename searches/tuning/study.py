@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from nasseg.files import atomic_path, read_json, write_json
+from nasseg.artifacts.files import atomic_path, read_json, write_json
 from nasseg.searches.tuning.objective import OBJECTIVES, TrialSetup, run_trial
 from nasseg.searches.tuning.storage import StudyStorage, open_storage
 from nasseg.searches.tuning.suggest import describe_distribution, knob_distribution, tunable_knobs

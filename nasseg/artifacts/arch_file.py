@@ -25,8 +25,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from nasseg.artifacts.files import FileFormatError, read_json, write_json
 from nasseg.data import locate_data_spec
-from nasseg.files import FileFormatError, read_json, write_json
 from nasseg.space import KnobError, SampleError, SearchSpace, create_space
 
 __all__ = ["ARCH_FORMAT", "read_arch", "write_arch", "build_derived", "arch_data"]

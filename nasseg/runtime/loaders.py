@@ -8,9 +8,9 @@ from torch.utils.data import DataLoader
 
 from nasseg.data import CaseSet, PatchDataset
 from nasseg.data.views import PATCH_VIEW, DataView
-from nasseg.training.seeding import epoch_seed
+from nasseg.runtime.seeding import epoch_seed
 
-__all__ = ["EpochLoader", "move_batch"]
+__all__ = ["EpochLoader"]
 
 
 class EpochLoader:
@@ -41,8 +41,3 @@ class EpochLoader:
         self.generator.manual_seed(epoch_seed(self.seed, epoch))
         return iter(self.loader)
 
-
-def move_batch(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """The batch with every tensor on ``device``."""
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-            for k, v in batch.items()}

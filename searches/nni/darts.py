@@ -284,7 +284,7 @@ def run_nni_darts(space: Any, train_data: Any, val_data: Any, epochs: int = 1, *
     from nni.nas.evaluator.pytorch import DataLoader, Lightning, Trainer
     from nni.nas.strategy import DARTS
 
-    from nasseg.training.seeding import seed_everything
+    from nasseg.runtime.seeding import seed_everything
 
     searched = {label for label, info in space.choice_infos.items() if info.kind != "knob"}
     if not searched:

@@ -1,4 +1,4 @@
-"""The cost card of a search: ``RUN/cost.json``, written after every checkpoint.
+"""The cost card of a run: ``RUN/cost.json``, written after every checkpoint.
 
 Wall time per phase (``perf_counter`` around data loading, weight steps, architecture steps,
 validation and checkpointing), step counts and rates, peak memory (peak RSS from
@@ -11,16 +11,15 @@ On a GPU the step timings are exact without extra synchronisation: every step en
 """
 from __future__ import annotations
 
+import dataclasses
 import platform
 import resource
 import sys
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import torch
-
-from nasseg.searches.darts.config import SearchConfig
 
 __all__ = ["CostCard", "peak_rss_mb", "saved_activation_bytes"]
 
@@ -95,9 +94,14 @@ class CostCard:
                 "steps_per_second": _rates(self.seconds, self.steps),
                 "peak_memory_mb": {"rss": peak_rss_mb(), "cuda_allocated": cuda}}
 
-    def card(self, epochs_done: int, device: torch.device, config: SearchConfig,
+    def card(self, epochs_done: int, device: torch.device, settings: Mapping[str, Any] | Any,
              extra: dict[str, Any]) -> dict[str, Any]:
-        """The JSON content of ``cost.json``."""
+        """The JSON content of ``cost.json``. ``settings`` is a mapping or a dataclass (a
+        search's ``SearchConfig``, a retrain's settings); the keys that shape the cost are
+        copied from it, missing ones as None."""
+        if dataclasses.is_dataclass(settings) and not isinstance(settings, type):
+            settings = dataclasses.asdict(settings)
+        config = dict(settings)
         sessions = self.previous + [self.session(epochs_done, device)]
         seconds = {k: sum(s["seconds"][k] for s in sessions) for k in self.PHASES}
         steps = {k: sum(s["steps"][k] for s in sessions) for k in ("weight", "arch")}
@@ -113,8 +117,10 @@ class CostCard:
             "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
                             else platform.processor() or platform.machine()),
             "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "mode": config.mode, "order": config.order, "batch_size": config.batch_size,
-            "patch_size": list(config.patch_size) if config.patch_size else None,
-            "amp": config.amp, "channels_last": config.channels_last, "compile": config.compile,
+            "mode": config.get("mode"), "order": config.get("order"),
+            "batch_size": config.get("batch_size"),
+            "patch_size": list(config["patch_size"]) if config.get("patch_size") else None,
+            "amp": config.get("amp"), "channels_last": config.get("channels_last"),
+            "compile": config.get("compile"),
             **extra, "sessions": sessions,
         }

@@ -14,17 +14,18 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from nasseg.files import write_json
-from nasseg.metrics import case_metrics
+from nasseg.artifacts.files import write_json
+from nasseg.data.arrays import DataError
+from nasseg.data.formats import read_label_file
+from nasseg.evaluation.metrics import _nanmean, case_metrics
 
-__all__ = ["EvaluationError", "LABEL_SUFFIXES", "read_label_file", "evaluate_folders",
+__all__ = ["EvaluationError", "LABEL_SUFFIXES", "evaluate_folders",
            "summarize_cases", "write_evaluation"]
 
 #: Label file kinds evaluated; other files in the folders (JSON, logs) are ignored.
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".png")
 _METRICS = ("dice", "iou", "hd95")
 _MEANS = ("mean_dice", "mean_iou", "mean_hd95", "pixel_accuracy")
-_PNG_MODES = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L", "F")
 
 
 class EvaluationError(ValueError):
@@ -35,36 +36,18 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
-def read_label_file(path: str | os.PathLike[str]) -> tuple[np.ndarray, tuple[float, ...] | None]:
-    """A label image as int64 and its voxel spacing (None for PNG, whose spacing is unknown)."""
-    path = Path(path)
-    spacing: tuple[float, ...] | None = None
+def _read_labels(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
+    """A label image as int64 and its voxel spacing, read by :func:`nasseg.data.formats.read_label_file`
+    (PNG: spacing 1, so HD95 is in pixels); any problem is an :class:`EvaluationError` naming the file."""
     try:
-        if path.name.lower().endswith(".png"):
-            from PIL import Image
-
-            with Image.open(path) as img:
-                if img.mode not in _PNG_MODES:
-                    raise EvaluationError(f"{path}: not a single-channel label image (PNG mode {img.mode})")
-                data = np.asarray(img)
-        else:
-            import nibabel as nib
-
-            img = nib.load(str(path))
-            data = np.asanyarray(img.dataobj)
-            while data.ndim > 3 and data.shape[-1] == 1:
-                data = data[..., 0]
-            spacing = tuple(float(z) for z in img.header.get_zooms()[:data.ndim])
-    except EvaluationError:
-        raise
+        data, spacing, _ = read_label_file(path)
+    except DataError as exc:
+        detail = str(exc).removeprefix(f"{path}: ")
+        raise EvaluationError(f"{path}: not a readable label image ({' '.join(detail.split())})") from None
     except Exception as exc:  # readers raise many types (OSError, EOFError, ImageFileError, zlib...)
         raise EvaluationError(f"{path}: not a readable label image ({_one_line(exc)})") from None
-    if spacing is not None and not all(math.isfinite(s) and s > 0 for s in spacing):
+    if not all(math.isfinite(s) and s > 0 for s in spacing):
         raise EvaluationError(f"{path}: header spacing {spacing} is not positive")
-    if data.dtype.kind == "f" and not (np.all(np.isfinite(data)) and np.all(data == np.round(data))):
-        raise EvaluationError(f"{path}: label image holds non-integer values")
-    if data.dtype.kind not in "iubf":
-        raise EvaluationError(f"{path}: label image has non-numeric dtype {data.dtype}")
     data = data.astype(np.int64)
     if data.size and data.min() < 0:
         raise EvaluationError(f"{path}: label image holds negative labels")
@@ -83,11 +66,6 @@ def _label_files(folder: str | os.PathLike[str], what: str) -> dict[str, Path]:
     return files
 
 
-def _nanmean(values: Sequence[float]) -> float:
-    kept = [v for v in values if not math.isnan(v)]
-    return float(sum(kept) / len(kept)) if kept else math.nan
-
-
 def _check_range(path: Path, labels: np.ndarray, num_classes: int) -> None:
     if labels.size and labels.max() >= num_classes:
         raise EvaluationError(f"{path}: label {int(labels.max())} outside 0..{num_classes - 1} "
@@ -97,7 +75,7 @@ def _check_range(path: Path, labels: np.ndarray, num_classes: int) -> None:
 def evaluate_folders(pred_dir: str | os.PathLike[str], ref_dir: str | os.PathLike[str],
                      num_classes: int | None = None,
                      class_names: Sequence[str] | None = None) -> dict[str, Any]:
-    """Per-case metrics (:func:`nasseg.metrics.case_metrics`) and their means over the cases.
+    """Per-case metrics (:func:`nasseg.evaluation.metrics.case_metrics`) and their means over the cases.
 
     ``num_classes`` defaults to ``len(class_names)`` when names are given, else to the largest
     reference label + 1 (at least 2); ``class_names`` lists all classes, background first.
@@ -125,7 +103,7 @@ def evaluate_folders(pred_dir: str | os.PathLike[str], ref_dir: str | os.PathLik
     if num_classes is None:
         num_classes = 2
         for name in cases:
-            labels, _ = read_label_file(refs[name])
+            labels, _ = _read_labels(refs[name])
             if labels.size:
                 num_classes = max(num_classes, int(labels.max()) + 1)
     if num_classes < 2:
@@ -136,8 +114,8 @@ def evaluate_folders(pred_dir: str | os.PathLike[str], ref_dir: str | os.PathLik
 
     per_case: dict[str, dict[str, Any]] = {}
     for name in cases:
-        ref, spacing = read_label_file(refs[name])
-        pred, _ = read_label_file(preds[name])
+        ref, spacing = _read_labels(refs[name])
+        pred, _ = _read_labels(preds[name])
         if pred.shape != ref.shape:
             raise EvaluationError(f"{preds[name]}: shape {pred.shape} does not match reference "
                                   f"{refs[name]} shape {ref.shape}")

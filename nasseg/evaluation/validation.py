@@ -7,9 +7,9 @@ from typing import Any, ContextManager, Iterable, Sequence
 
 import torch
 
-from nasseg.metrics import DiceAccumulator
-from nasseg.space import SearchSpace
+from nasseg.evaluation.metrics import DiceAccumulator
 from nasseg.runtime.placement import place_batch
+from nasseg.space import SearchSpace
 
 __all__ = ["Validation", "validate"]
 
