@@ -14,19 +14,23 @@ from nasseg.derive import build_derived, read_arch
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def _example() -> str:
+def _example(marker: str) -> str:
     text = README.read_text(encoding="utf-8")
-    block = re.search(r"<!-- custom-space-example -->\s*```python\n(.*?)```", text, re.S)
-    assert block, "README lost its custom-space example"
+    block = re.search(rf"<!-- {marker} -->\s*```python\n(.*?)```", text, re.S)
+    assert block, f"README lost its {marker}"
     return block.group(1)
+
+
+def _module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, marker: str) -> Path:
+    (tmp_path / f"{name}.py").write_text(_example(marker), encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
 
 
 @pytest.fixture()
 def example_module(tmp_path, monkeypatch) -> Path:
-    (tmp_path / "my_spaces.py").write_text(_example(), encoding="utf-8")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+    return _module(tmp_path, monkeypatch, "my_spaces", "custom-space-example")
 
 
 def test_readme_space_searches_from_python(example_module, small2d):
@@ -56,3 +60,26 @@ def test_readme_space_searches_from_the_cli(example_module, small2d):
                             cwd=example_module)
     assert derive.returncode == 0, derive.stderr
     assert "1/1 connections kept" in derive.stdout
+
+
+def test_readme_method_contract_example_searches_trains_and_exports(tmp_path, monkeypatch,
+                                                                     small2d):
+    from nasseg.export import export_trained
+    from nasseg.searches.darts import SearchConfig
+    from nasseg.searches.darts.run import start_search
+    from nasseg.training.trainer import TrainConfig, train_architecture
+
+    folder = _module(tmp_path, monkeypatch, "fusion_space", "method-contract-example")
+    run = start_search(folder / "s", "fusion_space:FusionSpace", str(small2d), knobs={},
+                       space_args={"features": 4},
+                       config=SearchConfig(epochs=3, warmup_epochs=1, device="cpu"))
+    arch = read_arch(run.arch_path)
+    assert arch["sample"]["fuse"] in ("add", "gate")
+    net = build_derived(arch)
+    assert arch["params"] == sum(p.numel() for n, p in net.named_parameters()
+                                 if not n.startswith("aux."))
+    metrics = train_architecture(run.arch_path, folder / "t", None,
+                                 TrainConfig(epochs=3, device="cpu"))
+    assert [s["name"] for s in metrics["stages"]] == ["context", "joint"]
+    assert metrics["best_epoch"] in (2, 3)
+    assert export_trained(folder / "t", "torchscript").is_file()

@@ -7,7 +7,7 @@ import click
 
 from nasseg.space.knobs import parse_knob_value
 
-__all__ = ["parse_assignments", "PatchSize"]
+__all__ = ["parse_assignments", "PatchSize", "relaunch_argv"]
 
 
 def parse_assignments(items: Sequence[str], option: str) -> dict[str, Any]:
@@ -19,6 +19,19 @@ def parse_assignments(items: Sequence[str], option: str) -> dict[str, Any]:
             raise click.BadParameter(f"expected LABEL=VALUE, got {item!r}", param_hint=option)
         values[key.strip()] = parse_knob_value(text.strip())
     return values
+
+
+def relaunch_argv(argv: Sequence[str]) -> list[str]:
+    """The command's arguments less ``--nproc N``: what each launched process runs."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
 
 
 class PatchSize(click.ParamType):

@@ -7,7 +7,7 @@ import click
 
 from nasseg.artifacts.run_folder import fresh_run_dir
 from nasseg.cli.errors import user_errors
-from nasseg.cli.options import PatchSize, parse_assignments
+from nasseg.cli.options import PatchSize, parse_assignments, relaunch_argv
 
 __all__ = ["search"]
 
@@ -89,10 +89,7 @@ def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: 
     if (nproc > 1 or distributed) and out is None:
         raise click.UsageError("a search in several processes needs --out RUN (one folder for all)")
     if nproc > 1 and not distributed:
-        argv = [a for i, a in enumerate(sys.argv[1:])
-                if a != "--nproc" and not a.startswith("--nproc=")
-                and (i == 0 or sys.argv[i] != "--nproc")]
-        raise SystemExit(subprocess.call(launch_command(nproc, argv)))
+        raise SystemExit(subprocess.call(launch_command(nproc, relaunch_argv(sys.argv[1:]))))
 
     knobs = parse_assignments(knob_items, "--set")
     space_args = parse_assignments(arg_items, "--space-arg")

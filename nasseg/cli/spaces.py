@@ -12,7 +12,8 @@ __all__ = ["spaces"]
 @click.argument("name", required=False)
 @user_errors
 def spaces(name: str | None) -> None:
-    """List spaces; with NAME, list that space's op choices, connection choices and knobs."""
+    """List spaces; with NAME, list that space's choices, knobs and recipe (inputs, stages,
+    metrics, training-only modules)."""
     from nasseg.space import create_space, get_space_class, list_spaces
     from nasseg.space.knobs import knob_description
 
@@ -29,4 +30,17 @@ def spaces(name: str | None) -> None:
             click.echo(f"knob        {label:20s} {desc}")
         else:
             where = f" @ {info.node}" if info.node else ""
-            click.echo(f"{info.kind:11s} {label:20s} {list(info.candidates)}{where}")
+            inputs = f" ({info.inputs} inputs)" if info.inputs > 1 else ""
+            click.echo(f"{info.kind:11s} {label:20s} {list(info.candidates)}{where}{inputs}")
+    view = space.data_view()
+    click.echo(f"inputs      {', '.join(view.keys)}"
+               + (f" (context x{', x'.join(map(str, view.context))}"
+                  + (", with labels)" if view.context_labels else ")") if view.context else "")
+               + f"; {'/'.join(map(str, space.supported_dims))}D")
+    for stage in space.training_stages():
+        d = stage.describe()
+        click.echo(f"stage       {stage.name:20s} " + ", ".join(
+            f"{k} {v}" for k, v in d.items() if k != "name"))
+    click.echo(f"selects by  {space.selection_metric}")
+    if space.training_only():
+        click.echo(f"train only  {', '.join(space.training_only())}")

@@ -10,6 +10,7 @@ from nasseg.data.arrays import (
 from nasseg.data.cases import Case, CaseSet
 from nasseg.data.demo import DEMO_SETS, make_demo
 from nasseg.data.patches import PatchDataset
+from nasseg.data.views import PATCH_VIEW, DataView
 from nasseg.data.source import (DataProblems, load_data, locate_data_spec, record_data_spec,
                                 resolve_data_spec)
 
@@ -22,6 +23,8 @@ __all__ = [
     "load_arrays",
     "split_indices",
     "PatchDataset",
+    "DataView",
+    "PATCH_VIEW",
     "DEMO_SETS",
     "make_demo",
     "load_data",

@@ -17,9 +17,12 @@ import resource
 import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import torch
+
+from nasseg.artifacts.files import FileFormatError, read_json
 
 __all__ = ["CostCard", "peak_rss_mb", "saved_activation_bytes"]
 
@@ -55,8 +58,8 @@ def _rates(seconds: dict[str, float], steps: dict[str, int]) -> dict[str, float]
 
 class CostCard:
     """Wall time per phase (``perf_counter`` around each), step counts and peak memory of a
-    search, written to ``RUN/cost.json`` after every checkpoint. A resumed search appends a
-    session; the top-level numbers add the sessions up."""
+    search or a retrain, written to ``RUN/cost.json`` after every checkpoint. A resumed run
+    appends a session; the top-level numbers add the sessions up."""
 
     PHASES = ("data", "weight_steps", "arch_steps", "validation", "checkpoint")
 
@@ -84,6 +87,15 @@ class CostCard:
             if item is None:
                 return
             yield item
+
+    def resume(self, path: Path, first_epoch: int) -> None:
+        """Continue the card at ``path`` from ``first_epoch`` (its earlier sessions kept; an
+        unreadable card leaves this session's costs only)."""
+        self.first_epoch = first_epoch
+        try:
+            self.previous = list(read_json(path, "cost card")["sessions"])
+        except (FileFormatError, KeyError, TypeError):
+            self.previous = []
 
     def session(self, epochs_done: int, device: torch.device) -> dict[str, Any]:
         cuda = (torch.cuda.max_memory_allocated(device) / 2**20

@@ -34,6 +34,7 @@ from nasseg.evaluation.metrics import case_metrics, chance_dice
 from nasseg.evaluation.validation import Validation, validate
 from nasseg.inference import network_predict_fn, sliding_window_predict
 from nasseg.inference.predict import PredictionPlan
+from nasseg.runtime.cost import CostCard
 from nasseg.runtime.device import resolve_device
 from nasseg.runtime.distributed import DistContext, is_main_process, shard
 from nasseg.runtime.guards import check_finite
@@ -86,6 +87,7 @@ class _Retrain:
         self.val = EpochLoader(data, split["val"], config.batch_size, False, config.seed,
                                config.num_workers, config.patch_size, self.view)
         self._loaders: dict[tuple[float, float], tuple[EpochLoader, int]] = {}
+        self.cost = CostCard()
         self.best: dict[str, Any] = {"value": -float("inf"), "epoch": None}
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
@@ -122,15 +124,18 @@ class _Retrain:
         self.staged.enter(stage, cosine_lr(cfg.lr, epoch, cfg.epochs))
         self.staged.train_mode()
         loader, steps = self._loader(stage)
-        start, losses = time.perf_counter(), []
-        batches = itertools.islice(loader.epoch(epoch), steps)
+        start, losses, cost = time.perf_counter(), [], self.cost
+        batches = cost.timed("data", itertools.islice(loader.epoch(epoch), steps))
         for step, batch in enumerate(log.progress(batches, steps,
                                                   f"epoch {epoch + 1}/{cfg.epochs}")):
-            losses.append(self._step(batch, epoch, step))
+            with cost.phase("weight_steps"):
+                losses.append(self._step(batch, epoch, step))
+            cost.steps["weight"] += 1
         val = Validation({"dice_mean": float("nan")})
         if self.dist.is_main:
-            val = validate(self.model, self.val.epoch(0), self.data.num_classes, self.device,
-                           self.precision.autocast())
+            with cost.phase("validation"):
+                    val = validate(self.model, self.val.epoch(0), self.data.num_classes,
+                               self.device, self.precision.autocast())
         loss = sum(losses) / len(losses)
         log.scalars({"loss/train": loss, "dice/val_mean": val.dice,
                      **val.scalars(self.data.class_names)}, epoch + 1)
@@ -143,12 +148,17 @@ class _Retrain:
         return val
 
     def _save(self, epochs_done: int) -> None:
-        if self.dist.is_main:
+        if not self.dist.is_main:
+            return
+        with self.cost.phase("checkpoint"):
             save_torch(self.run.checkpoint, {
                 "epochs_done": epochs_done, "model": self.model.state_dict(),
                 "optimizer": self.staged.optimizer.state_dict(),
                 "scaler": self.precision.state_dict(), "rng": rng_state(),
                 "best": self.best, "history": self.history})
+        write_json(self.run.cost, self.cost.card(
+            epochs_done, self.device, self.config,
+            {"amp_dtype": self.precision.name, "world_size": self.dist.world_size}))
 
     def resume(self) -> None:
         """Continue from the folder's checkpoint: weights, optimizer, scaler, RNG, history."""
@@ -163,6 +173,7 @@ class _Retrain:
         set_rng_state(state["rng"])
         self.best, self.history = dict(state["best"]), list(state["history"])
         self.start_epoch = int(state["epochs_done"])
+        self.cost.resume(self.run.cost, self.start_epoch)
         logger.info("resuming %s after epoch %d", self.run.path, self.start_epoch)
 
     def fit(self, extra_state: dict[str, Any]) -> dict[str, Any]:
@@ -217,6 +228,7 @@ def train_architecture(arch_path: str | Path, out: str | Path, data: str | None 
     config = config or TrainConfig()
     arch_path = Path(arch_path)
     arch, data_spec, dataset = _prepare(arch_path, resolve_data_spec(data) if data else None)
+    model = _build(arch, arch_path, dataset, config)  # a bad arch.json fails before any write
     run = RunFolder(Path(out))
     recorded = record_data_spec(data_spec, run.path)
     if is_main_process():  # rank 0 owns the folder
@@ -226,7 +238,7 @@ def train_architecture(arch_path: str | Path, out: str | Path, data: str | None 
         write_json(run.config, {"kind": "train", "nasseg_version": __version__,
                                 "arch": run.arch.name, "data": recorded,
                                 "train": asdict(config)})
-    return _run(run, arch, dataset, config, on_epoch, resume=False)
+    return _run(run, model, arch, dataset, config, on_epoch, resume=False)
 
 
 def resume_training(out: str | Path, on_epoch: Callable[[int, float], None] | None = None
@@ -237,17 +249,26 @@ def resume_training(out: str | Path, on_epoch: Callable[[int, float], None] | No
     description = read_json(run.config, "run description")
     config = TrainConfig.from_dict(description["train"])
     arch, _, dataset = _prepare(run.arch, locate_data_spec(description["data"], run.path))
-    return _run(run, arch, dataset, config, on_epoch, resume=True)
+    model = _build(arch, run.arch, dataset, config)
+    return _run(run, model, arch, dataset, config, on_epoch, resume=True)
 
 
-def _run(run: RunFolder, arch: dict[str, Any], dataset: CaseSet, config: TrainConfig,
-         on_epoch: Callable[[int, float], None] | None, resume: bool) -> dict[str, Any] | None:
+def _build(arch: dict[str, Any], source: Path, dataset: CaseSet, config: TrainConfig
+           ) -> SearchSpace:
+    """The derived network, initialised under the run's seed, checked against the data."""
     seed_everything(config.seed)
     set_deterministic(config.deterministic)
-    model = build_derived(arch, run.arch)
+    model = build_derived(arch, source)
     if dataset.spatial_dims not in model.supported_dims:
-        raise ValueError(f"space {arch['space']!r} runs in {model.supported_dims}D, not on "
+        raise ValueError(f"{source}: space {arch['space']!r} runs in "
+                         f"{'/'.join(map(str, model.supported_dims))}D, not on "
                          f"{dataset.spatial_dims}D data")
+    return model
+
+
+def _run(run: RunFolder, model: SearchSpace, arch: dict[str, Any], dataset: CaseSet,
+         config: TrainConfig, on_epoch: Callable[[int, float], None] | None, resume: bool
+         ) -> dict[str, Any] | None:
     train_idx, val_idx = split_indices(dataset.num_cases, config.val_fraction, config.seed)
     split = {"train": train_idx, "val": val_idx}
     plan = PredictionPlan.from_data(dataset, config.patch_size, model.data_view())

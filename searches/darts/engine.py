@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from nasseg.artifacts.files import FileFormatError, read_json, save_torch, write_json
+from nasseg.artifacts.files import save_torch, write_json
 from nasseg.artifacts.run_folder import RunFolder, RunFolderError
 from nasseg.data import CaseSet, split_indices
 from nasseg.evaluation.validation import Validation, validate
@@ -354,11 +354,7 @@ class DartsSearch:
         set_rng_state(state["rng"])
         self.history = list(state["history"])
         self.start_epoch = int(state["epochs_done"])
-        self.cost.first_epoch = self.start_epoch
-        try:
-            self.cost.previous = list(read_json(self.run_folder.cost, "cost card")["sessions"])
-        except (FileFormatError, KeyError, TypeError):
-            self.cost.previous = []  # no readable card: this session's costs only
+        self.cost.resume(self.run_folder.cost, self.start_epoch)
         logger.info("resuming %s after epoch %d", self.run_folder.path, self.start_epoch)
 
     def _write_cost(self, epochs_done: int) -> None:

@@ -1,0 +1,94 @@
+"""The retrain shares the search's runtime: resume after SIGKILL to the same weights, AMP,
+portable folders, and one clear line for an arch.json that does not fit its space."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from nasseg.cli import cli
+
+TINY = ["--space", "unet", "--space-arg", "features=4", "--space-arg", "levels=2",
+        "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def arch_file(small3d, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("search") / "run"
+    result = CliRunner().invoke(cli, ["search", "--data", str(small3d), "--out", str(out),
+                                      "--epochs", "2", "--warmup-epochs", "1", *TINY])
+    assert result.exit_code == 0, result.output
+    return out / "arch.json"
+
+
+def _train_cmd(arch: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "nasseg.cli", "train", str(arch), "--out", str(out),
+            "--epochs", "5", "--seed", "2", "--deterministic", "--device", "cpu", *extra]
+
+
+def test_killed_retrain_resumes_to_the_same_weights(arch_file, tmp_path):
+    run = dict(env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=tmp_path)
+    unbroken = tmp_path / "unbroken"
+    subprocess.run(_train_cmd(arch_file, unbroken), check=True, capture_output=True, **run)
+
+    broken = tmp_path / "broken"
+    proc = subprocess.Popen(_train_cmd(arch_file, broken), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, **run)
+    deadline = time.time() + 120
+    while not (broken / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = torch.load(broken / "checkpoint.pt", weights_only=False)["epochs_done"]
+    assert 1 <= done < 5, "the kill should land mid-training"
+    resumed = subprocess.run([sys.executable, "-m", "nasseg.cli", "train", "--resume", "--out",
+                              str(broken)], capture_output=True, text=True, **run)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {broken} after epoch {done}" in resumed.stderr
+
+    a = torch.load(unbroken / "checkpoint.pt", weights_only=False)
+    b = torch.load(broken / "checkpoint.pt", weights_only=False)
+    assert a["epochs_done"] == b["epochs_done"] == 5
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    ma = json.loads((unbroken / "metrics.json").read_text())
+    mb = json.loads((broken / "metrics.json").read_text())
+    assert ma["best_epoch"] == mb["best_epoch"] and ma["dice_mean"] == mb["dice_mean"]
+    cost = json.loads((broken / "cost.json").read_text())
+    assert len(cost["sessions"]) == 2 and cost["steps"]["weight"] > 0
+
+
+def test_amp_retrain_runs_on_cpu(arch_file, tmp_path):
+    result = CliRunner().invoke(cli, ["train", str(arch_file), "--out", str(tmp_path / "t"),
+                                      "--epochs", "1", "--amp", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "t" / "cost.json").read_text())["amp_dtype"] == "bfloat16"
+
+
+def test_arch_file_missing_a_choice_gives_one_line(arch_file, tmp_path):
+    arch = json.loads(arch_file.read_text())
+    del arch["sample"]["upsample"]
+    del arch["sample"]["enc0_op"]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**arch, "data": str(arch_file.parent / arch["data"])}))
+    result = CliRunner().invoke(cli, ["train", str(bad), "--out", str(tmp_path / "t")])
+    assert result.exit_code == 1
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("nasseg: error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr
+    line = errors[0]
+    assert str(bad) in line
+    assert "lacks enc0_op, upsample" in line
+    assert not (tmp_path / "t").exists()
+
+
+def test_resume_needs_a_training_folder(tmp_path):
+    result = CliRunner().invoke(cli, ["train", "--resume", "--out", str(tmp_path / "none")])
+    assert result.exit_code == 1 and "missing" in result.stderr
