@@ -1,9 +1,10 @@
-"""Memory-saving search modes (partial channels, Gumbel, binary gates) and the cost card.
+"""The relaxations (full mixing and the memory-saving modes: partial channels, Gumbel, binary
+gates), their registry, and the cost card.
 
-Each mode moves the architecture in a short search in 2D and 3D and derives a network; partial
-channels shrink candidates and keep shapes; sampled modes run only the sampled candidates and
-align only the gated-on inputs; all three hold less activation memory than full mixing (counted
-exactly, with saved-tensor hooks, not timed); a Gumbel search resumes exactly.
+Each registered mode moves the architecture in a short search in 2D and 3D and derives a
+network; partial channels shrink candidates and keep shapes; sampled modes run only the sampled
+candidates and align only the gated-on inputs; all three hold less activation memory than full
+mixing (counted exactly, with saved-tensor hooks, not timed); a Gumbel search resumes exactly.
 """
 from __future__ import annotations
 
@@ -24,11 +25,12 @@ from nasseg.runs import RunFolder
 from nasseg.searches.darts import DartsSearch, SearchConfig
 from nasseg.searches.darts.modes import (PartialChannelError, PartialMixedOp, SampledConnection,
                                          gumbel_temperature, shrink_channels)
-from nasseg.searches.darts.relaxation import relax
+from nasseg.searches.darts.relaxation import (RELAXATIONS, FullMixing, MixedOp, get_relaxation,
+                                              register_relaxation, relax)
 from nasseg.space import SearchSpace, create_space
 from nasseg.training.seeding import seed_everything
 
-MODES = ("full", "partial", "gumbel", "binary")
+MODES = tuple(RELAXATIONS)
 TINY = {"features": 4, "levels": 2}
 
 
@@ -347,7 +349,7 @@ def _supernet_step_memory(mode: str, small3d, tmp_path) -> int:
     peak = 0
     for frozen in (engine.weights, engine.arch_params):
         with _grad_enabled(frozen, False):
-            for _ in range(4 if mode in ("gumbel", "binary") else 1):
+            for _ in range(4 if get_relaxation(mode).samples else 1):
                 peak = max(peak, saved_activation_bytes(lambda: engine._loss(batch, "m", 0, 0)))
     return peak
 
@@ -399,6 +401,35 @@ def test_settings_refuse_bad_mode_combinations():
         SearchConfig(mode="gumbel", order=2)
     with pytest.raises(ValueError, match="tau_gumbel"):
         SearchConfig(mode="gumbel", tau_gumbel=(0.5, 5.0))
+
+
+def test_a_registered_relaxation_is_a_mode_of_relax_and_the_settings():
+    assert MODES == ("full", "partial", "gumbel", "binary")
+    mode_option = next(p for p in cli.commands["search"].params if p.name == "mode")
+    assert tuple(mode_option.type.choices) == MODES
+    with pytest.raises(ValueError, match=r"mode must be one of \('full', 'partial'"):
+        get_relaxation("half")
+    with pytest.raises(ValueError, match="already registered"):
+        register_relaxation("full")(type("Other", (FullMixing,), {}))
+
+    @register_relaxation("toy")
+    class Toy(FullMixing):
+        """Full mixing that calls itself random (so no second order) and costs a toy field."""
+
+        second_order = False
+
+        def cost_fields(self):
+            return {"toy": 1}
+
+    try:
+        cell = Cell(channels=4)
+        arch = relax(cell, mode="toy")
+        assert type(arch.relaxation) is Toy and arch.relaxation.name == "toy"
+        assert isinstance(cell.cell, MixedOp) and arch.relaxation.cost_fields() == {"toy": 1}
+        with pytest.raises(ValueError, match=r"relaxation \(mode full or partial\)"):
+            SearchConfig(mode="toy", order=2)
+    finally:
+        del RELAXATIONS["toy"]
 
 
 def test_cli_search_mode_partial_writes_the_cost_card(small3d, tmp_path):

@@ -8,6 +8,7 @@ import click
 from nasseg.cli.errors import user_errors
 from nasseg.cli.options import PatchSize, parse_assignments
 from nasseg.runs import fresh_run_dir
+from nasseg.searches.darts.relaxation import RELAXATIONS
 
 __all__ = ["search"]
 
@@ -46,11 +47,9 @@ DEFAULT_DATA = "demo3d"
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes searching together (data parallel; Gloo on CPU, NCCL on GPU). "
                    "The same as running under `torchrun --nproc-per-node N`.")
-@click.option("--mode", type=click.Choice(["full", "partial", "gumbel", "binary"]),
-              default="full", show_default=True,
-              help="Relaxation: full softmax mixing (DARTS), or a memory-saving mode: partial "
-                   "channels (PC-DARTS), hard Gumbel sampling (GDAS), binary gates "
-                   "(ProxylessNAS).")
+@click.option("--mode", type=click.Choice(list(RELAXATIONS)), default="full", show_default=True,
+              help="Relaxation of the choices: " + ", ".join(
+                  f"{name}: {r.title}" for name, r in RELAXATIONS.items()) + ".")
 @click.option("--partial-k", type=click.IntRange(min=1), default=4, show_default=True,
               help="--mode partial: 1/K of the channels go through the candidate ops.")
 @click.option("--tau-gumbel", type=(float, float), default=(5.0, 0.5), show_default=True,

@@ -5,6 +5,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from nasseg.searches.darts.budget import FITS, check_budget
+from nasseg.searches.darts.relaxation import RELAXATIONS, get_relaxation
 from nasseg.training.settings import RunSettings
 
 __all__ = ["SearchConfig", "DARTS_ARCH_LR", "ARCH_TRAVEL", "MAX_AUTO_ARCH_LR"]
@@ -36,9 +37,11 @@ class SearchConfig(RunSettings):
             [3e-4, 0.05],
             so that a parameter can move about 6 logits over the search (Adam moves it by about
             lr per step; at 3e-4 and ~200 steps a gate could not pass sigmoid(0.06)).
-        mode: how choices are relaxed: ``full`` (softmax mixing, DARTS), ``partial``
-            (partial channels, PC-DARTS), ``gumbel`` (hard Gumbel sampling, GDAS) or
-            ``binary`` (binary gates, ProxylessNAS); see :mod:`nasseg.searches.darts.modes`.
+        mode: how choices are relaxed, a name registered in
+            :data:`~nasseg.searches.darts.relaxation.RELAXATIONS`: ``full`` (softmax mixing,
+            DARTS), ``partial`` (partial channels, PC-DARTS), ``gumbel`` (hard Gumbel sampling,
+            GDAS) or ``binary`` (binary gates, ProxylessNAS); see
+            :mod:`nasseg.searches.darts.modes`.
         partial_k: ``partial`` mode: 1/K of the channels go through the candidates.
         tau_gumbel: ``gumbel`` mode: temperature at the first and the last searching epoch
             (linear in between, as in GDAS; default 5 -> 0.5).
@@ -79,19 +82,18 @@ class SearchConfig(RunSettings):
                              f"epochs={self.epochs}, warmup_epochs={self.warmup_epochs}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        modes = ("full", "partial", "gumbel", "binary")
-        if self.mode not in modes:
-            raise ValueError(f"mode must be one of {modes}, got {self.mode!r}")
+        relaxation = get_relaxation(self.mode)
         if not isinstance(self.partial_k, int) or self.partial_k < 1:
             raise ValueError(f"partial_k must be a positive integer, got {self.partial_k!r}")
         self.tau_gumbel = tuple(float(t) for t in self.tau_gumbel)
         if len(self.tau_gumbel) != 2 or not self.tau_gumbel[0] >= self.tau_gumbel[1] > 0:
             raise ValueError(f"tau_gumbel must be (start, end) with start >= end > 0, got "
                              f"{self.tau_gumbel}")
-        if self.order == 2 and self.mode in ("gumbel", "binary"):
-            raise ValueError(f"second order needs a deterministic relaxation (mode full or "
-                             f"partial), not mode {self.mode!r}: each loss of the unrolled "
-                             "gradient would sample a different network")
+        if self.order == 2 and not relaxation.second_order:
+            deterministic = " or ".join(n for n, r in RELAXATIONS.items() if r.second_order)
+            raise ValueError(f"second order needs a deterministic relaxation (mode "
+                             f"{deterministic}), not mode {self.mode!r}: each loss of the "
+                             "unrolled gradient would sample a different network")
         if self.fit not in FITS:
             raise ValueError(f"fit must be one of {FITS}, got {self.fit!r}")
         if self.memory_budget is not None:

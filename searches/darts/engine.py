@@ -366,7 +366,7 @@ class DartsSearch:
     def _write_cost(self, epochs_done: int) -> None:
         if not self.dist.is_main:
             return
-        extra = {"partial_k": self.config.partial_k if self.config.mode == "partial" else None,
+        extra = {**self.arch.relaxation.cost_fields(),
                  "fully_mixed_choices": list(self.arch.fully_mixed),
                  "amp_dtype": None if self.amp_dtype is None
                  else str(self.amp_dtype).replace("torch.", ""),
