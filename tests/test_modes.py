@@ -2,9 +2,10 @@
 gates), their registry, and the cost card.
 
 Each registered mode moves the architecture in a short search in 2D and 3D and derives a
-network; partial channels shrink candidates and keep shapes; sampled modes run only the sampled
-candidates and align only the gated-on inputs; all three hold less activation memory than full
-mixing (counted exactly, with saved-tensor hooks, not timed); a Gumbel search resumes exactly.
+network, and relaxes op choices over several tensors; partial channels shrink candidates and
+keep shapes; sampled modes run only the sampled candidates and align only the gated-on inputs;
+all three hold less activation memory than full mixing (counted exactly, with saved-tensor
+hooks, not timed); a Gumbel search resumes exactly.
 """
 from __future__ import annotations
 
@@ -101,6 +102,88 @@ def test_mode_moves_architecture_and_derives(mode, dims, small3d, small2d, tmp_p
                                     "checkpoint"}
     assert all(v >= 0 for v in card["seconds"].values())
     assert card["torch"] == torch.__version__ and card["device"] == "cpu"
+
+
+# ----- op choices over several tensors ----------------------------------------------------------
+class _Counted(nn.Module):
+    """A candidate that records its construction (a frozen net builds the chosen one only)."""
+
+    built: list[str] = []
+
+    def __init__(self) -> None:
+        super().__init__()
+        _Counted.built.append(type(self).__name__)
+
+
+class _Concat(_Counted):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(2 * channels, channels, 1)
+
+    def forward(self, a, b):
+        return self.conv(torch.cat([a, b], 1))
+
+
+class _Add(_Counted):
+    def forward(self, a, b):
+        return a + b
+
+
+class _Attention(_Counted):
+    """``a + sigmoid(conv(b)) * b``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(channels, channels, 1)
+
+    def forward(self, a, b):
+        return a + torch.sigmoid(self.conv(b)) * b
+
+
+class Fuse(SearchSpace):
+    """Two branches of the image, fused by a two-input op choice, then a 1x1 head. Without
+    ``concat`` every candidate maps C to C channels, which partial channels would split."""
+
+    def __init__(self, channels: int = 4, concat: bool = True) -> None:
+        super().__init__()
+        self.a = nn.Conv3d(1, channels, 3, padding=1)
+        self.b = nn.Conv3d(1, channels, 3, padding=1)
+        candidates = {"concat": lambda: _Concat(channels), "add": _Add,
+                      "attention": lambda: _Attention(channels)}
+        if not concat:
+            del candidates["concat"]
+        self.fuse = self.op_choice("fuse", candidates, inputs=2)
+        self.head = nn.Conv3d(channels, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.fuse(self.a(x), self.b(x)))
+
+
+@pytest.mark.parametrize("concat", [True, False])
+@pytest.mark.parametrize("mode", MODES)
+def test_two_input_op_choice_is_relaxed_in_every_mode(mode, concat):
+    torch.manual_seed(0)
+    space = Fuse(concat=concat)
+    arch = relax(space, mode=mode, partial_k=2)
+    # partial channels cannot split two tensors: the choice stays fully mixed, and says so
+    assert arch.fully_mixed == (["fuse"] if mode == "partial" else [])
+    x = torch.randn(2, 1, 6, 6, 6)
+    for _ in range(3):  # sampled modes: a few draws
+        arch.zero_grad()
+        space.zero_grad()
+        space(x).square().mean().backward()
+        assert arch.alpha["fuse"].grad.abs().sum() > 0
+        assert space.head.weight.grad.abs().sum() > 0
+    space.eval()
+    assert space(x).shape == (2, 2, 6, 6, 6)
+
+
+def test_a_frozen_two_input_choice_builds_only_the_chosen_candidate():
+    space = Fuse()
+    _Counted.built.clear()
+    net = space.freeze({"fuse": "attention"})
+    assert _Counted.built == ["_Attention"] and isinstance(net.fuse, _Attention)
+    assert net(torch.randn(1, 1, 4, 4, 4)).shape == (1, 2, 4, 4, 4)
 
 
 # ----- partial channels -----------------------------------------------------------------------

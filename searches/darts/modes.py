@@ -24,6 +24,8 @@ modules. What each mode does to the two kinds of choices:
     ``ArchParameters.fully_mixed``. If the candidates change the spatial size, the bypass is
     max-pooled (PC-DARTS' reduction cells) or nearest-upsampled to match. A candidate with a
     layer this module cannot shrink raises :class:`PartialChannelError`.
+    An op choice over several tensors (``ChoiceInfo.inputs > 1``) has no one channel axis to
+    split: it stays fully mixed and is listed in ``fully_mixed`` too.
     connection: edge normalisation. PC-DARTS weighs a node's input edges by ``softmax(beta)``
     to damp the noise of the channel sampling; for nasseg's independent sigmoid gates the
     analogue is the gate-normalised sum ``sum_i g_i x_i / sum_i g_i`` (a convex combination,
@@ -341,26 +343,26 @@ class PartialMixedOp(MixedOp):
 class SampledMixedOp(MixedOp):
     """GDAS / ProxylessNAS: run only the sampled candidate(s) (the argmax one in eval mode)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         arch = self._arch[0]
         ops = list(self.candidates.values())
         if not self.training:
-            return ops[int(arch.alpha[arch._key(self.label)].detach().argmax())](x)
+            return ops[int(arch.alpha[arch._key(self.label)].detach().argmax())](*inputs)
         sample = arch.op_sample(self.label)
         if sample.weights is None:
-            return ops[sample.paths[0]](x)
+            return ops[sample.paths[0]](*inputs)
         out = None
         # The active path last: the others' temporaries are freed before its activations pile up.
         order = sorted(range(len(sample.paths)), key=lambda j: j == sample.active)
         for j in order:
             w, op = sample.weights[j], ops[sample.paths[j]]
             if j == sample.active:
-                y = op(x)
+                y = op(*inputs)
             else:
-                # Weight 0 in value: no gradient reaches x or the op's weights through this
-                # path, so it runs without autograd and holds only its output (for its gate).
+                # Weight 0 in value: no gradient reaches the inputs or the op's weights through
+                # this path, so it runs without autograd and holds only its output (its gate's).
                 with torch.no_grad():
-                    y = op(x)
+                    y = op(*inputs)
             out = _accumulate(out, w, y)
         return out
 
@@ -399,12 +401,13 @@ class PartialChannels(Relaxation):
             raise ValueError(f"partial_k must be a positive integer, got {k!r}")
         self._shrunk: set[int] = set()  # modules already shrunk (candidates may share them)
 
-    def op_choice(self, label: str, candidates: nn.ModuleDict) -> nn.Module:
+    def op_choice(self, label: str, candidates: nn.ModuleDict, inputs: int) -> nn.Module:
         k = self.arch.partial_k
-        channels = partial_plan(label, candidates, k)
+        # Several input tensors have no one channel axis to split: such a choice stays mixed.
+        channels = partial_plan(label, candidates, k) if inputs == 1 else None
         if channels is None:
             self.arch.fully_mixed.append(label)
-            return super().op_choice(label, candidates)
+            return super().op_choice(label, candidates, inputs)
         for op in candidates.values():
             shrink_channels(op, k, self._shrunk)
         return PartialMixedOp(label, candidates, self.arch, channels, k)
@@ -427,7 +430,7 @@ class SamplingRelaxation(Relaxation):
     samples = True
     second_order = False  # each loss of the unrolled gradient would draw another network
 
-    def op_choice(self, label: str, candidates: nn.ModuleDict) -> nn.Module:
+    def op_choice(self, label: str, candidates: nn.ModuleDict, inputs: int) -> nn.Module:
         return SampledMixedOp(label, candidates, self.arch)
 
     def connection_choice(self, label: str, owner: nn.Module) -> nn.Module:

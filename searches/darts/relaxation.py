@@ -46,7 +46,7 @@ class ArchParameters(nn.Module):
         self.relaxation: Relaxation = FullMixing(self)
         self.partial_k = 4
         self.temperature = 1.0
-        #: partial mode: op choices that change the channel count and stay fully mixed
+        #: partial mode: op choices it cannot split over channels, which stay fully mixed
         self.fully_mixed: list[str] = []
         self._op_samples: dict[str, OpSample] = {}
         self._gate_samples: dict[str, Gates] = {}
@@ -139,7 +139,10 @@ def _accumulate(out: torch.Tensor | None, w: torch.Tensor, y: torch.Tensor) -> t
 
 
 class MixedOp(nn.Module):
-    """softmax(alpha)-weighted sum of every candidate's output (full DARTS mixing)."""
+    """softmax(alpha)-weighted sum of every candidate's output (full DARTS mixing).
+
+    The candidates take the op choice's inputs, however many (``op(*inputs)``).
+    """
 
     def __init__(self, label: str, candidates: nn.ModuleDict, arch: ArchParameters) -> None:
         super().__init__()
@@ -147,11 +150,11 @@ class MixedOp(nn.Module):
         self.candidates = candidates
         self._arch = [arch]  # a list keeps the arch module out of this module's parameters
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         weights = self._arch[0].op_probs(self.label)
         out = None
         for w, op in zip(weights, self.candidates.values()):
-            out = _accumulate(out, w, op(x))
+            out = _accumulate(out, w, op(*inputs))
         return out
 
 
@@ -213,9 +216,9 @@ class Relaxation:
     def __init__(self, arch: ArchParameters) -> None:
         self.arch = arch
 
-    def op_choice(self, label: str, candidates: nn.ModuleDict) -> nn.Module:
-        """The module that replaces op choice ``label``: the softmax(alpha) mixture of all its
-        candidates."""
+    def op_choice(self, label: str, candidates: nn.ModuleDict, inputs: int) -> nn.Module:
+        """The module that replaces op choice ``label``, whose candidates take ``inputs``
+        tensors: the softmax(alpha) mixture of all of them."""
         return MixedOp(label, candidates, self.arch)
 
     def connection_choice(self, label: str, owner: nn.Module) -> nn.Module:
@@ -288,18 +291,21 @@ def relax(model: nn.Module, arch: ArchParameters | None = None, mode: str = "ful
     """Replace the choices of ``model`` in place by those of the relaxation registered as
     ``mode``; return the architecture parameters.
 
-    ``partial_k``: the ``partial`` mode's channel groups.
+    ``partial_k``: the ``partial`` mode's channel groups. An op choice's candidates take as many
+    tensors as the space's ``ChoiceInfo.inputs`` says (1 in a model that is not a nasseg space).
     """
     relaxation_type = get_relaxation(mode)
     arch = arch if arch is not None else ArchParameters()
     arch.partial_k = partial_k
     relaxation = arch.relaxation = relaxation_type(arch)
+    infos = getattr(model, "choice_infos", {})
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, LayerChoice):
                 arch.add_op(child.label, child.names)
                 candidates = nn.ModuleDict({str(n): child[n] for n in child.names})
-                setattr(parent, name, relaxation.op_choice(child.label, candidates))
+                inputs = getattr(infos.get(child.label), "inputs", 1)
+                setattr(parent, name, relaxation.op_choice(child.label, candidates, inputs))
             elif isinstance(child, InputChoice):
                 arch.add_connection(child.label, child.n_candidates)
                 setattr(parent, name, relaxation.connection_choice(child.label, parent))
