@@ -482,8 +482,15 @@ def test_settings_refuse_bad_mode_combinations():
         SearchConfig(mode="half")
     with pytest.raises(ValueError, match="second order needs a deterministic relaxation"):
         SearchConfig(mode="gumbel", order=2)
-    with pytest.raises(ValueError, match="tau_gumbel"):
-        SearchConfig(mode="gumbel", tau_gumbel=(0.5, 5.0))
+    with pytest.raises(ValueError, match="gumbel_temperature"):
+        SearchConfig(mode="gumbel", gumbel_temperature=(0.5, 5.0))
+
+
+def test_settings_read_the_gumbel_temperature_of_an_older_run_json():
+    old = {k: v for k, v in SearchConfig().to_dict().items() if k != "gumbel_temperature"}
+    config = SearchConfig.from_dict({**old, "tau_gumbel": [3, 1]})
+    assert config.gumbel_temperature == (3.0, 1.0)
+    assert "tau_gumbel" not in config.to_dict()
 
 
 def test_a_registered_relaxation_is_a_mode_of_relax_and_the_settings():

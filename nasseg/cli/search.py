@@ -52,8 +52,8 @@ DEFAULT_DATA = "demo3d"
                   f"{name}: {r.title}" for name, r in RELAXATIONS.items()) + ".")
 @click.option("--partial-k", type=click.IntRange(min=1), default=4, show_default=True,
               help="--mode partial: 1/K of the channels go through the candidate ops.")
-@click.option("--tau-gumbel", type=(float, float), default=(5.0, 0.5), show_default=True,
-              metavar="START END",
+@click.option("--gumbel-temperature", type=(float, float), default=(5.0, 0.5),
+              show_default=True, metavar="START END",
               help="--mode gumbel: temperature at the first and last searching epoch (linear).")
 @click.option("--amp", is_flag=True,
               help="Mixed precision: bf16 autocast (fp16 + GradScaler on GPUs without bf16).")
@@ -72,7 +72,7 @@ def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: 
            batch_size: int, order: str, arch_lr: float | None, seed: int,
            knob_items: tuple[str, ...], arg_items: tuple[str, ...], device: str, workers: int,
            deterministic: bool, resume: bool, nproc: int, mode: str, partial_k: int,
-           tau_gumbel: tuple[float, float], amp: bool, channels_last: bool,
+           gumbel_temperature: tuple[float, float], amp: bool, channels_last: bool,
            compile_: bool, patch_size: tuple[int, ...] | None, memory_budget: str | None,
            fit: str) -> None:
     """Search an architecture of SPACE on DATA; derive it into RUN/arch.json."""
@@ -107,8 +107,9 @@ def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: 
                               batch_size=batch_size, order=int(order), arch_lr=arch_lr,
                               seed=seed, deterministic=deterministic,
                               device=device, mode=mode, partial_k=partial_k,
-                              tau_gumbel=tau_gumbel, amp=amp, channels_last=channels_last,
-                              compile=compile_, num_workers=workers, patch_size=patch_size,
+                              gumbel_temperature=gumbel_temperature, amp=amp,
+                              channels_last=channels_last, compile=compile_,
+                              num_workers=workers, patch_size=patch_size,
                               memory_budget=memory_budget, fit=fit)
         if is_main_process():
             click.echo(f"searching space {space!r} on {data!r} into {out}", err=True)

@@ -16,6 +16,8 @@ DARTS_ARCH_LR = 3e-4
 ARCH_TRAVEL = 6.0
 #: The default lr never exceeds this, however short the search (a few steps would ask for more).
 MAX_AUTO_ARCH_LR = 0.05
+#: Settings renamed since older ``run.json`` files were written: old key -> new key.
+_RENAMED = {"tau_gumbel": "gumbel_temperature"}
 
 
 @dataclass
@@ -43,8 +45,8 @@ class SearchConfig(RunSettings):
             GDAS) or ``binary`` (binary gates, ProxylessNAS); see
             :mod:`nasseg.searches.darts.modes`.
         partial_k: ``partial`` mode: 1/K of the channels go through the candidates.
-        tau_gumbel: ``gumbel`` mode: temperature at the first and the last searching epoch
-            (linear in between, as in GDAS; default 5 -> 0.5).
+        gumbel_temperature: ``gumbel`` mode: temperature at the first and the last searching
+            epoch (linear in between, as in GDAS; default 5 -> 0.5).
         amp: mixed precision (autocast bf16 where the GPU supports it, else fp16 with a
             GradScaler; bf16 autocast on CPU). First order only.
         channels_last: channels-last memory format (``channels_last_3d`` for 3D) for the
@@ -65,7 +67,7 @@ class SearchConfig(RunSettings):
     arch_weight_decay: float = 1e-3
     mode: str = "full"
     partial_k: int = 4
-    tau_gumbel: tuple[float, float] = (5.0, 0.5)
+    gumbel_temperature: tuple[float, float] = (5.0, 0.5)
     amp: bool = False
     channels_last: bool = False
     compile: bool = False
@@ -85,10 +87,10 @@ class SearchConfig(RunSettings):
         relaxation = get_relaxation(self.mode)
         if not isinstance(self.partial_k, int) or self.partial_k < 1:
             raise ValueError(f"partial_k must be a positive integer, got {self.partial_k!r}")
-        self.tau_gumbel = tuple(float(t) for t in self.tau_gumbel)
-        if len(self.tau_gumbel) != 2 or not self.tau_gumbel[0] >= self.tau_gumbel[1] > 0:
-            raise ValueError(f"tau_gumbel must be (start, end) with start >= end > 0, got "
-                             f"{self.tau_gumbel}")
+        temps = self.gumbel_temperature = tuple(float(t) for t in self.gumbel_temperature)
+        if len(temps) != 2 or not temps[0] >= temps[1] > 0:
+            raise ValueError(f"gumbel_temperature must be (start, end) with start >= end > 0, "
+                             f"got {temps}")
         if self.order == 2 and not relaxation.second_order:
             deterministic = " or ".join(n for n, r in RELAXATIONS.items() if r.second_order)
             raise ValueError(f"second order needs a deterministic relaxation (mode "
@@ -114,7 +116,8 @@ class SearchConfig(RunSettings):
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "SearchConfig":
-        """Settings from ``to_dict`` output; unknown keys are an error."""
+        """Settings from ``to_dict`` output (older names accepted); unknown keys are an error."""
+        values = {_RENAMED.get(k, k): v for k, v in values.items()}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

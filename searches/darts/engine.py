@@ -264,7 +264,7 @@ class DartsSearch:
         self._set_lr(epoch)
         cfg, cost = self.config, self.cost
         self.arch.temperature = gumbel_temperature(epoch, cfg.epochs, cfg.warmup_epochs,
-                                                   *cfg.tau_gumbel)
+                                                   *cfg.gumbel_temperature)
         self.model.train()
         search_arch = epoch >= self.config.warmup_epochs and self.arch_opt is not None
         arch_batches = cost.timed("data", self._arch_batches(epoch))

@@ -34,12 +34,12 @@ modules. What each mode does to the two kinds of choices:
     always keeps a node's only input anyway).
 
 ``gumbel`` (Dong & Yang, GDAS, CVPR 2019)
-    op choice: hard Gumbel-softmax: ``h = softmax((alpha + G) / tau)``, the argmax candidate is
+    op choice: hard Gumbel-softmax: ``h = softmax((alpha + G) / t)``, the argmax candidate is
     the only one evaluated, its output scaled by the straight-through weight
-    ``1 + h_k - stopgrad(h_k)`` (value 1, gradient of ``h_k``). The temperature ``tau`` anneals
-    linearly (GDAS) from ``tau_gumbel[0]`` to ``tau_gumbel[1]`` over the searching epochs, set
-    by the engine from the epoch index.
-    connection: binary concrete (Gumbel-sigmoid) gates: ``s_i = sigmoid((beta_i + L_i)/tau)``
+    ``1 + h_k - stopgrad(h_k)`` (value 1, gradient of ``h_k``). The temperature ``t`` anneals
+    linearly (GDAS) from ``gumbel_temperature[0]`` to ``gumbel_temperature[1]`` over the
+    searching epochs, set by the engine from the epoch index.
+    connection: binary concrete (Gumbel-sigmoid) gates: ``s_i = sigmoid((beta_i + L_i) / t)``
     with logistic noise ``L_i``, hard gate ``s_i > 0.5``, straight-through to ``s_i``. Inputs
     whose gate samples 0 are never aligned (their T() op is not run); at least one input stays
     (the highest ``s_i``).
