@@ -1,9 +1,11 @@
-"""Memory-saving search modes (partial channels, Gumbel, binary gates) and the cost card.
+"""The relaxations (full mixing and the memory-saving modes: partial channels, Gumbel, binary
+gates), their registry, and the cost card.
 
-Each mode moves the architecture in a short search in 2D and 3D and derives a network; partial
-channels shrink candidates and keep shapes; sampled modes run only the sampled candidates and
-align only the gated-on inputs; all three hold less activation memory than full mixing (counted
-exactly, with saved-tensor hooks, not timed); a Gumbel search resumes exactly.
+Each registered mode moves the architecture in a short search in 2D and 3D and derives a
+network, and relaxes op choices over several tensors; partial channels shrink candidates and
+keep shapes; sampled modes run only the sampled candidates and align only the gated-on inputs;
+all three hold less activation memory than full mixing (counted exactly, with saved-tensor
+hooks, not timed); a Gumbel search resumes exactly.
 """
 from __future__ import annotations
 
@@ -25,10 +27,11 @@ from nasseg.runtime.seeding import seed_everything
 from nasseg.searches.darts import DartsSearch, SearchConfig
 from nasseg.searches.darts.modes import (PartialChannelError, PartialMixedOp, SampledConnection,
                                          gumbel_temperature, shrink_channels)
-from nasseg.searches.darts.relaxation import relax
+from nasseg.searches.darts.relaxation import (RELAXATIONS, FullMixing, MixedOp, get_relaxation,
+                                              register_relaxation, relax)
 from nasseg.space import SearchSpace, create_space
 
-MODES = ("full", "partial", "gumbel", "binary")
+MODES = tuple(RELAXATIONS)
 TINY = {"features": 4, "levels": 2}
 
 
@@ -97,8 +100,92 @@ def test_mode_moves_architecture_and_derives(mode, dims, small3d, small2d, tmp_p
     assert card["steps"]["weight"] > 0 and card["peak_memory_mb"]["rss"] > 0
     assert set(card["seconds"]) == {"data", "weight_steps", "arch_steps", "validation",
                                     "checkpoint"}
-    assert all(v >= 0 for v in card["seconds"].values())
+    # every phase ran and was timed, and the phases fit in the search's wall time
+    assert all(v > 0 for v in card["seconds"].values()), card["seconds"]
+    assert sum(card["seconds"].values()) <= card["wall_seconds"]
     assert card["torch"] == torch.__version__ and card["device"] == "cpu"
+
+
+# ----- op choices over several tensors ----------------------------------------------------------
+class _Counted(nn.Module):
+    """A candidate that records its construction (a frozen net builds the chosen one only)."""
+
+    built: list[str] = []
+
+    def __init__(self) -> None:
+        super().__init__()
+        _Counted.built.append(type(self).__name__)
+
+
+class _Concat(_Counted):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(2 * channels, channels, 1)
+
+    def forward(self, a, b):
+        return self.conv(torch.cat([a, b], 1))
+
+
+class _Add(_Counted):
+    def forward(self, a, b):
+        return a + b
+
+
+class _Attention(_Counted):
+    """``a + sigmoid(conv(b)) * b``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(channels, channels, 1)
+
+    def forward(self, a, b):
+        return a + torch.sigmoid(self.conv(b)) * b
+
+
+class Fuse(SearchSpace):
+    """Two branches of the image, fused by a two-input op choice, then a 1x1 head. Without
+    ``concat`` every candidate maps C to C channels, which partial channels would split."""
+
+    def __init__(self, channels: int = 4, concat: bool = True) -> None:
+        super().__init__()
+        self.a = nn.Conv3d(1, channels, 3, padding=1)
+        self.b = nn.Conv3d(1, channels, 3, padding=1)
+        candidates = {"concat": lambda: _Concat(channels), "add": _Add,
+                      "attention": lambda: _Attention(channels)}
+        if not concat:
+            del candidates["concat"]
+        self.fuse = self.op_choice("fuse", candidates, inputs=2)
+        self.head = nn.Conv3d(channels, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.fuse(self.a(x), self.b(x)))
+
+
+@pytest.mark.parametrize("concat", [True, False])
+@pytest.mark.parametrize("mode", MODES)
+def test_two_input_op_choice_is_relaxed_in_every_mode(mode, concat):
+    torch.manual_seed(0)
+    space = Fuse(concat=concat)
+    arch = relax(space, mode=mode, partial_k=2)
+    # partial channels cannot split two tensors: the choice stays fully mixed, and says so
+    assert arch.fully_mixed == (["fuse"] if mode == "partial" else [])
+    x = torch.randn(2, 1, 6, 6, 6)
+    for _ in range(3):  # sampled modes: a few draws
+        arch.zero_grad()
+        space.zero_grad()
+        space(x).square().mean().backward()
+        assert arch.alpha["fuse"].grad.abs().sum() > 0
+        assert space.head.weight.grad.abs().sum() > 0
+    space.eval()
+    assert space(x).shape == (2, 2, 6, 6, 6)
+
+
+def test_a_frozen_two_input_choice_builds_only_the_chosen_candidate():
+    space = Fuse()
+    _Counted.built.clear()
+    net = space.freeze({"fuse": "attention"})
+    assert _Counted.built == ["_Attention"] and isinstance(net.fuse, _Attention)
+    assert net(torch.randn(1, 1, 4, 4, 4)).shape == (1, 2, 4, 4, 4)
 
 
 # ----- partial channels -----------------------------------------------------------------------
@@ -347,7 +434,7 @@ def _supernet_step_memory(mode: str, small3d, tmp_path) -> int:
     peak = 0
     for frozen in (engine.weights, engine.arch_params):
         with _grad_enabled(frozen, False):
-            for _ in range(4 if mode in ("gumbel", "binary") else 1):
+            for _ in range(4 if get_relaxation(mode).samples else 1):
                 peak = max(peak, saved_activation_bytes(lambda: engine._loss(batch, "m", 0, 0)))
     return peak
 
@@ -397,8 +484,44 @@ def test_settings_refuse_bad_mode_combinations():
         SearchConfig(mode="half")
     with pytest.raises(ValueError, match="second order needs a deterministic relaxation"):
         SearchConfig(mode="gumbel", order=2)
-    with pytest.raises(ValueError, match="tau_gumbel"):
-        SearchConfig(mode="gumbel", tau_gumbel=(0.5, 5.0))
+    with pytest.raises(ValueError, match="gumbel_temperature"):
+        SearchConfig(mode="gumbel", gumbel_temperature=(0.5, 5.0))
+
+
+def test_settings_read_the_gumbel_temperature_of_an_older_run_json():
+    old = {k: v for k, v in SearchConfig().to_dict().items() if k != "gumbel_temperature"}
+    config = SearchConfig.from_dict({**old, "tau_gumbel": [3, 1]})
+    assert config.gumbel_temperature == (3.0, 1.0)
+    assert "tau_gumbel" not in config.to_dict()
+
+
+def test_a_registered_relaxation_is_a_mode_of_relax_and_the_settings():
+    assert MODES == ("full", "partial", "gumbel", "binary")
+    mode_option = next(p for p in cli.commands["search"].params if p.name == "mode")
+    assert tuple(mode_option.type.choices) == MODES
+    with pytest.raises(ValueError, match=r"mode must be one of \('full', 'partial'"):
+        get_relaxation("half")
+    with pytest.raises(ValueError, match="already registered"):
+        register_relaxation("full")(type("Other", (FullMixing,), {}))
+
+    @register_relaxation("toy")
+    class Toy(FullMixing):
+        """Full mixing that calls itself random (so no second order) and costs a toy field."""
+
+        second_order = False
+
+        def cost_fields(self):
+            return {"toy": 1}
+
+    try:
+        cell = Cell(channels=4)
+        arch = relax(cell, mode="toy")
+        assert type(arch.relaxation) is Toy and arch.relaxation.name == "toy"
+        assert isinstance(cell.cell, MixedOp) and arch.relaxation.cost_fields() == {"toy": 1}
+        with pytest.raises(ValueError, match=r"relaxation \(mode full or partial\)"):
+            SearchConfig(mode="toy", order=2)
+    finally:
+        del RELAXATIONS["toy"]
 
 
 def test_cli_search_mode_partial_writes_the_cost_card(small3d, tmp_path):

@@ -8,6 +8,7 @@ import click
 from nasseg.artifacts.run_folder import fresh_run_dir
 from nasseg.cli.errors import user_errors
 from nasseg.cli.options import PatchSize, parse_assignments, relaunch_argv
+from nasseg.searches.darts.relaxation import RELAXATIONS
 
 __all__ = ["search"]
 
@@ -46,15 +47,13 @@ DEFAULT_DATA = "demo3d"
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes searching together (data parallel; Gloo on CPU, NCCL on GPU). "
                    "The same as running under `torchrun --nproc-per-node N`.")
-@click.option("--mode", type=click.Choice(["full", "partial", "gumbel", "binary"]),
-              default="full", show_default=True,
-              help="Relaxation: full softmax mixing (DARTS), or a memory-saving mode: partial "
-                   "channels (PC-DARTS), hard Gumbel sampling (GDAS), binary gates "
-                   "(ProxylessNAS).")
+@click.option("--mode", type=click.Choice(list(RELAXATIONS)), default="full", show_default=True,
+              help="Relaxation of the choices: " + ", ".join(
+                  f"{name}: {r.title}" for name, r in RELAXATIONS.items()) + ".")
 @click.option("--partial-k", type=click.IntRange(min=1), default=4, show_default=True,
               help="--mode partial: 1/K of the channels go through the candidate ops.")
-@click.option("--tau-gumbel", type=(float, float), default=(5.0, 0.5), show_default=True,
-              metavar="START END",
+@click.option("--gumbel-temperature", type=(float, float), default=(5.0, 0.5),
+              show_default=True, metavar="START END",
               help="--mode gumbel: temperature at the first and last searching epoch (linear).")
 @click.option("--amp", is_flag=True,
               help="Mixed precision: bf16 autocast (fp16 + GradScaler on GPUs without bf16).")
@@ -73,7 +72,7 @@ def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: 
            batch_size: int, order: str, arch_lr: float | None, seed: int,
            knob_items: tuple[str, ...], arg_items: tuple[str, ...], device: str, workers: int,
            deterministic: bool, resume: bool, nproc: int, mode: str, partial_k: int,
-           tau_gumbel: tuple[float, float], amp: bool, channels_last: bool,
+           gumbel_temperature: tuple[float, float], amp: bool, channels_last: bool,
            compile_: bool, patch_size: tuple[int, ...] | None, memory_budget: str | None,
            fit: str) -> None:
     """Search an architecture of SPACE on DATA; derive it into RUN/arch.json."""
@@ -105,8 +104,9 @@ def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: 
                               batch_size=batch_size, order=int(order), arch_lr=arch_lr,
                               seed=seed, deterministic=deterministic,
                               device=device, mode=mode, partial_k=partial_k,
-                              tau_gumbel=tau_gumbel, amp=amp, channels_last=channels_last,
-                              compile=compile_, num_workers=workers, patch_size=patch_size,
+                              gumbel_temperature=gumbel_temperature, amp=amp,
+                              channels_last=channels_last, compile=compile_,
+                              num_workers=workers, patch_size=patch_size,
                               memory_budget=memory_budget, fit=fit)
         if is_main_process():
             click.echo(f"searching space {space!r} on {data!r} into {out}", err=True)

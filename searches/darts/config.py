@@ -6,6 +6,7 @@ from typing import Any
 
 from nasseg.runtime.settings import RunSettings
 from nasseg.searches.darts.budget import FITS, check_budget
+from nasseg.searches.darts.relaxation import RELAXATIONS, get_relaxation
 
 __all__ = ["SearchConfig", "DARTS_ARCH_LR", "ARCH_TRAVEL", "MAX_AUTO_ARCH_LR"]
 
@@ -15,6 +16,8 @@ DARTS_ARCH_LR = 3e-4
 ARCH_TRAVEL = 6.0
 #: The default lr never exceeds this, however short the search (a few steps would ask for more).
 MAX_AUTO_ARCH_LR = 0.05
+#: Settings renamed since older ``run.json`` files were written: old key -> new key.
+_RENAMED = {"tau_gumbel": "gumbel_temperature"}
 
 
 @dataclass
@@ -37,12 +40,14 @@ class SearchConfig(RunSettings):
             [3e-4, 0.05],
             so that a parameter can move about 6 logits over the search (Adam moves it by about
             lr per step; at 3e-4 and ~200 steps a gate could not pass sigmoid(0.06)).
-        mode: how choices are relaxed: ``full`` (softmax mixing, DARTS), ``partial``
-            (partial channels, PC-DARTS), ``gumbel`` (hard Gumbel sampling, GDAS) or
-            ``binary`` (binary gates, ProxylessNAS); see :mod:`nasseg.searches.darts.modes`.
+        mode: how choices are relaxed, a name registered in
+            :data:`~nasseg.searches.darts.relaxation.RELAXATIONS`: ``full`` (softmax mixing,
+            DARTS), ``partial`` (partial channels, PC-DARTS), ``gumbel`` (hard Gumbel sampling,
+            GDAS) or ``binary`` (binary gates, ProxylessNAS); see
+            :mod:`nasseg.searches.darts.modes`.
         partial_k: ``partial`` mode: 1/K of the channels go through the candidates.
-        tau_gumbel: ``gumbel`` mode: temperature at the first and the last searching epoch
-            (linear in between, as in GDAS; default 5 -> 0.5).
+        gumbel_temperature: ``gumbel`` mode: temperature at the first and the last searching
+            epoch (linear in between, as in GDAS; default 5 -> 0.5).
         memory_budget: ``auto`` or a size (``20GB``): before the search, probe for the largest
             batch or patch (``fit``) whose steps fit; see :mod:`nasseg.searches.darts.budget`.
         fit: what the memory budget sizes: ``batch`` or ``patch``.
@@ -58,7 +63,7 @@ class SearchConfig(RunSettings):
     arch_weight_decay: float = 1e-3
     mode: str = "full"
     partial_k: int = 4
-    tau_gumbel: tuple[float, float] = (5.0, 0.5)
+    gumbel_temperature: tuple[float, float] = (5.0, 0.5)
     memory_budget: str | None = None
     fit: str = "batch"
 
@@ -72,19 +77,18 @@ class SearchConfig(RunSettings):
                              f"epochs={self.epochs}, warmup_epochs={self.warmup_epochs}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        modes = ("full", "partial", "gumbel", "binary")
-        if self.mode not in modes:
-            raise ValueError(f"mode must be one of {modes}, got {self.mode!r}")
+        relaxation = get_relaxation(self.mode)
         if not isinstance(self.partial_k, int) or self.partial_k < 1:
             raise ValueError(f"partial_k must be a positive integer, got {self.partial_k!r}")
-        self.tau_gumbel = tuple(float(t) for t in self.tau_gumbel)
-        if len(self.tau_gumbel) != 2 or not self.tau_gumbel[0] >= self.tau_gumbel[1] > 0:
-            raise ValueError(f"tau_gumbel must be (start, end) with start >= end > 0, got "
-                             f"{self.tau_gumbel}")
-        if self.order == 2 and self.mode in ("gumbel", "binary"):
-            raise ValueError(f"second order needs a deterministic relaxation (mode full or "
-                             f"partial), not mode {self.mode!r}: each loss of the unrolled "
-                             "gradient would sample a different network")
+        temps = self.gumbel_temperature = tuple(float(t) for t in self.gumbel_temperature)
+        if len(temps) != 2 or not temps[0] >= temps[1] > 0:
+            raise ValueError(f"gumbel_temperature must be (start, end) with start >= end > 0, "
+                             f"got {temps}")
+        if self.order == 2 and not relaxation.second_order:
+            deterministic = " or ".join(n for n, r in RELAXATIONS.items() if r.second_order)
+            raise ValueError(f"second order needs a deterministic relaxation (mode "
+                             f"{deterministic}), not mode {self.mode!r}: each loss of the "
+                             "unrolled gradient would sample a different network")
         if self.fit not in FITS:
             raise ValueError(f"fit must be one of {FITS}, got {self.fit!r}")
         if self.memory_budget is not None:
@@ -105,7 +109,8 @@ class SearchConfig(RunSettings):
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "SearchConfig":
-        """Settings from ``to_dict`` output; unknown keys are an error."""
+        """Settings from ``to_dict`` output (older names accepted); unknown keys are an error."""
+        values = {_RENAMED.get(k, k): v for k, v in values.items()}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -264,7 +264,7 @@ class DartsSearch:
         self.staged.enter(stage, cosine_lr(cfg.weight_lr, epoch, cfg.epochs))
         self.staged.train_mode()
         self.arch.temperature = gumbel_temperature(epoch, cfg.epochs, cfg.warmup_epochs,
-                                                   *cfg.tau_gumbel)
+                                                   *cfg.gumbel_temperature)
         search_arch = self._searches(epoch) and self.arch_opt is not None
         weight_loader, arch_loader, steps = self.stage_loaders(stage)
         arch_batches = cost.timed("data", self._arch_batches(arch_loader, epoch))
@@ -360,7 +360,7 @@ class DartsSearch:
     def _write_cost(self, epochs_done: int) -> None:
         if not self.dist.is_main:
             return
-        extra = {"partial_k": self.config.partial_k if self.config.mode == "partial" else None,
+        extra = {**self.arch.relaxation.cost_fields(),
                  "fully_mixed_choices": list(self.arch.fully_mixed),
                  "amp_dtype": self.precision.name,
                  "world_size": self.dist.world_size}

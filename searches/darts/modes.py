@@ -1,8 +1,10 @@
 """Memory-saving relaxations: partial channels (PC-DARTS), Gumbel (GDAS) and binary gates
 (ProxylessNAS), beside the full softmax mixing of :mod:`nasseg.searches.darts.relaxation`.
 
-Pick one per search with ``SearchConfig.mode`` / ``nasseg search --mode``; :func:`relax` builds
-the matching modules. What each mode does to the two kinds of choices:
+Each mode is a :class:`~nasseg.searches.darts.relaxation.Relaxation` registered by name
+(:class:`PartialChannels`, :class:`GumbelSampling`, :class:`BinaryGates` here); pick one per
+search with ``SearchConfig.mode`` / ``nasseg search --mode``, and :func:`relax` builds its
+modules. What each mode does to the two kinds of choices:
 
 ``full``
     op choice: ``sum_i softmax(alpha)_i * op_i(x)``; connection: ``sum_i sigmoid(beta_i) x_i``.
@@ -22,6 +24,8 @@ the matching modules. What each mode does to the two kinds of choices:
     ``ArchParameters.fully_mixed``. If the candidates change the spatial size, the bypass is
     max-pooled (PC-DARTS' reduction cells) or nearest-upsampled to match. A candidate with a
     layer this module cannot shrink raises :class:`PartialChannelError`.
+    An op choice over several tensors (``ChoiceInfo.inputs > 1``) has no one channel axis to
+    split: it stays fully mixed and is listed in ``fully_mixed`` too.
     connection: edge normalisation. PC-DARTS weighs a node's input edges by ``softmax(beta)``
     to damp the noise of the channel sampling; for nasseg's independent sigmoid gates the
     analogue is the gate-normalised sum ``sum_i g_i x_i / sum_i g_i`` (a convex combination,
@@ -30,12 +34,12 @@ the matching modules. What each mode does to the two kinds of choices:
     always keeps a node's only input anyway).
 
 ``gumbel`` (Dong & Yang, GDAS, CVPR 2019)
-    op choice: hard Gumbel-softmax: ``h = softmax((alpha + G) / tau)``, the argmax candidate is
+    op choice: hard Gumbel-softmax: ``h = softmax((alpha + G) / t)``, the argmax candidate is
     the only one evaluated, its output scaled by the straight-through weight
-    ``1 + h_k - stopgrad(h_k)`` (value 1, gradient of ``h_k``). The temperature ``tau`` anneals
-    linearly (GDAS) from ``tau_gumbel[0]`` to ``tau_gumbel[1]`` over the searching epochs, set
-    by the engine from the epoch index.
-    connection: binary concrete (Gumbel-sigmoid) gates: ``s_i = sigmoid((beta_i + L_i)/tau)``
+    ``1 + h_k - stopgrad(h_k)`` (value 1, gradient of ``h_k``). The temperature ``t`` anneals
+    linearly (GDAS) from ``gumbel_temperature[0]`` to ``gumbel_temperature[1]`` over the
+    searching epochs, set by the engine from the epoch index.
+    connection: binary concrete (Gumbel-sigmoid) gates: ``s_i = sigmoid((beta_i + L_i) / t)``
     with logistic noise ``L_i``, hard gate ``s_i > 0.5``, straight-through to ``s_i``. Inputs
     whose gate samples 0 are never aligned (their T() op is not run); at least one input stays
     (the highest ``s_i``).
@@ -72,16 +76,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nasseg.searches.darts.relaxation import ArchParameters, GatedSum, MixedOp, _accumulate
+from nasseg.searches.darts.relaxation import (ArchParameters, GatedSum, Gates, MixedOp,
+                                              Relaxation, _accumulate, register_relaxation)
 from nasseg.space.base import Connection
 
-__all__ = ["MODES", "SAMPLING_MODES", "PartialChannelError", "PartialMixedOp",
-           "SampledMixedOp", "NormalizedGatedSum", "SampledGatedSum", "SampledConnection",
-           "shrink_channels", "channel_signature", "gumbel_temperature", "OpSample",
-           "GateSample"]
-
-MODES = ("full", "partial", "gumbel", "binary")
-SAMPLING_MODES = ("gumbel", "binary")
+__all__ = ["PartialChannels", "SamplingRelaxation", "GumbelSampling", "BinaryGates",
+           "PartialChannelError", "PartialMixedOp", "SampledMixedOp", "SampledConnection",
+           "shrink_channels", "channel_signature", "gumbel_temperature", "OpSample"]
 
 
 class PartialChannelError(ValueError):
@@ -104,14 +105,6 @@ class OpSample:
     active: int = 0
 
 
-@dataclass
-class GateSample:
-    """One draw of a connection: the inputs kept and their straight-through weights (or None)."""
-
-    on: list[int]
-    weights: dict[int, torch.Tensor] | None
-
-
 def _straight_through(value: float, soft: torch.Tensor) -> torch.Tensor:
     """``value`` exactly, with the gradient of ``soft`` (``value + soft - stopgrad(soft)``)."""
     return value + (soft - soft.detach())
@@ -119,57 +112,6 @@ def _straight_through(value: float, soft: torch.Tensor) -> torch.Tensor:
 
 def _needs_grad(param: torch.Tensor) -> bool:
     return param.requires_grad and torch.is_grad_enabled()
-
-
-def sample_op(arch: ArchParameters, label: str) -> OpSample:
-    """Draw the op choice ``label`` as the arch's mode says (uncached; see ``arch.op_sample``)."""
-    alpha = arch.alpha[arch._key(label)]
-    grad = _needs_grad(alpha)
-    n = alpha.numel()
-    if arch.mode == "gumbel":
-        for _ in range(100):  # GDAS redraws the rare non-finite sample
-            u = torch.rand_like(alpha).clamp_(1e-20, 1.0)
-            gumbel = -torch.log(-torch.log(u))
-            soft = torch.softmax((alpha + gumbel) / arch.temperature, dim=0)
-            if torch.isfinite(soft).all():
-                break
-        k = int(soft.detach().argmax())
-        return OpSample([k], [_straight_through(1.0, soft[k])] if grad else None)
-    if arch.mode == "binary":
-        probs = torch.softmax(alpha.detach(), dim=0)
-        if not grad or n == 1:
-            k = int(torch.multinomial(probs, 1))
-            return OpSample([k], [_straight_through(1.0, torch.softmax(alpha, 0)[k])]
-                            if grad else None)
-        two = torch.multinomial(probs, 2, replacement=False)
-        p2 = torch.softmax(alpha[two], dim=0)
-        active = int(torch.multinomial(p2.detach(), 1))
-        paths = [int(i) for i in two.tolist()]
-        return OpSample(paths, [_straight_through(float(j == active), p2[j]) for j in range(2)],
-                        active)
-    raise ValueError(f"mode {arch.mode!r} does not sample op choices")
-
-
-def sample_gates(arch: ArchParameters, label: str) -> GateSample:
-    """Draw the connection ``label`` as the arch's mode says (uncached; see ``arch.gate_sample``)."""
-    beta = arch.beta[arch._key(label)]
-    grad = _needs_grad(beta)
-    if arch.mode == "gumbel":
-        u = torch.rand_like(beta).clamp_(1e-6, 1 - 1e-6)
-        soft = torch.sigmoid((beta + torch.log(u) - torch.log1p(-u)) / arch.temperature)
-        hard = (soft.detach() > 0.5).tolist()
-        if not any(hard):
-            hard[int(soft.detach().argmax())] = True
-    elif arch.mode == "binary":
-        soft = torch.sigmoid(beta)
-        probs = soft.detach()
-        hard = (torch.rand_like(probs) < probs).tolist()
-        if not any(hard):
-            hard[int(torch.multinomial(probs, 1))] = True
-    else:
-        raise ValueError(f"mode {arch.mode!r} does not sample connections")
-    on = [i for i, h in enumerate(hard) if h]
-    return GateSample(on, {i: _straight_through(1.0, soft[i]) for i in on} if grad else None)
 
 
 def best_gates(arch: ArchParameters, label: str) -> list[int]:
@@ -401,63 +343,27 @@ class PartialMixedOp(MixedOp):
 class SampledMixedOp(MixedOp):
     """GDAS / ProxylessNAS: run only the sampled candidate(s) (the argmax one in eval mode)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         arch = self._arch[0]
         ops = list(self.candidates.values())
         if not self.training:
-            return ops[int(arch.alpha[arch._key(self.label)].detach().argmax())](x)
+            return ops[int(arch.alpha[arch._key(self.label)].detach().argmax())](*inputs)
         sample = arch.op_sample(self.label)
         if sample.weights is None:
-            return ops[sample.paths[0]](x)
+            return ops[sample.paths[0]](*inputs)
         out = None
         # The active path last: the others' temporaries are freed before its activations pile up.
         order = sorted(range(len(sample.paths)), key=lambda j: j == sample.active)
         for j in order:
             w, op = sample.weights[j], ops[sample.paths[j]]
             if j == sample.active:
-                y = op(x)
+                y = op(*inputs)
             else:
-                # Weight 0 in value: no gradient reaches x or the op's weights through this
-                # path, so it runs without autograd and holds only its output (for its gate).
+                # Weight 0 in value: no gradient reaches the inputs or the op's weights through
+                # this path, so it runs without autograd and holds only its output (its gate's).
                 with torch.no_grad():
-                    y = op(x)
+                    y = op(*inputs)
             out = _accumulate(out, w, y)
-        return out
-
-
-class NormalizedGatedSum(GatedSum):
-    """Partial mode's edge normalisation: ``sum_i g_i x_i / sum_i g_i``."""
-
-    def forward(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-        gates = self._arch[0].gate_probs(self.label)
-        out = None
-        for g, x in zip(gates, inputs):
-            out = _accumulate(out, g, x)
-        return out / gates.sum()
-
-
-class SampledGatedSum(GatedSum):
-    """Sampled gates: the sum of the inputs whose gate is on (straight-through weights)."""
-
-    def active(self) -> GateSample:
-        """This forward's gates (drawn once per forward; the best ones in eval mode)."""
-        arch = self._arch[0]
-        if not self.training:
-            return GateSample(best_gates(arch, self.label), None)
-        return arch.gate_sample(self.label)
-
-    def forward(self, inputs: Sequence[torch.Tensor | None]) -> torch.Tensor:
-        sample = self.active()
-        out = None
-        for i in sample.on:
-            x = inputs[i]
-            if x is None:
-                raise RuntimeError(f"connection {self.label!r}: input {i} is on but was not "
-                                   "computed")
-            if sample.weights is None:
-                out = x if out is None else out + x
-            else:
-                out = _accumulate(out, sample.weights[i], x)
         return out
 
 
@@ -466,9 +372,9 @@ class SampledConnection(Connection):
 
     def forward(self, candidates: Sequence[torch.Tensor | None],
                 size: Sequence[int] | None = None) -> torch.Tensor | None:
-        if not isinstance(self.choice, SampledGatedSum):
+        if not isinstance(self.choice, GatedSum):
             return super().forward(candidates, size)
-        on = set(self.choice.active().on)
+        on = set(self.choice.gates().on)
         aligned: list[torch.Tensor | None] = [None] * len(candidates)
         for i in self.kept:
             if i not in on:
@@ -478,3 +384,132 @@ class SampledConnection(Connection):
                 raise RuntimeError(f"connection {self.label!r}: kept input {i} was not computed")
             aligned[i] = self.align[str(i)](x, size) if self.align else x
         return self.choice(aligned)
+
+
+# ----- the relaxations ------------------------------------------------------------------------
+@register_relaxation("partial")
+class PartialChannels(Relaxation):
+    """PC-DARTS: op choices run on ``1/K`` of the channels (``arch.partial_k``), connections
+    are edge-normalised gated sums."""
+
+    title = "partial channels (PC-DARTS)"
+
+    def __init__(self, arch: ArchParameters) -> None:
+        super().__init__(arch)
+        k = arch.partial_k
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"partial_k must be a positive integer, got {k!r}")
+        self._shrunk: set[int] = set()  # modules already shrunk (candidates may share them)
+
+    def op_choice(self, label: str, candidates: nn.ModuleDict, inputs: int) -> nn.Module:
+        k = self.arch.partial_k
+        # Several input tensors have no one channel axis to split: such a choice stays mixed.
+        channels = partial_plan(label, candidates, k) if inputs == 1 else None
+        if channels is None:
+            self.arch.fully_mixed.append(label)
+            return super().op_choice(label, candidates, inputs)
+        for op in candidates.values():
+            shrink_channels(op, k, self._shrunk)
+        return PartialMixedOp(label, candidates, self.arch, channels, k)
+
+    def gates(self, label: str, training: bool) -> Gates:
+        """Edge normalisation: the sigmoid gates, the sum divided by their total."""
+        gates = super().gates(label, training)
+        gates.divisor = gates.weights.sum()
+        return gates
+
+    def cost_fields(self) -> dict[str, int]:
+        return {"partial_k": self.arch.partial_k}
+
+
+class SamplingRelaxation(Relaxation):
+    """A relaxation that runs one sampled sub-network per forward (the most likely one in eval
+    mode): only the sampled candidates of an op choice, only the inputs gated on. Subclasses
+    say how op choices are drawn (:meth:`sample_op`) and how gates are (:meth:`_draw_gates`)."""
+
+    samples = True
+    second_order = False  # each loss of the unrolled gradient would draw another network
+
+    def op_choice(self, label: str, candidates: nn.ModuleDict, inputs: int) -> nn.Module:
+        return SampledMixedOp(label, candidates, self.arch)
+
+    def connection_choice(self, label: str, owner: nn.Module) -> nn.Module:
+        """The gated sum; a nasseg :class:`Connection` owner becomes a
+        :class:`SampledConnection`, which aligns only the inputs gated on."""
+        if type(owner) is Connection:
+            owner.__class__ = SampledConnection
+        return super().connection_choice(label, owner)
+
+    def gates(self, label: str, training: bool) -> Gates:
+        if not training:
+            return Gates(best_gates(self.arch, label), None)
+        return self.arch.gate_sample(label)
+
+    def sample_gates(self, label: str) -> Gates:
+        """The inputs whose gate is drawn on (at least one), straight-through weights 1."""
+        beta = self.arch.beta[self.arch._key(label)]
+        soft, hard = self._draw_gates(beta)
+        on = [i for i, h in enumerate(hard) if h]
+        return Gates(on, {i: _straight_through(1.0, soft[i]) for i in on}
+                     if _needs_grad(beta) else None)
+
+    def _draw_gates(self, beta: torch.Tensor) -> tuple[torch.Tensor, list[bool]]:
+        """The soft gates (for the gradient) and the hard ones (at least one on) of ``beta``."""
+        raise NotImplementedError
+
+
+@register_relaxation("gumbel")
+class GumbelSampling(SamplingRelaxation):
+    """GDAS: hard Gumbel-softmax op choices, binary-concrete gates, at ``arch.temperature``."""
+
+    title = "hard Gumbel sampling (GDAS)"
+
+    def sample_op(self, label: str) -> OpSample:
+        alpha = self.arch.alpha[self.arch._key(label)]
+        for _ in range(100):  # GDAS redraws the rare non-finite sample
+            u = torch.rand_like(alpha).clamp_(1e-20, 1.0)
+            gumbel = -torch.log(-torch.log(u))
+            soft = torch.softmax((alpha + gumbel) / self.arch.temperature, dim=0)
+            if torch.isfinite(soft).all():
+                break
+        k = int(soft.detach().argmax())
+        return OpSample([k], [_straight_through(1.0, soft[k])] if _needs_grad(alpha) else None)
+
+    def _draw_gates(self, beta: torch.Tensor) -> tuple[torch.Tensor, list[bool]]:
+        u = torch.rand_like(beta).clamp_(1e-6, 1 - 1e-6)
+        soft = torch.sigmoid((beta + torch.log(u) - torch.log1p(-u)) / self.arch.temperature)
+        hard = (soft.detach() > 0.5).tolist()
+        if not any(hard):
+            hard[int(soft.detach().argmax())] = True
+        return soft, hard
+
+
+@register_relaxation("binary")
+class BinaryGates(SamplingRelaxation):
+    """ProxylessNAS: one sampled path per weight step, two per architecture step; Bernoulli
+    connection gates."""
+
+    title = "binary gates (ProxylessNAS)"
+
+    def sample_op(self, label: str) -> OpSample:
+        alpha = self.arch.alpha[self.arch._key(label)]
+        grad = _needs_grad(alpha)
+        probs = torch.softmax(alpha.detach(), dim=0)
+        if not grad or alpha.numel() == 1:
+            k = int(torch.multinomial(probs, 1))
+            return OpSample([k], [_straight_through(1.0, torch.softmax(alpha, 0)[k])]
+                            if grad else None)
+        two = torch.multinomial(probs, 2, replacement=False)
+        p2 = torch.softmax(alpha[two], dim=0)
+        active = int(torch.multinomial(p2.detach(), 1))
+        paths = [int(i) for i in two.tolist()]
+        return OpSample(paths, [_straight_through(float(j == active), p2[j]) for j in range(2)],
+                        active)
+
+    def _draw_gates(self, beta: torch.Tensor) -> tuple[torch.Tensor, list[bool]]:
+        soft = torch.sigmoid(beta)
+        probs = soft.detach()
+        hard = (torch.rand_like(probs) < probs).tolist()
+        if not any(hard):
+            hard[int(torch.multinomial(probs, 1))] = True
+        return soft, hard

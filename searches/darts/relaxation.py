@@ -1,46 +1,55 @@
-"""Continuous relaxation of a space: op choices become softmax mixtures, connections sigmoid gates.
+"""Continuous relaxation of a space: op choices become mixtures, connections gated sums.
 
-:func:`relax` swaps every NNI ``LayerChoice`` for a :class:`MixedOp` and every ``InputChoice``
-for a :class:`GatedSum`, in place. The architecture parameters live in one
-:class:`ArchParameters` module, outside the network's own parameters, so the weight optimizer
-never sees them and the architecture step can ask for their gradients alone.
+:func:`relax` swaps, in place, every NNI ``LayerChoice`` and ``InputChoice`` of a model for the
+modules of one :class:`Relaxation`, looked up by name in :data:`RELAXATIONS`: ``full`` (DARTS:
+softmax mixing and sigmoid gates, here) or a memory-saving mode of
+:mod:`nasseg.searches.darts.modes` (``partial``, ``gumbel``, ``binary``). A relaxation says what
+it does to an op choice and to a connection choice, whether it samples a sub-network per
+forward, whether the unrolled second-order gradient applies, and what it adds to the cost card;
+a new mode is a subclass registered with :func:`register_relaxation`.
 
-``relax(model, mode=...)`` picks a memory-saving variant instead of full mixing: partial
-channels (PC-DARTS), Gumbel sampling (GDAS) or binary gates (ProxylessNAS); see
-:mod:`nasseg.searches.darts.modes`.
+The architecture parameters live in one :class:`ArchParameters` module, outside the network's
+own parameters, so the weight optimizer never sees them and the architecture step can ask for
+their gradients alone.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence, TypeVar
 
 import torch
 from nni.nas.nn.pytorch import InputChoice, LayerChoice
 from torch import nn
 
-__all__ = ["ArchParameters", "MixedOp", "GatedSum", "relax"]
+if TYPE_CHECKING:
+    from nasseg.searches.darts.modes import OpSample
+
+__all__ = ["ArchParameters", "Gates", "MixedOp", "GatedSum", "Relaxation", "FullMixing",
+           "RELAXATIONS", "register_relaxation", "get_relaxation", "relax"]
 
 
 class ArchParameters(nn.Module):
     """Alphas (one vector per op-choice label) and betas (one per connection-choice label).
 
     Choices that share a label share their parameters (and, in the sampling modes, one sample
-    per forward). ``mode``, ``partial_k`` and ``temperature`` (the Gumbel temperature, set by
-    the engine every epoch) are plain attributes, not state: the run's settings own them.
+    per forward). ``relaxation`` (the :class:`Relaxation` that :func:`relax` applied),
+    ``partial_k`` and ``temperature`` (the Gumbel temperature, set by the engine every epoch)
+    are plain attributes, not state: the run's settings own them.
     """
 
-    def __init__(self, mode: str = "full", partial_k: int = 4) -> None:
+    def __init__(self) -> None:
         super().__init__()
         self.alpha = nn.ParameterDict()
         self.beta = nn.ParameterDict()
         self.op_candidates: dict[str, list[str]] = {}
         self.connection_sizes: dict[str, int] = {}
-        self.mode = mode
-        self.partial_k = partial_k
+        self.relaxation: Relaxation = FullMixing(self)
+        self.partial_k = 4
         self.temperature = 1.0
-        #: partial mode: op choices that change the channel count and stay fully mixed
+        #: partial mode: op choices it cannot split over channels, which stay fully mixed
         self.fully_mixed: list[str] = []
-        self._op_samples: dict[str, Any] = {}
-        self._gate_samples: dict[str, Any] = {}
+        self._op_samples: dict[str, OpSample] = {}
+        self._gate_samples: dict[str, Gates] = {}
 
     @staticmethod
     def _key(label: str) -> str:
@@ -83,18 +92,16 @@ class ArchParameters(nn.Module):
     def _resample_hook(self, module: nn.Module, args: Any) -> None:
         self.resample()
 
-    def op_sample(self, label: str) -> Any:
-        """This forward's draw of op choice ``label`` (a ``modes.OpSample``)."""
+    def op_sample(self, label: str) -> OpSample:
+        """This forward's draw of op choice ``label`` (drawn by the relaxation on first use)."""
         if label not in self._op_samples:
-            from nasseg.searches.darts.modes import sample_op
-            self._op_samples[label] = sample_op(self, label)
+            self._op_samples[label] = self.relaxation.sample_op(label)
         return self._op_samples[label]
 
-    def gate_sample(self, label: str) -> Any:
-        """This forward's draw of connection ``label`` (a ``modes.GateSample``)."""
+    def gate_sample(self, label: str) -> Gates:
+        """This forward's draw of connection ``label`` (drawn by the relaxation on first use)."""
         if label not in self._gate_samples:
-            from nasseg.searches.darts.modes import sample_gates
-            self._gate_samples[label] = sample_gates(self, label)
+            self._gate_samples[label] = self.relaxation.sample_gates(label)
         return self._gate_samples[label]
 
     def binarization_loss(self) -> torch.Tensor:
@@ -132,7 +139,10 @@ def _accumulate(out: torch.Tensor | None, w: torch.Tensor, y: torch.Tensor) -> t
 
 
 class MixedOp(nn.Module):
-    """softmax(alpha)-weighted sum of every candidate's output (full DARTS mixing)."""
+    """softmax(alpha)-weighted sum of every candidate's output (full DARTS mixing).
+
+    The candidates take the op choice's inputs, however many (``op(*inputs)``).
+    """
 
     def __init__(self, label: str, candidates: nn.ModuleDict, arch: ArchParameters) -> None:
         super().__init__()
@@ -140,74 +150,165 @@ class MixedOp(nn.Module):
         self.candidates = candidates
         self._arch = [arch]  # a list keeps the arch module out of this module's parameters
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         weights = self._arch[0].op_probs(self.label)
         out = None
         for w, op in zip(weights, self.candidates.values()):
-            out = _accumulate(out, w, op(x))
+            out = _accumulate(out, w, op(*inputs))
         return out
 
 
+@dataclass
+class Gates:
+    """A connection's gates in one forward: the inputs summed (``on``), their weights (indexed
+    by input position; None: a plain sum) and what the sum is divided by (None: nothing)."""
+
+    on: list[int]
+    weights: torch.Tensor | Mapping[int, torch.Tensor] | None
+    divisor: torch.Tensor | None = None
+
+
 class GatedSum(nn.Module):
-    """sigmoid(beta)-gated sum of the candidate inputs (independent gates, any subset)."""
+    """The gated sum of a connection's candidate inputs. The relaxation sets the gates
+    (:meth:`Relaxation.gates`): sigmoid weights, normalised, or sampled on and off."""
 
     def __init__(self, label: str, arch: ArchParameters) -> None:
         super().__init__()
         self.label = label
         self._arch = [arch]
 
-    def forward(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-        gates = self._arch[0].gate_probs(self.label)
+    def gates(self) -> Gates:
+        """This forward's gates (a sampling relaxation draws them once per forward)."""
+        return self._arch[0].relaxation.gates(self.label, self.training)
+
+    def forward(self, inputs: Sequence[torch.Tensor | None]) -> torch.Tensor:
+        gates = self.gates()
         out = None
-        for g, x in zip(gates, inputs):
-            out = _accumulate(out, g, x)
-        return out
+        for i in gates.on:
+            x = inputs[i]
+            if x is None:
+                raise RuntimeError(f"connection {self.label!r}: input {i} is on but was not "
+                                   "computed")
+            if gates.weights is None:
+                out = x if out is None else out + x
+            else:
+                out = _accumulate(out, gates.weights[i], x)
+        return out if gates.divisor is None else out / gates.divisor
+
+
+# ----- relaxations, registered by name --------------------------------------------------------
+class Relaxation:
+    """How a search relaxes the choices of a space: one subclass per mode, registered by name.
+
+    An instance serves one :func:`relax` call and reads the run's settings from ``arch``. The
+    defaults are full DARTS mixing, see :class:`FullMixing`.
+    """
+
+    #: the registered name (``SearchConfig.mode``, ``nasseg search --mode``)
+    name: ClassVar[str] = ""
+    #: what it is, in a few words (``nasseg search --help``)
+    title: ClassVar[str] = ""
+    #: draws a sub-network per forward: one draw per label, redrawn before every forward
+    samples: ClassVar[bool] = False
+    #: deterministic, so DARTS's unrolled (second-order) gradient applies
+    second_order: ClassVar[bool] = True
+
+    def __init__(self, arch: ArchParameters) -> None:
+        self.arch = arch
+
+    def op_choice(self, label: str, candidates: nn.ModuleDict, inputs: int) -> nn.Module:
+        """The module that replaces op choice ``label``, whose candidates take ``inputs``
+        tensors: the softmax(alpha) mixture of all of them."""
+        return MixedOp(label, candidates, self.arch)
+
+    def connection_choice(self, label: str, owner: nn.Module) -> nn.Module:
+        """The module that replaces connection choice ``label``, a child of ``owner``."""
+        return GatedSum(label, self.arch)
+
+    def gates(self, label: str, training: bool) -> Gates:
+        """The gates of connection ``label`` in this forward: every input, weighted by its
+        sigmoid(beta) gate (``training``: the gated sum's mode)."""
+        probs = self.arch.gate_probs(label)
+        return Gates(list(range(len(probs))), probs)
+
+    def sample_op(self, label: str) -> OpSample:
+        """A new draw of op choice ``label`` (sampling relaxations; ``arch.op_sample`` caches
+        it for the forward)."""
+        raise ValueError(f"mode {self.name!r} does not sample op choices")
+
+    def sample_gates(self, label: str) -> Gates:
+        """A new draw of connection ``label`` (sampling relaxations; ``arch.gate_sample``
+        caches it for the forward)."""
+        raise ValueError(f"mode {self.name!r} does not sample connections")
+
+    def cost_fields(self) -> dict[str, Any]:
+        """What this relaxation adds to the cost card: its settings that shape the cost."""
+        return {}
+
+
+#: Relaxations by name: ``full`` here, ``partial``, ``gumbel`` and ``binary`` in
+#: :mod:`nasseg.searches.darts.modes` (the package imports it, so all four are always here).
+RELAXATIONS: dict[str, type[Relaxation]] = {}
+
+R = TypeVar("R", bound=type[Relaxation])
+
+
+def register_relaxation(name: str) -> Callable[[R], R]:
+    """Class decorator: make a :class:`Relaxation` subclass known as mode ``name``."""
+
+    def decorate(cls: R) -> R:
+        if not (isinstance(cls, type) and issubclass(cls, Relaxation)):
+            raise TypeError(f"@register_relaxation({name!r}) needs a Relaxation subclass, "
+                            f"got {cls!r}")
+        if name in RELAXATIONS and RELAXATIONS[name] is not cls:
+            raise ValueError(f"relaxation {name!r} is already registered by "
+                             f"{RELAXATIONS[name]!r}")
+        RELAXATIONS[name] = cls
+        cls.name = name
+        return cls
+
+    return decorate
+
+
+def get_relaxation(name: str) -> type[Relaxation]:
+    """The relaxation registered as ``name``; a ValueError names the registered ones."""
+    try:
+        return RELAXATIONS[name]
+    except KeyError:
+        raise ValueError(f"mode must be one of {tuple(RELAXATIONS)}, got {name!r}") from None
+
+
+@register_relaxation("full")
+class FullMixing(Relaxation):
+    """DARTS: every candidate runs, mixed by softmax(alpha); every input of a connection is
+    weighted by its sigmoid(beta) gate."""
+
+    title = "softmax mixing (DARTS)"
 
 
 def relax(model: nn.Module, arch: ArchParameters | None = None, mode: str = "full",
           partial_k: int = 4) -> ArchParameters:
-    """Replace the choices of ``model`` in place by their relaxations; return the arch params.
+    """Replace the choices of ``model`` in place by those of the relaxation registered as
+    ``mode``; return the architecture parameters.
 
-    ``mode``: ``full`` (softmax mixing, sigmoid gates), ``partial`` (PC-DARTS partial channels
-    with ``partial_k`` groups, edge-normalised gates), ``gumbel`` (GDAS hard Gumbel sampling)
-    or ``binary`` (ProxylessNAS binary gates); see :mod:`nasseg.searches.darts.modes`.
+    ``partial_k``: the ``partial`` mode's channel groups. An op choice's candidates take as many
+    tensors as the space's ``ChoiceInfo.inputs`` says (1 in a model that is not a nasseg space).
     """
-    from nasseg.searches.darts import modes as m
-
-    if mode not in m.MODES:
-        raise ValueError(f"unknown search mode {mode!r}; choose one of {m.MODES}")
-    if mode == "partial" and (not isinstance(partial_k, int) or partial_k < 1):
-        raise ValueError(f"partial_k must be a positive integer, got {partial_k!r}")
-    arch = arch if arch is not None else ArchParameters(mode, partial_k)
-    arch.mode, arch.partial_k = mode, partial_k
-    sampling = mode in m.SAMPLING_MODES
-    shrunk: set[int] = set()
+    relaxation_type = get_relaxation(mode)
+    arch = arch if arch is not None else ArchParameters()
+    arch.partial_k = partial_k
+    relaxation = arch.relaxation = relaxation_type(arch)
+    infos = getattr(model, "choice_infos", {})
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, LayerChoice):
                 arch.add_op(child.label, child.names)
-                mods = nn.ModuleDict({str(n): child[n] for n in child.names})
-                if mode == "partial":
-                    channels = m.partial_plan(child.label, mods, partial_k)
-                    if channels is None:
-                        arch.fully_mixed.append(child.label)
-                        new: nn.Module = MixedOp(child.label, mods, arch)
-                    else:
-                        for op in mods.values():
-                            m.shrink_channels(op, partial_k, shrunk)
-                        new = m.PartialMixedOp(child.label, mods, arch, channels, partial_k)
-                elif sampling:
-                    new = m.SampledMixedOp(child.label, mods, arch)
-                else:
-                    new = MixedOp(child.label, mods, arch)
-                setattr(parent, name, new)
+                candidates = nn.ModuleDict({str(n): child[n] for n in child.names})
+                inputs = getattr(infos.get(child.label), "inputs", 1)
+                setattr(parent, name, relaxation.op_choice(child.label, candidates, inputs))
             elif isinstance(child, InputChoice):
                 arch.add_connection(child.label, child.n_candidates)
-                gate = {"full": GatedSum, "partial": m.NormalizedGatedSum}.get(
-                    mode, m.SampledGatedSum)
-                setattr(parent, name, gate(child.label, arch))
-                if sampling and type(parent) is m.Connection:
-                    parent.__class__ = m.SampledConnection  # aligns only the inputs kept on
-    if sampling:
+                setattr(parent, name, relaxation.connection_choice(child.label, parent))
+    if relaxation.samples:
         model.register_forward_pre_hook(arch._resample_hook)
     return arch
