@@ -223,7 +223,8 @@ def test_export_takes_both_inputs_and_runs_without_nasseg(workflow, fmt, tmp_pat
         import torch
         net = torch.jit.load(sys.argv[1])
         assert not any("context_head" in n for n, _ in net.named_parameters())
-        out = net(torch.from_numpy(image), torch.from_numpy(context)).numpy()
+        with torch.no_grad():
+            out = net(torch.from_numpy(image), torch.from_numpy(context)).numpy()
         """, "onnx": """
         import onnxruntime as ort
         s = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
