@@ -17,6 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from test_real_data import make_png
+from test_views import _large_image_folder
 from torch import nn
 from torch.nn import functional as F
 
@@ -242,3 +243,13 @@ def test_export_takes_both_inputs_and_runs_without_nasseg(workflow, fmt, tmp_pat
                     str(tmp_path / "context.npy"), str(tmp_path / "out.npy")],
                    check=True, cwd=tmp_path)
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_space_searches_and_trains_on_large_images_read_by_region(tmp_path):
+    data = _large_image_folder(tmp_path, n=4, shape=(120, 110))
+    _ok("search", "--space", SPACE, "--data", data, "--out", tmp_path / "s", "--epochs", 3,
+        "--warmup-epochs", 1, "--device", "cpu")
+    _ok("train", tmp_path / "s" / "arch.json", "--out", tmp_path / "t", "--epochs", 2,
+        "--device", "cpu")
+    metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    assert metrics["num_val_cases"] == 1 and 0.0 <= metrics["dice_mean"] <= 1.0

@@ -15,7 +15,8 @@ from nasseg.export import inference_network
 from nasseg.searches.darts import SearchConfig
 from nasseg.searches.darts.engine import DartsSearch
 from nasseg.searches.darts.relaxation import RELAXATIONS
-from nasseg.space import create_space, get_space_class, list_spaces
+from nasseg.ops import ConvNormAct, OutputHead
+from nasseg.space import SearchSpace, create_space, get_space_class, list_spaces
 
 ARGS = {"in_channels": 1, "num_classes": 3, "features": 4}
 
@@ -67,3 +68,41 @@ def test_eval_outputs_ignore_the_label_and_counts_skip_training_only_modules(nam
                                         if not is_under(n, skip))
     exported = inference_network(net)
     assert not any(is_under(n, skip) for n, _ in exported.named_parameters())
+
+
+class _GradientInForward(SearchSpace):
+    """Takes the gradient of its own output layer's loss inside its forward (as MSN's meta
+    fusion learner does), in every mode of the engine: weight step, architecture step and
+    validation (no_grad outside)."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 3, spatial_dims: int = 2,
+                 features: int = 4) -> None:
+        super().__init__()
+        self.fixed_edge("input", "out")
+        self.set_outputs("out")
+        self.body = self.op_choice("body", {
+            "k3": lambda: ConvNormAct(spatial_dims, in_channels, features, kernel=3),
+            "k1": lambda: ConvNormAct(spatial_dims, in_channels, features, kernel=1)})
+        self.head = OutputHead(spatial_dims, features, num_classes)
+        self.seen_gradients: list[float] = []
+
+    def forward_batch(self, batch):
+        x = self.body(batch["image"])
+        logits = self.head(x)
+        with torch.enable_grad():
+            weight = self.head.conv.weight.detach().requires_grad_()
+            probe = torch.nn.functional.conv2d(x.detach(), weight).pow(2).mean()
+            (grad,) = torch.autograd.grad(probe, weight)
+        self.seen_gradients.append(float(grad.abs().sum()))
+        return logits + 0 * grad.sum()
+
+
+def test_a_space_may_take_gradients_inside_its_forward(small2d, tmp_path):
+    data = load_data(str(small2d))
+    space = _GradientInForward()
+    engine = DartsSearch(space, data, RunFolder(tmp_path), SearchConfig(
+        epochs=1, warmup_epochs=0, device="cpu", arch_lr=0.05), show_progress=False)
+    engine.run()
+    assert engine.cost.steps["arch"] > 0 and engine.cost.steps["weight"] > 0
+    assert len(space.seen_gradients) > 2 * engine.cost.steps["weight"]
+    assert all(g > 0 for g in space.seen_gradients)

@@ -95,3 +95,45 @@ def test_bad_views_are_refused():
         DataView(context=(1,))
     with pytest.raises(ValueError, match="needs at least one context"):
         DataView(context_labels=True)
+
+
+def _large_image_folder(root, n: int = 2, shape: tuple[int, int] = (300, 260)):
+    from PIL import Image
+
+    folder = root / "slides"
+    (folder / "images").mkdir(parents=True)
+    (folder / "labels").mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(n):
+        rgb = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+        label = np.zeros(shape, np.uint8)
+        label[100:180, 50:200] = 1 + i % 2
+        Image.fromarray(rgb).save(folder / "images" / f"s{i}.png")
+        Image.fromarray(label).save(folder / "labels" / f"s{i}.png")
+    (folder / "dataset.json").write_text(
+        '{"large_images": true, "labels": {"background": 0, "a": 1, "b": 2}, "patch_size": 32}')
+    return folder
+
+
+def test_large_images_give_the_view_region_by_region(tmp_path):
+    from nasseg.data import load_data
+    from nasseg.data.large_images import LargeImageSet
+
+    data = load_data(str(_large_image_folder(tmp_path)))
+    assert isinstance(data, LargeImageSet) and data.patch_size == (32, 32)
+    assert (data.in_channels, data.num_classes, data.num_cases) == (3, 3, 2)
+    view = DataView((4,), True)
+    whole = data.case(1)
+    assert whole.image.shape == (3, 300, 260) and 0.0 <= whole.image.min() <= whole.image.max() <= 1
+    start = (134, 114)  # the patch centred on (150, 130)
+    region = PatchDataset(data, [1], view=view)[0]  # evaluation: the image centre
+    np.testing.assert_allclose(region["image"].numpy(), whole.image[:, 134:166, 114:146])
+    np.testing.assert_allclose(region["context"][0].numpy(),
+                               context_crop(whole.image, start, (32, 32), 4), atol=1e-5)
+    np.testing.assert_array_equal(region["context_label"][0].numpy(),
+                                  context_crop(whole.label, start, (32, 32), 4, label=True))
+    assert region["presence"].tolist() == [0.0, 1.0]
+    train = PatchDataset(data, [0, 1], augment=True, seed=1, view=view, fg_fraction=1.0)
+    for epoch in range(3):
+        train.set_epoch(epoch)
+        assert all(item["label"].sum() > 0 for item in train)  # foreground-centred crops

@@ -5,15 +5,15 @@ batches are identical whatever the DataLoader worker count and after a resume.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from nasseg.data.arrays import DataError
-from nasseg.data.cases import CaseSet
-from nasseg.data.views import PATCH_VIEW, DataView, context_crop, patch_presence, read_box
+from nasseg.data.cases import Case, CaseSet
+from nasseg.data.views import PATCH_VIEW, DataView, context_crop, patch_presence
 
 __all__ = ["PatchDataset", "crop_box", "patch_start", "ROTATION_PROBABILITY"]
 
@@ -99,26 +99,13 @@ class PatchDataset(Dataset):
 
     def __getitem__(self, item: int) -> dict[str, torch.Tensor | int]:
         index = self.indices[item]
-        case = self.data.case(index)
-        image, label = case.image, case.label
-        labelled = label is not None
-        if label is None:
-            label = np.zeros(image.shape[1:], dtype=np.int64)
         rng = np.random.default_rng((self.seed, self.epoch, index)) if self.augment else None
-        start = [0] * len(self.patch)
-        if tuple(label.shape) != self.patch:
-            start = patch_start(label.shape, self.patch, self._centre(label, rng))
-        # (array, number of leading non-spatial axes): every crop is augmented alike
-        crops: dict[str, tuple[np.ndarray, int]] = {
-            "image": (read_box(image, start, self.patch), 1),
-            "label": (read_box(label, start, self.patch), 0)}
-        if self.view.context:
-            crops["context"] = (np.stack([context_crop(image, start, self.patch, f)
-                                          for f in self.view.context]), 2)
-            if self.view.context_labels:
-                crops["context_label"] = (np.stack([
-                    context_crop(label, start, self.patch, f, label=True)
-                    for f in self.view.context]), 1)
+        if hasattr(self.data, "read_context"):  # large images: read region by region
+            crops, case = self._region_crops(index, rng), None
+            labelled = self.data.labels[index] is not None
+        else:
+            case = self.data.case(index)
+            crops, labelled = self._array_crops(case, rng), case.label is not None
         if rng is not None:
             crops = self._augment(crops, rng)
         sample: dict[str, torch.Tensor | int] = {"index": index}
@@ -128,11 +115,45 @@ class PatchDataset(Dataset):
         if labelled:
             sample["presence"] = torch.from_numpy(
                 patch_presence(crops["label"][0], self.data.num_classes))
-        elif case.presence is not None:
+        elif case is not None and case.presence is not None:
             sample["presence"] = torch.from_numpy(np.asarray(case.presence, dtype=np.float32))
-        if case.scene is not None:
+        if case is not None and case.scene is not None:
             sample["scene"] = torch.tensor(int(case.scene), dtype=torch.int64)
         return sample
+
+    def _view_crops(self, cut: Callable[[Sequence[int], int, bool], np.ndarray],
+                    start: Sequence[int]) -> dict[str, tuple[np.ndarray, int]]:
+        """The view's crops around the patch at ``start``, cut by ``cut(start, factor, label)``,
+        each with its number of leading non-spatial axes (so every crop is augmented alike)."""
+        crops = {"image": (cut(start, 1, False), 1), "label": (cut(start, 1, True), 0)}
+        if self.view.context:
+            crops["context"] = (np.stack([cut(start, f, False) for f in self.view.context]), 2)
+            if self.view.context_labels:
+                crops["context_label"] = (np.stack([cut(start, f, True)
+                                                    for f in self.view.context]), 1)
+        return crops
+
+    def _array_crops(self, case: Case, rng: np.random.Generator | None
+                     ) -> dict[str, tuple[np.ndarray, int]]:
+        """The view's crops of an in-memory case."""
+        image, label = case.image, case.label
+        if label is None:
+            label = np.zeros(image.shape[1:], dtype=np.int64)
+        start = [0] * len(self.patch)
+        if tuple(label.shape) != self.patch:
+            start = patch_start(label.shape, self.patch, self._centre(label, rng))
+        return self._view_crops(lambda at, f, lab: context_crop(
+            label if lab else image, at, self.patch, f, label=lab), start)
+
+    def _region_crops(self, index: int, rng: np.random.Generator | None
+                      ) -> dict[str, tuple[np.ndarray, int]]:
+        """The view's crops of a large image, read region by region around one centre."""
+        data = self.data
+        width, height = data.images[index].size
+        centre = ([height // 2, width // 2] if rng is None
+                  else data.sample_centre(index, rng, self.fg_fraction))
+        return self._view_crops(lambda at, f, lab: data.read_context(
+            index, at, self.patch, f, label=lab), [c - p // 2 for c, p in zip(centre, self.patch)])
 
     def _augment(self, crops: dict[str, tuple[np.ndarray, int]], rng: np.random.Generator
                  ) -> dict[str, tuple[np.ndarray, int]]:

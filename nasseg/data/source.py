@@ -55,6 +55,10 @@ def load_data(spec: str) -> CaseSet:
     if path.suffix == ".npz":
         return load_arrays(path)
     if path.is_dir():
+        from nasseg.data.large_images import LargeImageSet, is_large_image_folder
+
+        if is_large_image_folder(path):
+            return LargeImageSet.from_folder(path)
         from nasseg.data.h5cache import load_folder
         from nasseg.data.verify import verify_dataset
 
@@ -63,4 +67,5 @@ def load_data(spec: str) -> CaseSet:
             raise DataProblems(path, problems)
         return load_folder(path)
     raise DataError(f"{spec}: not a demo data set ({', '.join(DEMO_SETS)}), a .npz array file, "
-                    "or a data set folder with a dataset.json")
+                    "or a data set folder with a dataset.json (images and labels, or large "
+                    "images)")

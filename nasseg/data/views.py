@@ -93,13 +93,16 @@ def context_start(patch_start: Sequence[int], patch: Sequence[int], factor: int)
 
 def context_crop(array: np.ndarray, patch_start: Sequence[int], patch: Sequence[int],
                  factor: int, label: bool = False) -> np.ndarray:
-    """The context crop of ``factor`` around the patch at ``patch_start``, at the patch's size.
+    """The context crop of ``factor`` around the patch at ``patch_start``, at the patch's size
+    (``factor`` 1: the patch itself, as stored).
 
     Images (``(C, *spatial)``) are block-averaged (float32); labels (``(*spatial)``) keep the
     sample at offset ``factor // 2`` of each block (their dtype kept).
     """
     patch = [int(p) for p in patch]
     box = read_box(array, context_start(patch_start, patch, factor), [p * factor for p in patch])
+    if factor == 1:
+        return box
     if label:
         return np.ascontiguousarray(box[tuple(slice(factor // 2, None, factor) for _ in patch)])
     lead = box.ndim - len(patch)
