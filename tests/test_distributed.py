@@ -41,3 +41,21 @@ def test_several_processes_need_an_explicit_folder():
 
     result = CliRunner().invoke(cli, ["search", "--nproc", "2"])
     assert result.exit_code != 0 and "needs --out" in result.output
+
+
+def test_two_process_retrain_keeps_ranks_identical(small3d, tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    search = tmp_path / "s"
+    base = [sys.executable, "-m", "nasseg.cli"]
+    subprocess.run(base + ["search", "--space", "unet", "--data", str(small3d), "--out",
+                           str(search), "--epochs", "1", "--warmup-epochs", "0", "--space-arg",
+                           "features=2", "--space-arg", "levels=2", "--device", "cpu"],
+                   check=True, capture_output=True, cwd=tmp_path, env=env, timeout=300)
+    done = subprocess.run(base + ["train", str(search / "arch.json"), "--out", str(tmp_path / "t"),
+                                  "--epochs", "2", "--device", "cpu", "--nproc", "2"],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("training finished") == 1  # only rank 0 reports and writes
+    cost = read_json(tmp_path / "t" / "cost.json")
+    assert cost["world_size"] == 2 and cost["rank_max_difference"] == 0.0
+    assert read_json(tmp_path / "t" / "metrics.json")["epochs"] == 2

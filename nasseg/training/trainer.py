@@ -88,6 +88,7 @@ class _Retrain:
                                config.num_workers, config.patch_size, self.view)
         self._loaders: dict[tuple[float, float], tuple[EpochLoader, int]] = {}
         self.cost = CostCard()
+        self.rank_difference = 0.0
         self.best: dict[str, Any] = {"value": -float("inf"), "epoch": None}
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
@@ -137,6 +138,10 @@ class _Retrain:
                     val = validate(self.model, self.val.epoch(0), self.data.num_classes,
                                self.device, self.precision.autocast())
         loss = sum(losses) / len(losses)
+        self.rank_difference = self.dist.max_difference(self.staged.params)
+        if self.rank_difference > 0:
+            raise RuntimeError(f"weights differ across ranks by {self.rank_difference} after "
+                               f"epoch {epoch + 1}")
         log.scalars({"loss/train": loss, "dice/val_mean": val.dice,
                      **val.scalars(self.data.class_names)}, epoch + 1)
         extra = "".join(f"  {k} {v:.3f}" for k, v in val.values.items() if k != "dice_mean")
@@ -158,7 +163,8 @@ class _Retrain:
                 "best": self.best, "history": self.history})
         write_json(self.run.cost, self.cost.card(
             epochs_done, self.device, self.config,
-            {"amp_dtype": self.precision.name, "world_size": self.dist.world_size}))
+            {"amp_dtype": self.precision.name, "world_size": self.dist.world_size,
+             "rank_max_difference": self.rank_difference}))
 
     def resume(self) -> None:
         """Continue from the folder's checkpoint: weights, optimizer, scaler, RNG, history."""
