@@ -153,7 +153,8 @@ def test_search_follows_the_stages_and_searches_the_two_input_fusion(workflow):
 
 def test_derived_net_counts_exclude_the_training_only_head(workflow):
     arch = read_arch(workflow["search"] / "arch.json")
-    assert not Path(arch["data"]).is_absolute()
+    stored = json.loads((workflow["search"] / "arch.json").read_text())["data"]
+    assert not Path(stored).is_absolute() and Path(arch["data"]) == workflow["data"]
     net = build_derived(arch)
     head = sum(p.numel() for p in net.context_head.parameters())
     assert arch["params"] == count_parameters(net) == sum(

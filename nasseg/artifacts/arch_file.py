@@ -26,35 +26,38 @@ from pathlib import Path
 from typing import Any
 
 from nasseg.artifacts.files import FileFormatError, read_json, write_json
-from nasseg.data import locate_data_spec
+from nasseg.data import locate_data_spec, record_data_spec
 from nasseg.space import KnobError, SampleError, SearchSpace, create_space
 
-__all__ = ["ARCH_FORMAT", "read_arch", "write_arch", "build_derived", "arch_data"]
+__all__ = ["ARCH_FORMAT", "read_arch", "write_arch", "build_derived"]
 
 ARCH_FORMAT = "nasseg.arch/1"
 _REQUIRED = ("space", "space_args", "sample", "input_shape")
 
 
 def read_arch(path: str | Path) -> dict[str, Any]:
-    """Read and check an ``arch.json``; problems raise :class:`FileFormatError` naming the file."""
+    """Read and check an ``arch.json``; problems raise :class:`FileFormatError` naming the file.
+
+    ``data``, stored relative to the file, comes back as a demo name or an absolute path.
+    """
     arch = read_json(path, "architecture file")
     if not isinstance(arch, dict) or arch.get("format") != ARCH_FORMAT:
         raise FileFormatError(f"{path}: not a nasseg architecture file (format {ARCH_FORMAT!r})")
     missing = [k for k in _REQUIRED if k not in arch]
     if missing:
         raise FileFormatError(f"{path}: missing keys {missing}")
+    if arch.get("data") is not None:
+        arch["data"] = locate_data_spec(arch["data"], Path(path).parent)
     return arch
 
 
 def write_arch(path: str | Path, arch: dict[str, Any]) -> None:
-    """Write an ``arch.json`` atomically."""
-    write_json(path, {"format": ARCH_FORMAT, **arch})
-
-
-def arch_data(path: str | Path, arch: dict[str, Any]) -> str | None:
-    """The data set an ``arch.json`` at ``path`` names (its relative path resolved)."""
-    recorded = arch.get("data")
-    return None if recorded is None else locate_data_spec(recorded, Path(path).parent)
+    """Write an ``arch.json`` atomically, its ``data`` relative to the file (no absolute path
+    of the machine; a file moved with its data still finds it)."""
+    content = {"format": ARCH_FORMAT, **{k: v for k, v in arch.items() if k != "format"}}
+    if content.get("data") is not None:
+        content["data"] = record_data_spec(content["data"], Path(path).parent)
+    write_json(path, content)
 
 
 def build_derived(arch: dict[str, Any], source: str | Path = "architecture") -> SearchSpace:

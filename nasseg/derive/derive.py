@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 from nasseg.artifacts.arch_file import write_arch
 from nasseg.artifacts.files import read_json
 from nasseg.artifacts.run_folder import RunFolder
-from nasseg.data import locate_data_spec, record_data_spec
+from nasseg.data import locate_data_spec
 from nasseg.derive.cost import count_flops, count_parameters
 from nasseg.derive.draw import draw_architecture
 from nasseg.space import SearchSpace, create_space, space_name
@@ -90,7 +90,7 @@ def derive_run(run_dir: str | Path, tau: float | None = None, out: str | Path | 
     tau = space.default_tau if tau is None else tau
     arch = derive_architecture(space, scores, tau, config["input_shape"])
     target = Path(out) if out is not None else run.arch
-    arch["data"] = record_data_spec(locate_data_spec(config["data"], run.path), target.parent)
+    arch["data"] = locate_data_spec(config["data"], run.path)
     arch["epochs_searched"] = scores.get("epochs_done")
     write_arch(target, arch)
     draw_architecture(arch, target.with_suffix(".svg"))

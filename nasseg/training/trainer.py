@@ -27,8 +27,7 @@ from nasseg.artifacts.files import read_json, save_torch, write_json
 from nasseg.artifacts.run_folder import RunFolder, RunFolderError
 from nasseg.data import (CaseSet, load_data, locate_data_spec, record_data_spec,
                          resolve_data_spec, split_indices)
-from nasseg.derive import (arch_data, build_derived, count_flops, count_parameters, read_arch,
-                           write_arch)
+from nasseg.derive import build_derived, count_flops, count_parameters, read_arch, write_arch
 from nasseg.evaluation.folders import summarize_cases
 from nasseg.evaluation.metrics import case_metrics, chance_dice
 from nasseg.evaluation.validation import Validation, validate
@@ -205,7 +204,7 @@ class _Retrain:
 
 def _prepare(arch_path: Path, data_spec: str | None) -> tuple[dict[str, Any], str, CaseSet]:
     arch = read_arch(arch_path)
-    data_spec = data_spec or arch_data(arch_path, arch)
+    data_spec = data_spec or arch.get("data")
     if data_spec is None:
         raise ValueError(f"{arch_path}: names no data set; pass --data")
     dataset = load_data(data_spec)
@@ -239,8 +238,7 @@ def train_architecture(arch_path: str | Path, out: str | Path, data: str | None 
     recorded = record_data_spec(data_spec, run.path)
     if is_main_process():  # rank 0 owns the folder
         run.ensure_new()
-        write_arch(run.arch, {**{k: v for k, v in arch.items() if k != "format"},
-                              "data": recorded})
+        write_arch(run.arch, {**arch, "data": data_spec})
         write_json(run.config, {"kind": "train", "nasseg_version": __version__,
                                 "arch": run.arch.name, "data": recorded,
                                 "train": asdict(config)})
@@ -284,7 +282,9 @@ def _run(run: RunFolder, model: SearchSpace, arch: dict[str, Any], dataset: Case
         write_json(run.path / "plan.json", plan.to_dict())
     if resume:
         retrain.resume()
-    portable_arch = read_arch(run.arch)
+    # model.pt names its data relative to the training folder, as run.json does
+    portable_arch = {**read_arch(run.arch),
+                     "data": read_json(run.config, "run description")["data"]}
     best = retrain.fit({"arch": portable_arch, "plan": plan.to_dict()})
     retrain.dist.close()
     if not retrain.dist.is_main:

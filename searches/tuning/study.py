@@ -27,7 +27,8 @@ from typing import Any, Mapping, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from nasseg.artifacts.files import atomic_path, read_json, write_json
+from nasseg.artifacts.arch_file import read_arch, write_arch
+from nasseg.artifacts.files import atomic_path, write_json
 from nasseg.searches.tuning.objective import OBJECTIVES, TrialSetup, run_trial
 from nasseg.searches.tuning.storage import StudyStorage, open_storage
 from nasseg.searches.tuning.suggest import describe_distribution, knob_distribution, tunable_knobs
@@ -127,14 +128,13 @@ class TuneResult:
 def prepare_setup(config: TuneConfig) -> TrialSetup:
     """Check the space, knobs, data and architecture before any trial (user errors fail here)."""
     from nasseg.data import load_data, resolve_data_spec
-    from nasseg.derive import arch_data, read_arch
     from nasseg.space import GATE_REG, KnobError, create_space
     from nasseg.space.knobs import check_knob_value
 
     arch = None
     if config.arch is not None:
         arch = read_arch(config.arch)
-        data = resolve_data_spec(config.data) if config.data else arch_data(config.arch, arch)
+        data = resolve_data_spec(config.data) if config.data else arch.get("data")
         if data is None:
             raise ValueError(f"{config.arch}: names no data set; pass --data")
         space = create_space(arch["space"], knobs={k: arch["sample"][k]
@@ -477,7 +477,7 @@ def write_results(study: optuna.Study, out: Path, storage: StudyStorage,
             entry = _best_entry(study.best_trial, objectives, fixed)
             arch = Path(entry["arch"]) if entry["arch"] else None
             if arch is not None and arch.is_file():
-                write_json(out / "best_arch.json", read_json(arch, "architecture file"))
+                write_arch(out / "best_arch.json", read_arch(arch))
                 entry["best_arch"] = str((out / "best_arch.json").resolve())
                 files["best_arch"] = out / "best_arch.json"
             elif arch is not None:
