@@ -139,6 +139,46 @@ def test_two_worker_processes_share_one_journal(tmp_path, small3d):
     assert (tmp_path / "study" / "trials.csv").read_text().count("\n") == n + 1
 
 
+def test_killed_worker_trial_is_retried_on_the_journal(tmp_path, small3d):
+    """Two workers on the default journal; one is killed mid-trial: the other fails that trial,
+    runs its knobs again, and the study still ends with --trials finished trials."""
+    n = 3
+    args = [*TINY_ARGS, "--data", str(small3d), "--trials", str(n), "--train-epochs", "8",
+            "--pruner", "none", "--out", "study"]
+    victim, survivor = [subprocess.Popen([*_tune_command(), *args], cwd=tmp_path, env=_env(),
+                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                         text=True) for _ in range(2)]
+    journal = tmp_path / "study" / "study.journal"
+    deadline = time.monotonic() + 120
+    mid_trial = False
+    while not mid_trial and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        if journal.exists():
+            running = _journal_study(tmp_path / "study", "study").get_trials(
+                states=(TrialState.RUNNING,))
+            mid_trial = any(t.user_attrs.get("worker", {}).get("pid") == victim.pid and
+                            (Path(t.user_attrs.get("trial_dir", "-")) / "train" / "run.json"
+                             ).exists() for t in running)
+    assert mid_trial and victim.poll() is None, "the victim never reached a retrain"
+    victim.send_signal(signal.SIGKILL)  # no chance to tell the study anything
+    victim.communicate(timeout=30)
+    out = survivor.communicate(timeout=300)[0]
+    assert survivor.returncode == 0, out
+
+    trials = _journal_study(tmp_path / "study", "study").get_trials()
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].user_attrs["worker"]["pid"] == victim.pid
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == n == counted_trials(trials) == len(trials) - 1
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == failed[0].number)
+    assert retry.state == TrialState.COMPLETE and retry.params == failed[0].params
+    assert retry.user_attrs["retry_of"] == failed[0].number and retry.user_attrs["retry"] == 1
+    assert retry.user_attrs["worker"]["pid"] == survivor.pid
+    assert f"retry of trial {failed[0].number}" in out
+    rows = json.loads((tmp_path / "study" / "trials.json").read_text())
+    assert [r["retry_of"] for r in rows if "retry_of" in r] == [failed[0].number]
+
+
 def test_study_resumes_under_the_same_name(tmp_path, small3d):
     out = tmp_path / "tune"
     first = run_study(_config(out, small3d, 2, study_name="resumable", seed=5))

@@ -61,7 +61,7 @@ DEFAULT_DATA = "demo3d"
               help="Database storage: seconds without heartbeat before a trial counts as dead and "
                    "is re-queued [default: twice --heartbeat].")
 @click.option("--max-retry", type=click.IntRange(min=0), default=3, show_default=True,
-              help="Database storage: how often a dead worker's trial is re-queued.")
+              help="How often a dead worker's trial is re-queued (any storage).")
 @user_errors
 def tune(space: str | None, data: str | None, trials: int, storage: str | None,
          study_name: str | None, out: Path | None, search_epochs: int,

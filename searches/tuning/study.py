@@ -4,9 +4,14 @@ write its results.
 ``--trials N`` is the size of the whole study, not of one worker: every worker takes the claim
 lock (see :mod:`nasseg.searches.tuning.storage`), counts the study's trials and creates the next
 one only while fewer than N exist, so N trials run in total however many workers join, and a
-study resumed under the same name continues to N. A trial re-queued after its worker died
-replaces the failed one (it does not count twice). With a database storage a worker also stays
-while other workers' trials run, so it can take over a trial whose worker dies.
+study resumed under the same name continues to N.
+
+Nothing is lost when a worker dies. Before each claim a worker fails the running trials whose
+worker process is gone from its host (any storage; see :mod:`nasseg.searches.tuning.workers`)
+or, on a database, whose heartbeat went stale, and re-queues them with the same knobs
+(``StudyStorage.requeue``, bounded by ``max_retry``). A re-queued trial replaces the failed one
+(it does not count twice). A worker whose study is full stays while trials it can watch still run
+(on a database: all; on a journal: those on its host), so it takes over one whose worker dies.
 
 Results (``OUT``): ``best.json`` (best trial's knobs and costs; the Pareto front for several
 objectives), ``best_arch.json`` (single objective: the best trial's architecture),
@@ -31,6 +36,7 @@ from nasseg.artifacts.files import atomic_path, read_json, write_json
 from nasseg.searches.tuning.objective import OBJECTIVES, TrialSetup, run_trial
 from nasseg.searches.tuning.storage import StudyStorage, open_storage
 from nasseg.searches.tuning.suggest import describe_distribution, knob_distribution, tunable_knobs
+from nasseg.searches.tuning.workers import WORKER_ATTR, on_this_host, this_worker, worker_alive
 
 __all__ = ["TuneConfig", "TuneResult", "run_study", "prepare_setup", "make_sampler", "make_pruner",
            "trial_rows", "format_table", "write_results", "counted_trials", "PRUNERS", "SAMPLERS"]
@@ -59,7 +65,8 @@ class TuneConfig:
         pruner: ``median``, ``hyperband``, ``none`` or an Optuna pruner.
         sampler: ``tpe``, ``random``, ``nsga2`` or an Optuna sampler.
         objectives: ``dice``, optionally with ``params`` or ``latency`` (minimized).
-        heartbeat_interval, grace_period, max_retry: database storages (see ``open_storage``).
+        heartbeat_interval, grace_period: database storages (see ``open_storage``).
+        max_retry: how often a dead worker's trial is re-queued (any storage).
     """
 
     out: Path
@@ -304,27 +311,50 @@ class _Heartbeat:
             self.thread.join()
 
 
-def _fail_stale(study: optuna.Study) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
+def _recover(study: optuna.Study, config: TuneConfig, storage: StudyStorage) -> None:
+    """Fail and re-queue the running trials whose worker is dead: its process gone from this
+    host, or (database) its heartbeat stale."""
+    with storage.lock(config.name):
+        if storage.heartbeat:  # Optuna re-queues these through the storage's callback
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            worker = t.user_attrs.get(WORKER_ATTR)
+            if not on_this_host(worker) or worker_alive(worker):
+                continue
+            try:
+                storage.storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:  # finished meanwhile
+                continue
+            storage.requeue(study, storage.storage.get_trial(t._trial_id))
+            logger.warning("trial %d: its worker (pid %d) is gone; failed it and queued its knobs "
+                           "again", t.number, worker["pid"])
+
+
+def _watched(t: FrozenTrial, storage: StudyStorage) -> bool:
+    """A running trial this worker would notice dying (and then take over)."""
+    return storage.heartbeat or on_this_host(t.user_attrs.get(WORKER_ATTR))
 
 
 def _claim(study: optuna.Study, config: TuneConfig, storage: StudyStorage
            ) -> tuple[optuna.Trial | None, int]:
     """The next trial for this worker (None when the study is full), and how many trials run
-    elsewhere."""
+    elsewhere that this worker watches."""
     with storage.lock(config.name):
         trials = study.get_trials(deepcopy=False)
         waiting = any(t.state == TrialState.WAITING for t in trials)
-        running = sum(1 for t in trials if t.state == TrialState.RUNNING)
+        watched = sum(1 for t in trials if t.state == TrialState.RUNNING and _watched(t, storage))
         if counted_trials(trials) >= config.trials and not waiting:
-            return None, running
+            return None, watched
         # ask() takes a waiting (re-queued) trial first, else creates one. Heartbeats are sent
         # here (_Heartbeat), not by Study.optimize, which Optuna warns about.
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
-            return study.ask(), running
+            trial = study.ask()
+        # Under the lock, so no worker sees this trial running without knowing whose it is.
+        trial.set_user_attr(WORKER_ATTR, this_worker())
+        return trial, watched
 
 
 def _run_one(study: optuna.Study, trial: optuna.Trial, setup: TrialSetup,
@@ -335,6 +365,9 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, setup: TrialSetup,
     start = time.perf_counter()
     frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
     retry_of = frozen.system_attrs.get("failed_trial")
+    if retry_of is not None:  # also as user attributes, which the dashboard shows
+        trial.set_user_attr("retry_of", retry_of)
+        trial.set_user_attr("retry", len(frozen.system_attrs["retry_history"]))
     logger.info("trial %d started%s", trial.number,
                 "" if retry_of is None else f" (retry of trial {retry_of})")
     try:
@@ -381,17 +414,16 @@ def run_study(config: TuneConfig) -> TuneResult:
                     "studies only)")
     ran, told_waiting = 0, False
     while True:
-        if storage.heartbeat:
-            _fail_stale(study)
-        trial, running = _claim(study, config, storage)
+        _recover(study, config, storage)
+        trial, watched = _claim(study, config, storage)
         if trial is None:
-            if storage.heartbeat and running:
+            if watched:
                 # Stay while others run: if one of them dies, its trial comes back to us.
                 if not told_waiting:
                     logger.info("the study is full; waiting for %d running trial(s) of other "
-                                "workers", running)
+                                "workers", watched)
                     told_waiting = True
-                time.sleep(min(storage.heartbeat_interval or 1, 10))
+                time.sleep(min(storage.heartbeat_interval or 2, 10))
                 continue
             break
         told_waiting = False
@@ -423,6 +455,7 @@ def trial_rows(study: optuna.Study, objectives: Sequence[str]) -> list[dict[str,
                 row[key] = t.user_attrs[key]
         if "failed_trial" in t.system_attrs:
             row["retry_of"] = t.system_attrs["failed_trial"]
+            row["retry"] = len(t.system_attrs["retry_history"])
         rows.append(row)
     return rows
 
