@@ -2,6 +2,7 @@
 objectives, and a killed worker's trial retried through a real PostgreSQL server."""
 from __future__ import annotations
 
+import csv
 import glob
 import json
 import os
@@ -20,9 +21,13 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 from torch import nn
 
-from nasseg.searches.tuning import (TuneConfig, counted_trials, knob_distribution, open_storage,
-                                    run_study, suggest_knobs, tunable_knobs)
-from nasseg.space import SearchSpace, fixed_knobs
+from click.testing import CliRunner
+
+from nasseg.cli import cli
+from nasseg.searches.tuning import (TuneConfig, counted_trials, knob_distribution, knob_order,
+                                    open_storage, run_study, suggest_knobs, tunable_knobs,
+                                    write_results)
+from nasseg.space import KnobError, SearchSpace, fixed_knobs
 from nasseg.space.knobs import check_knob_value
 
 TINY = {"features": 2, "levels": 2}
@@ -93,6 +98,58 @@ def test_every_knob_kind_maps_to_its_suggestion():
         seen.add(values["mode"])
         study.tell(trial, 0.0)
     assert seen == {"sum", "max", True}
+
+
+class _VariantSpace(SearchSpace):
+    """A categorical ``variant`` and a ``beta`` that only variants b and c read."""
+
+    def __init__(self, channels: int = 1) -> None:
+        super().__init__()
+        self.variant = self.knob("variant", ["a", "b", "c"])
+        self.beta = self.knob("beta", low=0.1, high=1.0, default=0.5,
+                              active_if={"variant": ["b", "c"]})
+        self.conv = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_a_conditional_knob_is_suggested_only_while_it_applies(tmp_path):
+    assert _VariantSpace().knob_conditions == {"beta": {"variant": ["b", "c"]}}
+    with fixed_knobs({"variant": "a", "beta": 0.9}):
+        assert _VariantSpace().knob_values == {"variant": "a", "beta": 0.5}  # inactive: default
+    with fixed_knobs({"variant": "c", "beta": 0.9}):
+        assert _VariantSpace().knob_values == {"variant": "c", "beta": 0.9}
+    assert knob_order(["beta", "variant", "alpha"], {"beta": {"variant": ["b"]}}) == \
+        ["alpha", "variant", "beta"]  # a condition's knob first
+    for bad, match in (({"mode": ["x"]}, "not a knob declared before it"),
+                       ({"variant": ["z"]}, "takes one of"), ({"variant": "b"}, "list")):
+        space = SearchSpace()
+        space.knob("variant", ["a", "b"])
+        with pytest.raises(KnobError, match=match):
+            space.knob("beta", low=0.1, high=1.0, active_if=bad)
+
+    space = _VariantSpace()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(12):
+        trial = study.ask()
+        values = suggest_knobs(trial, space.knob_specs, space.knob_conditions)
+        active = values["variant"] in ("b", "c")
+        assert ("beta" in values) == ("beta" in trial.params) == active
+        assert trial.user_attrs.get("inactive_knobs", []) == ([] if active else ["beta"])
+        study.tell(trial, 0.5)
+    variants = [t.params["variant"] for t in study.trials]
+    assert {"a", "b"} <= set(variants)
+
+    write_results(study, tmp_path, open_storage(None, tmp_path), ["dice"])
+    with open(tmp_path / "trials.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["knob:beta"] == "inactive" for r in rows] == [v == "a" for v in variants]
+    assert all(float(r["knob:beta"]) > 0 for r in rows if r["knob:variant"] != "a")
+
+    shown = CliRunner().invoke(cli, ["spaces", f"{__name__}:_VariantSpace"])
+    assert shown.exit_code == 0, shown.output
+    assert "'active_if': {'variant': ['b', 'c']}" in shown.output
 
 
 # ----- workers, resume, pruning, objectives -------------------------------------------------------

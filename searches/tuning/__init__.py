@@ -10,10 +10,10 @@ from nasseg.searches.tuning.objective import (OBJECTIVES, TrialSetup, apply_knob
 from nasseg.searches.tuning.storage import StudyStorage, open_storage
 from nasseg.searches.tuning.study import (TuneConfig, TuneResult, counted_trials, format_table,
                                           run_study, trial_rows, write_results)
-from nasseg.searches.tuning.suggest import (knob_distribution, suggest_knob, suggest_knobs,
-                                            tunable_knobs)
+from nasseg.searches.tuning.suggest import (knob_distribution, knob_order, suggest_knob,
+                                            suggest_knobs, tunable_knobs)
 
 __all__ = ["TuneConfig", "TuneResult", "run_study", "write_results", "trial_rows", "format_table",
            "counted_trials", "TrialSetup", "run_trial", "apply_knobs", "measure_latency",
-           "OBJECTIVES", "StudyStorage", "open_storage", "knob_distribution", "suggest_knob",
-           "suggest_knobs", "tunable_knobs"]
+           "OBJECTIVES", "StudyStorage", "open_storage", "knob_distribution", "knob_order",
+           "suggest_knob", "suggest_knobs", "tunable_knobs"]

@@ -10,7 +10,7 @@ import copy
 import math
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -39,6 +39,7 @@ class TrialSetup:
         data: the data set (resolved spec).
         fixed_knobs: knob values fixed for the study (``--set``).
         tuned: the knobs each trial suggests (label -> NNI mutable).
+        conditions: the ``active_if`` of the tuned knobs that have one.
         arch: retrain-only trials: the base ``arch.json`` content (its path in ``arch_path``).
         search_epochs, warmup_epochs, train_epochs, batch_size, seed, device: the budgets.
         objectives: ``("dice",)``, ``("dice", "params")`` or ``("dice", "latency")``.
@@ -50,6 +51,7 @@ class TrialSetup:
     data: str
     fixed_knobs: dict[str, Any]
     tuned: dict[str, nm.Mutable]
+    conditions: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
     arch: dict[str, Any] | None = None
     arch_path: Path | None = None
     search_epochs: int = 10
@@ -141,7 +143,9 @@ def run_trial(trial: optuna.Trial, setup: TrialSetup) -> float | Sequence[float]
                              "fresh --out folder")
     folder.mkdir(parents=True, exist_ok=True)
     trial.set_user_attr("trial_dir", str(folder.resolve()))
-    tuned = suggest_knobs(trial, setup.tuned)
+    # Conditions may name knobs that are not tuned: fixed ones, or the base architecture's.
+    known = {**(setup.arch["sample"] if setup.arch is not None else {}), **setup.fixed_knobs}
+    tuned = suggest_knobs(trial, setup.tuned, setup.conditions, known)
     knobs = {**setup.fixed_knobs, **tuned}
     reporter = DiceReporter(trial, len(setup.objectives) > 1)
 

@@ -35,7 +35,8 @@ from optuna.trial import FrozenTrial, TrialState
 from nasseg.artifacts.files import atomic_path, read_json, write_json
 from nasseg.searches.tuning.objective import OBJECTIVES, TrialSetup, run_trial
 from nasseg.searches.tuning.storage import StudyStorage, open_storage
-from nasseg.searches.tuning.suggest import describe_distribution, knob_distribution, tunable_knobs
+from nasseg.searches.tuning.suggest import (INACTIVE_ATTR, describe_distribution, knob_distribution,
+                                            tunable_knobs)
 from nasseg.searches.tuning.workers import WORKER_ATTR, on_this_host, this_worker, worker_alive
 
 __all__ = ["TuneConfig", "TuneResult", "run_study", "prepare_setup", "make_sampler", "make_pruner",
@@ -183,8 +184,10 @@ def prepare_setup(config: TuneConfig) -> TrialSetup:
     warmup = config.warmup_epochs
     if warmup is None:
         warmup = config.search_epochs // 5
+    conditions = {label: space.knob_conditions[label] for label in tuned
+                  if label in space.knob_conditions}
     return TrialSetup(out=config.out.resolve(), space=space_name, space_args=space_args,
-                      data=data, fixed_knobs=fixed, tuned=tuned, arch=arch,
+                      data=data, fixed_knobs=fixed, tuned=tuned, conditions=conditions, arch=arch,
                       arch_path=None if config.arch is None else Path(config.arch).resolve(),
                       search_epochs=config.search_epochs,
                       warmup_epochs=min(warmup, config.search_epochs),
@@ -199,7 +202,9 @@ def _settings(setup: TrialSetup) -> dict[str, Any]:
         "space": setup.space, "space_args": setup.space_args, "data": setup.data,
         "arch": None if setup.arch_path is None else str(setup.arch_path),
         "fixed_knobs": setup.fixed_knobs,
-        "tuned": {label: describe_distribution(knob_distribution(label, m))
+        "tuned": {label: {**describe_distribution(knob_distribution(label, m)),
+                          **({"active_if": setup.conditions[label]}
+                             if label in setup.conditions else {})}
                   for label, m in sorted(setup.tuned.items())},
         "search_epochs": None if setup.arch is not None else setup.search_epochs,
         "warmup_epochs": None if setup.arch is not None else setup.warmup_epochs,
@@ -450,6 +455,8 @@ def trial_rows(study: optuna.Study, objectives: Sequence[str]) -> list[dict[str,
             row["pruned_at_step"] = step
             row["last_dice"] = _number(t.intermediate_values[step])
         row["knobs"] = dict(t.params)
+        if INACTIVE_ATTR in t.user_attrs:
+            row[INACTIVE_ATTR] = list(t.user_attrs[INACTIVE_ATTR])
         for key in ("params", "flops", "latency_ms", "seconds", "arch", "trial_dir", "error"):
             if key in t.user_attrs and key not in row:
                 row[key] = t.user_attrs[key]
@@ -469,12 +476,24 @@ def _best_entry(t: FrozenTrial, objectives: Sequence[str], fixed: Mapping[str, A
             "trial_dir": t.user_attrs.get("trial_dir")}
 
 
+def _knob_cell(row: dict[str, Any], label: str) -> Any:
+    """A trial's value of a knob; ``inactive`` where its condition did not hold, None where
+    the trial has none yet (it did not start, or failed before suggesting)."""
+    if label in row["knobs"]:
+        return row["knobs"][label]
+    return "inactive" if label in row.get(INACTIVE_ATTR, ()) else None
+
+
+def _knob_names(rows: list[dict[str, Any]]) -> list[str]:
+    return sorted({k for r in rows for k in (*r["knobs"], *r.get(INACTIVE_ATTR, ()))})
+
+
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    knob_names = sorted({k for r in rows for k in r["knobs"]})
+    knob_names = _knob_names(rows)
     columns: list[str] = []
     for r in rows:
         for key in r:
-            if key != "knobs" and key not in columns:
+            if key not in ("knobs", INACTIVE_ATTR) and key not in columns:
                 columns.append(key)
     header = columns[:3] + [f"knob:{k}" for k in knob_names] + columns[3:]
     with atomic_path(path, suffix=".csv") as tmp:
@@ -482,8 +501,9 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
             writer = csv.writer(fh)
             writer.writerow(header)
             for r in rows:
-                writer.writerow([r["knobs"].get(h[5:], "") if h.startswith("knob:")
-                                 else ("" if r.get(h) is None else r.get(h)) for h in header])
+                cells = [_knob_cell(r, h[5:]) if h.startswith("knob:") else r.get(h)
+                         for h in header]
+                writer.writerow(["" if c is None else c for c in cells])
 
 
 def write_results(study: optuna.Study, out: Path, storage: StudyStorage,
@@ -540,7 +560,7 @@ def _cell(value: Any) -> str:
 
 def format_table(rows: list[dict[str, Any]], objectives: Sequence[str]) -> str:
     """A plain-text table of the trials (one line per trial)."""
-    knob_names = sorted({k for r in rows for k in r["knobs"]})
+    knob_names = _knob_names(rows)
     header = ["trial", "state", *objectives, *knob_names]
     extra = [c for c in ("params", "flops", "retry_of") if c not in header
              and any(c in r for r in rows)]
@@ -550,7 +570,7 @@ def format_table(rows: list[dict[str, Any]], objectives: Sequence[str]) -> str:
          *[_cell(r.get(o) if o != "dice" or r["state"] != "PRUNED"
                  else r.get("last_dice")) + ("*" if o == "dice" and r["state"] == "PRUNED"
                                               else "") for o in objectives],
-         *[_cell(r["knobs"].get(k)) for k in knob_names],
+         *[_cell(_knob_cell(r, k)) for k in knob_names],
          *[_cell(r.get(c)) for c in extra]]
         for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
