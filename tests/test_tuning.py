@@ -29,6 +29,7 @@ from nasseg.searches.tuning import (TuneConfig, counted_trials, knob_distributio
                                     write_results)
 from nasseg.space import KnobError, SearchSpace, fixed_knobs
 from nasseg.space.knobs import check_knob_value
+from nasseg.spaces.unet import UNetSpace
 
 TINY = {"features": 2, "levels": 2}
 TINY_ARGS = ["--space", "unet", "--space-arg", "features=2", "--space-arg", "levels=2",
@@ -302,6 +303,53 @@ def test_retrain_only_trials_and_two_objectives(tmp_path, small3d):
         derived = json.loads(Path(t.user_attrs["arch"]).read_text())
         assert derived["sample"]["upsample"] == t.params["upsample"]
         assert t.values[1] == derived["params"] == t.user_attrs["params"]
+
+
+class _PixelAccuracy:
+    def __init__(self) -> None:
+        self.right = self.total = 0
+
+    def update(self, outputs, batch) -> None:
+        pred = outputs.argmax(1)
+        self.right += int((pred == batch["label"]).sum())
+        self.total += pred.numel()
+
+    def compute(self) -> dict[str, float]:
+        return {"pixel_acc": self.right / max(self.total, 1)}
+
+
+class _AccUNet(UNetSpace):
+    """The U-Net with a metric of its own, which it selects its best epoch by."""
+
+    selection_metric = "pixel_acc"
+
+    def metrics(self):
+        return [_PixelAccuracy()]
+
+
+def test_a_space_metric_is_the_objective(tmp_path, small3d):
+    space = f"{__name__}:_AccUNet"
+    with pytest.raises(ValueError, match="'miou' is not a validation value.*choose from dice, "
+                                         "dice_mean, pixel_acc"):
+        run_study(TuneConfig(out=tmp_path / "bad", trials=1, space=space, data=str(small3d),
+                             space_args=TINY, objectives=("miou",)))
+    with pytest.raises(ValueError, match="optionally followed by params or latency"):
+        TuneConfig(out=tmp_path / "bad", trials=1, space=space, objectives=("params", "dice"))
+
+    result = run_study(TuneConfig(out=tmp_path / "acc", trials=2, space=space, data=str(small3d),
+                                  space_args=TINY, search_epochs=1, train_epochs=2,
+                                  device="cpu", pruner="none", objectives=("pixel_acc",)))
+    assert result.best["objectives"] == ["pixel_acc"]
+    assert result.best["directions"] == ["maximize"]
+    for t in result.study.get_trials():
+        metrics = json.loads((Path(t.user_attrs["trial_dir"]) / "train" / "metrics.json"
+                              ).read_text())
+        assert metrics["selection_metric"] == "pixel_acc"
+        assert t.value == metrics["validation"]["pixel_acc"] == t.user_attrs["pixel_acc"]
+        assert t.user_attrs["dice"] == metrics["dice_mean"]
+        assert len(t.intermediate_values) == 3  # the selection metric, every epoch
+    assert result.best["best"]["values"]["pixel_acc"] == max(t.value for t in
+                                                             result.study.get_trials())
 
 
 def test_counted_trials_replaces_retried_failures():

@@ -1,9 +1,9 @@
 """The Optuna tuner: knobs (hyperparameters, variants) that gradients cannot reach.
 
 Every knob of a space becomes a trial suggestion; a trial runs a budgeted search + derive + short
-retrain (or only a retrain of a given architecture with the trial's knobs) and reports its
-validation Dice to the pruner every epoch. Studies live in a journal file in the run folder or in
-a database (PostgreSQL) that workers on many machines share.
+retrain (or only a retrain of a given architecture with the trial's knobs) and reports the
+space's selection metric to the pruner every epoch. Studies live in a journal file in the run
+folder or in a database (PostgreSQL) that workers on many machines share.
 """
 from nasseg.searches.tuning.objective import (OBJECTIVES, TrialSetup, apply_knobs, measure_latency,
                                               run_trial)

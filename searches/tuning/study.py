@@ -32,8 +32,11 @@ from typing import Any, Mapping, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from nasseg.artifacts.arch_file import arch_data
 from nasseg.artifacts.files import atomic_path, read_json, write_json
-from nasseg.searches.tuning.objective import OBJECTIVES, TrialSetup, run_trial
+from nasseg.data import record_data_spec
+from nasseg.searches.tuning.objective import (COSTS, TrialSetup, direction, run_trial,
+                                             validation_names)
 from nasseg.searches.tuning.storage import StudyStorage, open_storage
 from nasseg.searches.tuning.suggest import (INACTIVE_ATTR, describe_distribution, knob_distribution,
                                             tunable_knobs)
@@ -65,7 +68,9 @@ class TuneConfig:
         search_epochs, warmup_epochs, train_epochs, batch_size, seed, device: trial budgets.
         pruner: ``median``, ``hyperband``, ``none`` or an Optuna pruner.
         sampler: ``tpe``, ``random``, ``nsga2`` or an Optuna sampler.
-        objectives: ``dice``, optionally with ``params`` or ``latency`` (minimized).
+        objectives: a quality, maximized (``dice`` or a validation value of the space, such as
+            ``dice_mean`` or ``miou``), optionally followed by ``params`` or ``latency``
+            (minimized).
         heartbeat_interval, grace_period: database storages (see ``open_storage``).
         max_retry: how often a dead worker's trial is re-queued (any storage).
     """
@@ -97,10 +102,10 @@ class TuneConfig:
         self.objectives = tuple(self.objectives)
         if self.trials < 1:
             raise ValueError(f"--trials must be >= 1, got {self.trials}")
-        if not self.objectives or self.objectives[0] != "dice" or len(self.objectives) > 2 or \
-                any(o not in OBJECTIVES for o in self.objectives) or \
-                len(set(self.objectives)) != len(self.objectives):
-            raise ValueError(f"objectives must be dice, dice,params or dice,latency; got "
+        if not 1 <= len(self.objectives) <= 2 or self.objectives[0] in COSTS or \
+                any(o not in COSTS for o in self.objectives[1:]):
+            raise ValueError(f"objectives are a quality (dice or a validation value of the space), "
+                             f"optionally followed by {' or '.join(COSTS)}; got "
                              f"{','.join(self.objectives)}")
         if self.search_epochs < 1 or self.train_epochs < 1:
             raise ValueError("--search-epochs and --train-epochs must be >= 1")
@@ -184,6 +189,12 @@ def prepare_setup(config: TuneConfig) -> TrialSetup:
     warmup = config.warmup_epochs
     if warmup is None:
         warmup = config.search_epochs // 5
+    quality = config.objectives[0]
+    if quality != "dice":
+        names = validation_names(space)
+        if quality not in names:
+            raise ValueError(f"objective {quality!r} is not a validation value of space "
+                             f"{space_name!r}; choose from dice, {', '.join(names)}")
     conditions = {label: space.knob_conditions[label] for label in tuned
                   if label in space.knob_conditions}
     return TrialSetup(out=config.out.resolve(), space=space_name, space_args=space_args,
@@ -192,7 +203,8 @@ def prepare_setup(config: TuneConfig) -> TrialSetup:
                       search_epochs=config.search_epochs,
                       warmup_epochs=min(warmup, config.search_epochs),
                       train_epochs=config.train_epochs, batch_size=config.batch_size,
-                      seed=config.seed, device=config.device, objectives=config.objectives)
+                      seed=config.seed, device=config.device, objectives=config.objectives,
+                      reported=space.selection_metric)
 
 
 def _settings(setup: TrialSetup) -> dict[str, Any]:
@@ -252,7 +264,7 @@ def make_pruner(kind: Any, total_steps: int) -> optuna.pruners.BasePruner:
 def _open_study(config: TuneConfig, setup: TrialSetup, storage: StudyStorage
                 ) -> tuple[optuna.Study, int]:
     """Create, join or resume the study; check its settings; number this worker."""
-    directions = [OBJECTIVES[o] for o in setup.objectives]
+    directions = [direction(o) for o in setup.objectives]
     settings = _normalized(_settings(setup))
     with storage.lock(config.name):
         study = optuna.create_study(storage=storage.storage, study_name=config.name,
@@ -451,9 +463,8 @@ def trial_rows(study: optuna.Study, objectives: Sequence[str]) -> list[dict[str,
         row.update({o: _number(v) for o, v in zip(objectives, values)})
         if t.state == TrialState.PRUNED and t.intermediate_values:
             step = max(t.intermediate_values)
-            row["dice"] = None
             row["pruned_at_step"] = step
-            row["last_dice"] = _number(t.intermediate_values[step])
+            row["last_reported"] = _number(t.intermediate_values[step])
         row["knobs"] = dict(t.params)
         if INACTIVE_ATTR in t.user_attrs:
             row[INACTIVE_ATTR] = list(t.user_attrs[INACTIVE_ATTR])
@@ -517,7 +528,7 @@ def write_results(study: optuna.Study, out: Path, storage: StudyStorage,
     states = {s.name.lower(): sum(1 for r in rows if r["state"] == s.name) for s in TrialState}
     best: dict[str, Any] = {
         "study": study.study_name, "storage": storage.display, "objectives": list(objectives),
-        "directions": [OBJECTIVES[o] for o in objectives], "trials": len(rows),
+        "directions": [direction(o) for o in objectives], "trials": len(rows),
         "states": {k: v for k, v in states.items() if v}, "settings": settings,
         "dashboard": storage.dashboard,
     }
@@ -530,7 +541,10 @@ def write_results(study: optuna.Study, out: Path, storage: StudyStorage,
             entry = _best_entry(study.best_trial, objectives, fixed)
             arch = Path(entry["arch"]) if entry["arch"] else None
             if arch is not None and arch.is_file():
-                write_json(out / "best_arch.json", read_json(arch, "architecture file"))
+                best_arch = read_json(arch, "architecture file")
+                if best_arch.get("data") is not None:  # recorded relative to where it lies
+                    best_arch["data"] = record_data_spec(arch_data(arch, best_arch), out)
+                write_json(out / "best_arch.json", best_arch)
                 entry["best_arch"] = str((out / "best_arch.json").resolve())
                 files["best_arch"] = out / "best_arch.json"
             elif arch is not None:
@@ -567,14 +581,14 @@ def format_table(rows: list[dict[str, Any]], objectives: Sequence[str]) -> str:
     header += extra
     table = [header] + [
         [_cell(r["trial"]), r["state"].lower(),
-         *[_cell(r.get(o) if o != "dice" or r["state"] != "PRUNED"
-                 else r.get("last_dice")) + ("*" if o == "dice" and r["state"] == "PRUNED"
-                                              else "") for o in objectives],
+         *[_cell(r.get("last_reported")) + "*" if i == 0 and r["state"] == "PRUNED"
+           else _cell(r.get(o)) for i, o in enumerate(objectives)],
          *[_cell(_knob_cell(r, k)) for k in knob_names],
          *[_cell(r.get(c)) for c in extra]]
         for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in table]
     if any(r["state"] == "PRUNED" for r in rows):
-        lines.append("(* pruned: the last Dice reported before pruning)")
+        lines.append("(* pruned: the last value of the selection metric reported before "
+                     "pruning)")
     return "\n".join(lines)
