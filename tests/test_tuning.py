@@ -19,6 +19,7 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
+from PIL import Image
 from torch import nn
 
 from click.testing import CliRunner
@@ -195,6 +196,7 @@ def test_two_worker_processes_share_one_journal(tmp_path, small3d):
     best = json.loads((tmp_path / "study" / "best.json").read_text())
     assert best["best"]["trial"] in range(n) and (tmp_path / "study" / "best_arch.json").is_file()
     assert (tmp_path / "study" / "trials.csv").read_text().count("\n") == n + 1
+    assert all(f"pictures: {Path('study') / 'history.png'}" in out for out in outputs)
 
 
 def test_killed_worker_trial_is_retried_on_the_journal(tmp_path, small3d):
@@ -296,6 +298,15 @@ def test_retrain_only_trials_and_two_objectives(tmp_path, small3d):
                for t in trials)
     pareto = latency.best["pareto"]
     assert pareto and {e["trial"] for e in pareto} <= {0, 1}
+    for name in ("history", "pareto"):  # drawn by optuna.visualization.matplotlib
+        path = latency.files[name]
+        assert path == tmp_path / "latency" / f"{name}.png" and path.stat().st_size > 0
+        with Image.open(path) as image:
+            assert image.format == "PNG"
+    varied = len({t.params["upsample"] for t in trials}) > 1
+    assert ("importances" in latency.files) == varied  # needs knobs that differ
+    assert not [p for p in (tmp_path / "latency").iterdir() if p.name.startswith(".")
+                and p.suffix == ".png"]  # no temp files left
 
     params = run_study(TuneConfig(out=tmp_path / "params", trials=2, arch=arch, train_epochs=1,
                                   device="cpu", objectives=("dice", "params"), seed=1))

@@ -77,6 +77,7 @@ def tune(space: str | None, data: str | None, trials: int, storage: str | None,
     metric goes to the pruner every epoch. Run the same command in several processes (or, with a
     database --storage, on several machines) to tune in parallel; rerun it to resume.
     """
+    from nasseg.artifacts.pictures import STUDY_PICTURES
     from nasseg.searches.tuning import TuneConfig, format_table, run_study
 
     if not logging.getLogger().handlers:  # called outside the nasseg group
@@ -118,6 +119,8 @@ def tune(space: str | None, data: str | None, trials: int, storage: str | None,
                    f"{', '.join(str(e['trial']) for e in result.best['pareto']) or 'none yet'}")
     click.echo(f"  results: {result.files['best']}  {result.files['trials_csv']}  "
                f"{result.files['trials_json']}")
+    pictures = [str(result.files[name]) for name in STUDY_PICTURES if name in result.files]
+    click.echo(f"  pictures: {'  '.join(pictures) or 'none yet (no finished trial)'}")
     click.echo(f"  dashboard: {result.storage.dashboard}   (pip install optuna-dashboard)")
     if "best_arch" in result.files:
         click.echo(f"next: nasseg train {result.files['best_arch']} --epochs 30")

@@ -15,7 +15,8 @@ or, on a database, whose heartbeat went stale, and re-queues them with the same 
 
 Results (``OUT``): ``best.json`` (best trial's knobs and costs; the Pareto front for several
 objectives), ``best_arch.json`` (single objective: the best trial's architecture),
-``trials.csv`` and ``trials.json`` (every trial).
+``trials.csv`` and ``trials.json`` (every trial), and the study's pictures (see
+:mod:`nasseg.artifacts.pictures`), redrawn after every trial.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nasseg.artifacts.arch_file import arch_data
 from nasseg.artifacts.files import atomic_path, read_json, write_json
+from nasseg.artifacts.pictures import STUDY_PICTURES, draw_study
 from nasseg.data import record_data_spec
 from nasseg.searches.tuning.objective import (COSTS, TrialSetup, direction, run_trial,
                                              validation_names)
@@ -446,6 +448,7 @@ def run_study(config: TuneConfig) -> TuneResult:
         told_waiting = False
         _run_one(study, trial, setup, storage)
         ran += 1
+        draw_study(study, config.out, setup.objectives)  # pictures refreshed as trials end
     return write_results(study, config.out, storage, setup.objectives, ran)
 
 
@@ -519,8 +522,8 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def write_results(study: optuna.Study, out: Path, storage: StudyStorage,
                   objectives: Sequence[str], trials_run: int = 0) -> TuneResult:
-    """Write ``best.json``, ``best_arch.json`` (single objective), ``trials.csv`` and
-    ``trials.json`` into ``out`` from the study's current state."""
+    """Write ``best.json``, ``best_arch.json`` (single objective), ``trials.csv``,
+    ``trials.json`` and the pictures into ``out`` from the study's current state."""
     out = Path(out)
     rows = trial_rows(study, objectives)
     settings = study.user_attrs.get(SETTINGS_ATTR, {})
@@ -557,6 +560,8 @@ def write_results(study: optuna.Study, out: Path, storage: StudyStorage,
     write_json(files["best"], best)
     write_json(files["trials_json"], rows)
     _write_csv(files["trials_csv"], rows)
+    written = draw_study(study, out, objectives)
+    files.update({name: out / f for name, f in STUDY_PICTURES.items() if out / f in written})
     return TuneResult(study, out, storage, best, rows, trials_run, files)
 
 
