@@ -233,8 +233,10 @@ def draw_study(study: Any, out: Path, objectives: Sequence[str]) -> list[Path]:
         # Optuna's plots switch pyplot to its ggplot style: keep that inside this block.
         with warnings.catch_warnings(), plt.rc_context():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            # It warns whenever a target is given; importance_target already has the sign.
-            warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")
+            # PED-ANOVA warns whenever a target is given (importance_target has the sign right)
+            # and when a small study leaves it too few trials to tell knobs apart.
+            warnings.filterwarnings("ignore", message="(PedAnovaImportanceEvaluator computes|"
+                                                      "Target and region quantiles)")
             fig = draw().figure
             try:
                 fig.set_size_inches(8, 5)
