@@ -28,6 +28,7 @@ setup(
         "tqdm",
         "scipy",
         "pillow",
+        "matplotlib",
     ],
     extras_require={"onnx": ["onnx", "onnxruntime"],
                     "postgres": ["psycopg2-binary"],

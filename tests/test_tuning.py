@@ -2,6 +2,7 @@
 objectives, and a killed worker's trial retried through a real PostgreSQL server."""
 from __future__ import annotations
 
+import csv
 import glob
 import json
 import os
@@ -18,12 +19,18 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
+from PIL import Image
 from torch import nn
 
-from nasseg.searches.tuning import (TuneConfig, counted_trials, knob_distribution, open_storage,
-                                    run_study, suggest_knobs, tunable_knobs)
-from nasseg.space import SearchSpace, fixed_knobs
+from click.testing import CliRunner
+
+from nasseg.cli import cli
+from nasseg.searches.tuning import (TuneConfig, counted_trials, knob_distribution, knob_order,
+                                    open_storage, run_study, suggest_knobs, tunable_knobs,
+                                    write_results)
+from nasseg.space import KnobError, SearchSpace, fixed_knobs
 from nasseg.space.knobs import check_knob_value
+from nasseg.spaces.unet import UNetSpace
 
 TINY = {"features": 2, "levels": 2}
 TINY_ARGS = ["--space", "unet", "--space-arg", "features=2", "--space-arg", "levels=2",
@@ -95,6 +102,58 @@ def test_every_knob_kind_maps_to_its_suggestion():
     assert seen == {"sum", "max", True}
 
 
+class _VariantSpace(SearchSpace):
+    """A categorical ``variant`` and a ``beta`` that only variants b and c read."""
+
+    def __init__(self, channels: int = 1) -> None:
+        super().__init__()
+        self.variant = self.knob("variant", ["a", "b", "c"])
+        self.beta = self.knob("beta", low=0.1, high=1.0, default=0.5,
+                              active_if={"variant": ["b", "c"]})
+        self.conv = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_a_conditional_knob_is_suggested_only_while_it_applies(tmp_path):
+    assert _VariantSpace().knob_conditions == {"beta": {"variant": ["b", "c"]}}
+    with fixed_knobs({"variant": "a", "beta": 0.9}):
+        assert _VariantSpace().knob_values == {"variant": "a", "beta": 0.5}  # inactive: default
+    with fixed_knobs({"variant": "c", "beta": 0.9}):
+        assert _VariantSpace().knob_values == {"variant": "c", "beta": 0.9}
+    assert knob_order(["beta", "variant", "alpha"], {"beta": {"variant": ["b"]}}) == \
+        ["alpha", "variant", "beta"]  # a condition's knob first
+    for bad, match in (({"mode": ["x"]}, "not a knob declared before it"),
+                       ({"variant": ["z"]}, "takes one of"), ({"variant": "b"}, "list")):
+        space = SearchSpace()
+        space.knob("variant", ["a", "b"])
+        with pytest.raises(KnobError, match=match):
+            space.knob("beta", low=0.1, high=1.0, active_if=bad)
+
+    space = _VariantSpace()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(12):
+        trial = study.ask()
+        values = suggest_knobs(trial, space.knob_specs, space.knob_conditions)
+        active = values["variant"] in ("b", "c")
+        assert ("beta" in values) == ("beta" in trial.params) == active
+        assert trial.user_attrs.get("inactive_knobs", []) == ([] if active else ["beta"])
+        study.tell(trial, 0.5)
+    variants = [t.params["variant"] for t in study.trials]
+    assert {"a", "b"} <= set(variants)
+
+    write_results(study, tmp_path, open_storage(None, tmp_path), ["dice"])
+    with open(tmp_path / "trials.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["knob:beta"] == "inactive" for r in rows] == [v == "a" for v in variants]
+    assert all(float(r["knob:beta"]) > 0 for r in rows if r["knob:variant"] != "a")
+
+    shown = CliRunner().invoke(cli, ["spaces", f"{__name__}:_VariantSpace"])
+    assert shown.exit_code == 0, shown.output
+    assert "'active_if': {'variant': ['b', 'c']}" in shown.output
+
+
 # ----- workers, resume, pruning, objectives -------------------------------------------------------
 _BARRIER_WORKER = """
 import os, sys, time
@@ -137,6 +196,47 @@ def test_two_worker_processes_share_one_journal(tmp_path, small3d):
     best = json.loads((tmp_path / "study" / "best.json").read_text())
     assert best["best"]["trial"] in range(n) and (tmp_path / "study" / "best_arch.json").is_file()
     assert (tmp_path / "study" / "trials.csv").read_text().count("\n") == n + 1
+    assert all(f"pictures: {Path('study') / 'history.png'}" in out for out in outputs)
+
+
+def test_killed_worker_trial_is_retried_on_the_journal(tmp_path, small3d):
+    """Two workers on the default journal; one is killed mid-trial: the other fails that trial,
+    runs its knobs again, and the study still ends with --trials finished trials."""
+    n = 3
+    args = [*TINY_ARGS, "--data", str(small3d), "--trials", str(n), "--train-epochs", "8",
+            "--pruner", "none", "--out", "study"]
+    victim, survivor = [subprocess.Popen([*_tune_command(), *args], cwd=tmp_path, env=_env(),
+                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                         text=True) for _ in range(2)]
+    journal = tmp_path / "study" / "study.journal"
+    deadline = time.monotonic() + 120
+    mid_trial = False
+    while not mid_trial and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        if journal.exists():
+            running = _journal_study(tmp_path / "study", "study").get_trials(
+                states=(TrialState.RUNNING,))
+            mid_trial = any(t.user_attrs.get("worker", {}).get("pid") == victim.pid and
+                            (Path(t.user_attrs.get("trial_dir", "-")) / "train" / "run.json"
+                             ).exists() for t in running)
+    assert mid_trial and victim.poll() is None, "the victim never reached a retrain"
+    victim.send_signal(signal.SIGKILL)  # no chance to tell the study anything
+    victim.communicate(timeout=30)
+    out = survivor.communicate(timeout=300)[0]
+    assert survivor.returncode == 0, out
+
+    trials = _journal_study(tmp_path / "study", "study").get_trials()
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].user_attrs["worker"]["pid"] == victim.pid
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == n == counted_trials(trials) == len(trials) - 1
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == failed[0].number)
+    assert retry.state == TrialState.COMPLETE and retry.params == failed[0].params
+    assert retry.user_attrs["retry_of"] == failed[0].number and retry.user_attrs["retry"] == 1
+    assert retry.user_attrs["worker"]["pid"] == survivor.pid
+    assert f"retry of trial {failed[0].number}" in out
+    rows = json.loads((tmp_path / "study" / "trials.json").read_text())
+    assert [r["retry_of"] for r in rows if "retry_of" in r] == [failed[0].number]
 
 
 def test_study_resumes_under_the_same_name(tmp_path, small3d):
@@ -198,6 +298,15 @@ def test_retrain_only_trials_and_two_objectives(tmp_path, small3d):
                for t in trials)
     pareto = latency.best["pareto"]
     assert pareto and {e["trial"] for e in pareto} <= {0, 1}
+    for name in ("history", "pareto"):  # drawn by optuna.visualization.matplotlib
+        path = latency.files[name]
+        assert path == tmp_path / "latency" / f"{name}.png" and path.stat().st_size > 0
+        with Image.open(path) as image:
+            assert image.format == "PNG"
+    varied = len({t.params["upsample"] for t in trials}) > 1
+    assert ("importances" in latency.files) == varied  # needs knobs that differ
+    assert not [p for p in (tmp_path / "latency").iterdir() if p.name.startswith(".")
+                and p.suffix == ".png"]  # no temp files left
 
     params = run_study(TuneConfig(out=tmp_path / "params", trials=2, arch=arch, train_epochs=1,
                                   device="cpu", objectives=("dice", "params"), seed=1))
@@ -205,6 +314,53 @@ def test_retrain_only_trials_and_two_objectives(tmp_path, small3d):
         derived = json.loads(Path(t.user_attrs["arch"]).read_text())
         assert derived["sample"]["upsample"] == t.params["upsample"]
         assert t.values[1] == derived["params"] == t.user_attrs["params"]
+
+
+class _PixelAccuracy:
+    def __init__(self) -> None:
+        self.right = self.total = 0
+
+    def update(self, outputs, batch) -> None:
+        pred = outputs.argmax(1)
+        self.right += int((pred == batch["label"]).sum())
+        self.total += pred.numel()
+
+    def compute(self) -> dict[str, float]:
+        return {"pixel_acc": self.right / max(self.total, 1)}
+
+
+class _AccUNet(UNetSpace):
+    """The U-Net with a metric of its own, which it selects its best epoch by."""
+
+    selection_metric = "pixel_acc"
+
+    def metrics(self):
+        return [_PixelAccuracy()]
+
+
+def test_a_space_metric_is_the_objective(tmp_path, small3d):
+    space = f"{__name__}:_AccUNet"
+    with pytest.raises(ValueError, match="'miou' is not a validation value.*choose from dice, "
+                                         "dice_mean, pixel_acc"):
+        run_study(TuneConfig(out=tmp_path / "bad", trials=1, space=space, data=str(small3d),
+                             space_args=TINY, objectives=("miou",)))
+    with pytest.raises(ValueError, match="optionally followed by params or latency"):
+        TuneConfig(out=tmp_path / "bad", trials=1, space=space, objectives=("params", "dice"))
+
+    result = run_study(TuneConfig(out=tmp_path / "acc", trials=2, space=space, data=str(small3d),
+                                  space_args=TINY, search_epochs=1, train_epochs=2,
+                                  device="cpu", pruner="none", objectives=("pixel_acc",)))
+    assert result.best["objectives"] == ["pixel_acc"]
+    assert result.best["directions"] == ["maximize"]
+    for t in result.study.get_trials():
+        metrics = json.loads((Path(t.user_attrs["trial_dir"]) / "train" / "metrics.json"
+                              ).read_text())
+        assert metrics["selection_metric"] == "pixel_acc"
+        assert t.value == metrics["validation"]["pixel_acc"] == t.user_attrs["pixel_acc"]
+        assert t.user_attrs["dice"] == metrics["dice_mean"]
+        assert len(t.intermediate_values) == 3  # the selection metric, every epoch
+    assert result.best["best"]["values"]["pixel_acc"] == max(t.value for t in
+                                                             result.study.get_trials())
 
 
 def test_counted_trials_replaces_retried_failures():

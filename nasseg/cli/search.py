@@ -79,6 +79,7 @@ def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: 
     import subprocess
     import sys
 
+    from nasseg.artifacts.pictures import ARCH_EVOLUTION, PROGRESS
     from nasseg.searches.darts import SearchConfig
     from nasseg.runtime.distributed import (is_main_process, launch_command,
                                             launched_world_size)
@@ -117,7 +118,9 @@ def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: 
     click.echo(f"search finished: {result.folder.path}")
     click.echo(f"  derived architecture (tau {arch['tau']}): {result.arch_path}  "
                f"({arch['params']:,} of {arch['supernet_params']:,} parameters)")
-    click.echo(f"  picture: {result.arch_path.with_suffix('.svg')}")
+    pictures = [result.arch_path.with_suffix(".svg"),
+                *(result.folder.path / name for name in (PROGRESS, ARCH_EVOLUTION))]
+    click.echo("  pictures: " + "  ".join(str(p) for p in pictures if p.exists()))
     click.echo(f"  TensorBoard: tensorboard --logdir {result.folder.tensorboard}")
     click.echo(f"next: nasseg train {result.arch_path}   "
                f"(or re-derive: nasseg derive {result.folder.path} --tau 0.6)")

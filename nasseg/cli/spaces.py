@@ -26,7 +26,7 @@ def spaces(name: str | None) -> None:
     space = create_space(name)
     for label, info in space.choice_infos.items():
         if info.kind == "knob":
-            desc = knob_description(space.knob_specs[label])
+            desc = knob_description(space.knob_specs[label], space.knob_conditions.get(label))
             click.echo(f"knob        {label:20s} {desc}")
         else:
             where = f" @ {info.node}" if info.node else ""

@@ -44,6 +44,7 @@ def train(arch: Path | None, data: str | None, out: Path | None, epochs: int, ba
           patch_size: tuple[int, ...] | None, amp: bool, channels_last: bool, compile_: bool,
           nproc: int, resume: bool) -> None:
     """Train the architecture in ARCH (an arch.json) and write metrics.json."""
+    from nasseg.artifacts.pictures import PROGRESS
     from nasseg.artifacts.run_folder import fresh_run_dir
     from nasseg.runtime.distributed import is_main_process, launch_command, launched_world_size
     from nasseg.training.trainer import TrainConfig, resume_training, train_architecture
@@ -79,5 +80,7 @@ def train(arch: Path | None, data: str | None, out: Path | None, epochs: int, ba
     if extra:
         click.echo("  " + ", ".join(f"{k} {v:.3f}" for k, v in extra.items()))
     click.echo(f"  metrics: {out / 'metrics.json'}   model: {out / 'model.pt'}")
+    if (out / PROGRESS).exists():
+        click.echo(f"  picture: {out / PROGRESS}")
     click.echo(f"next: nasseg predict {out} --input IMAGES --output PREDICTIONS   "
                f"(TensorBoard: tensorboard --logdir {out / 'tensorboard'})")

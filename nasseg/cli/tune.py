@@ -46,9 +46,10 @@ DEFAULT_DATA = "demo3d"
               show_default=True, help="nsga2: NSGA-II, for two objectives.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Sampler seed (worker k uses seed + 1000 k) and every trial's training seed.")
-@click.option("--objectives", type=click.Choice(["dice", "dice,params", "dice,latency"]),
-              default="dice", show_default=True,
-              help="Maximize Dice, optionally minimizing parameters or CPU latency (one patch).")
+@click.option("--objectives", default="dice", show_default=True, metavar="QUALITY[,COST]",
+              help="Maximize QUALITY: dice, or a validation value of the space (dice_mean, or "
+                   "one its metrics report, e.g. miou; see metrics.json 'validation'); "
+                   "optionally minimize COST: params or CPU latency (one patch).")
 @click.option("--set", "knob_items", multiple=True, metavar="LABEL=VALUE",
               help="Fix a knob (it is not tuned; repeatable).")
 @click.option("--space-arg", "arg_items", multiple=True, metavar="NAME=VALUE",
@@ -61,7 +62,7 @@ DEFAULT_DATA = "demo3d"
               help="Database storage: seconds without heartbeat before a trial counts as dead and "
                    "is re-queued [default: twice --heartbeat].")
 @click.option("--max-retry", type=click.IntRange(min=0), default=3, show_default=True,
-              help="Database storage: how often a dead worker's trial is re-queued.")
+              help="How often a dead worker's trial is re-queued (any storage).")
 @user_errors
 def tune(space: str | None, data: str | None, trials: int, storage: str | None,
          study_name: str | None, out: Path | None, search_epochs: int,
@@ -72,10 +73,11 @@ def tune(space: str | None, data: str | None, trials: int, storage: str | None,
     """Tune the knobs of SPACE (loss weights, variants...) with Optuna.
 
     Each trial runs a budgeted search, derives and briefly retrains the result (or, with
-    --arch, only retrains that architecture with the trial's knobs); its validation Dice
-    goes to the pruner every epoch. Run the same command in several processes (or, with a
+    --arch, only retrains that architecture with the trial's knobs); the space's selection
+    metric goes to the pruner every epoch. Run the same command in several processes (or, with a
     database --storage, on several machines) to tune in parallel; rerun it to resume.
     """
+    from nasseg.artifacts.pictures import STUDY_PICTURES
     from nasseg.searches.tuning import TuneConfig, format_table, run_study
 
     if not logging.getLogger().handlers:  # called outside the nasseg group
@@ -108,8 +110,8 @@ def tune(space: str | None, data: str | None, trials: int, storage: str | None,
         if best is None:
             click.echo("  no trial has completed yet")
         else:
-            click.echo(f"  best: trial {best['trial']}, Dice {best['values']['dice']:.4f}, "
-                       f"knobs {best['knobs']}")
+            click.echo(f"  best: trial {best['trial']}, {objs[0]} "
+                       f"{best['values'][objs[0]]:.4f}, knobs {best['knobs']}")
             if best.get("best_arch"):
                 click.echo(f"  best architecture: {best['best_arch']}")
     else:
@@ -117,6 +119,8 @@ def tune(space: str | None, data: str | None, trials: int, storage: str | None,
                    f"{', '.join(str(e['trial']) for e in result.best['pareto']) or 'none yet'}")
     click.echo(f"  results: {result.files['best']}  {result.files['trials_csv']}  "
                f"{result.files['trials_json']}")
+    pictures = [str(result.files[name]) for name in STUDY_PICTURES if name in result.files]
+    click.echo(f"  pictures: {'  '.join(pictures) or 'none yet (no finished trial)'}")
     click.echo(f"  dashboard: {result.storage.dashboard}   (pip install optuna-dashboard)")
     if "best_arch" in result.files:
         click.echo(f"next: nasseg train {result.files['best_arch']} --epochs 30")

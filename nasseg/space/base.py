@@ -21,7 +21,8 @@ from torch import nn
 from nasseg.data.views import PATCH_VIEW, DataView
 from nasseg.losses import DiceCELoss
 from nasseg.space.graph import SpaceGraph
-from nasseg.space.knobs import check_knob_value, current_fixed_knobs
+from nasseg.space.knobs import (Condition, check_condition, check_knob_value, condition_holds,
+                                current_fixed_knobs)
 from nasseg.space.recipe import BatchMetric, TrainingStage
 
 __all__ = ["SearchSpace", "Connection", "ChoiceInfo", "SampleError", "GATE_REG"]
@@ -116,6 +117,7 @@ class SearchSpace(ModelSpace):
         self.choice_infos: dict[str, ChoiceInfo] = {}
         self.knob_specs: dict[str, nm.Mutable] = {}
         self.knob_values: dict[str, Any] = {}
+        self.knob_conditions: dict[str, dict[str, list[Any]]] = {}
         self._live: set[str] | None = None
         self.loss_fn = DiceCELoss()
 
@@ -206,12 +208,15 @@ class SearchSpace(ModelSpace):
 
     def knob(self, label: str, values: Sequence[Any] | None = None, *,
              low: float | None = None, high: float | None = None, log: bool = False,
-             integer: bool = False, default: Any = None) -> Any:
+             integer: bool = False, default: Any = None,
+             active_if: Condition | None = None) -> Any:
         """A hyperparameter or variant, fixed for one run; returns its value for this instance.
 
         Give ``values`` for a categorical knob, or ``low``/``high`` (with ``log`` and ``integer``)
         for a numerical one. The value comes from the frozen sample, else the run's fixed knobs
         (``--set``), else ``default`` (the first value or the range's low end when omitted).
+        ``active_if={"other": [values...]}`` makes the knob apply only while knobs declared
+        before it take those values; while inactive it takes ``default`` and is not tuned.
         """
         if values is not None:
             default = values[0] if default is None else default
@@ -222,9 +227,13 @@ class SearchSpace(ModelSpace):
                                    default=default, label=label)
         else:
             raise ValueError(f"knob {label!r} needs values or a low/high range")
+        if active_if is not None:
+            self.knob_conditions[label] = check_condition(label, active_if, self.knob_specs)
         self.knob_specs[label] = mutable
         self.choice_infos[label] = ChoiceInfo(label, "knob", tuple(values or (low, high)))
-        if self.is_frozen and label in self._frozen_sample:
+        if not condition_holds(self.knob_conditions.get(label), self.knob_values):
+            value = default
+        elif self.is_frozen and label in self._frozen_sample:
             value = self._frozen_sample[label]
         else:
             value = current_fixed_knobs().get(label, default)

@@ -3,17 +3,24 @@
 A knob is an NNI mutable (``Categorical`` or ``Numerical``) so NNI sees the same space language;
 nasseg resolves its value at construction: the frozen sample first, then the values fixed for
 this run (``--set label=value``), then the knob's default.
+
+A knob may apply only under a condition on knobs declared before it (``active_if={"variant":
+["b", "c"]}``: active while ``variant`` is ``b`` or ``c``). An inactive knob takes its default
+(the space still reads a value), and the tuner neither suggests nor records it.
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import nni.mutable as nm
 
-__all__ = ["KnobError", "fixed_knobs", "current_fixed_knobs", "check_knob_value", "parse_knob_value",
-           "knob_description"]
+__all__ = ["KnobError", "Condition", "fixed_knobs", "current_fixed_knobs", "check_knob_value",
+           "parse_knob_value", "knob_description", "check_condition", "condition_holds"]
+
+#: When a knob applies: knob label -> the values of that knob under which it is active.
+Condition = Mapping[str, Sequence[Any]]
 
 _FIXED: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar("nasseg_fixed_knobs",
                                                                            default={})
@@ -57,6 +64,30 @@ def check_knob_value(mutable: nm.Mutable, value: Any) -> Any:
     raise KnobError(f"knob {mutable.label!r} has an unsupported type {type(mutable).__name__}")
 
 
+def check_condition(label: str, active_if: Condition, specs: Mapping[str, nm.Mutable]
+                    ) -> dict[str, list[Any]]:
+    """``active_if`` of knob ``label`` checked against the knobs declared before it (``specs``),
+    its values coerced to theirs; a :class:`KnobError` says what is wrong."""
+    if not active_if:
+        raise KnobError(f"knob {label!r}: active_if names no knob")
+    checked = {}
+    for other, values in active_if.items():
+        if other not in specs:
+            raise KnobError(f"knob {label!r}: active_if names {other!r}, which is not a knob "
+                            f"declared before it (declared: {', '.join(specs) or 'none'})")
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+            raise KnobError(f"knob {label!r}: active_if[{other!r}] must be a non-empty list of "
+                            f"values, got {values!r}")
+        checked[other] = [check_knob_value(specs[other], v) for v in values]
+    return checked
+
+
+def condition_holds(active_if: Condition | None, values: Mapping[str, Any]) -> bool:
+    """True when every knob ``active_if`` names has one of its listed values in ``values``
+    (no condition: always)."""
+    return all(values.get(other) in allowed for other, allowed in (active_if or {}).items())
+
+
 def parse_knob_value(text: str) -> Any:
     """Read a ``--set`` value: JSON literals (numbers, true/false) become Python values."""
     import json
@@ -67,10 +98,16 @@ def parse_knob_value(text: str) -> Any:
         return text
 
 
-def knob_description(mutable: nm.Mutable) -> dict[str, Any]:
-    """A JSON-ready description of a knob: its kind, its range or values, and its default."""
+def knob_description(mutable: nm.Mutable, active_if: Condition | None = None) -> dict[str, Any]:
+    """A JSON-ready description of a knob: its kind, its range or values, its default and, for
+    a conditional knob, when it is active."""
     if isinstance(mutable, nm.Categorical):
-        return {"kind": "categorical", "values": list(mutable.values), "default": mutable.default()}
-    return {"kind": "int" if mutable.quantize == 1 else "float", "low": mutable.low,
-            "high": mutable.high, "log": bool(mutable.log_distributed),
-            "default": mutable.default()}
+        desc = {"kind": "categorical", "values": list(mutable.values),
+                "default": mutable.default()}
+    else:
+        desc = {"kind": "int" if mutable.quantize == 1 else "float", "low": mutable.low,
+                "high": mutable.high, "log": bool(mutable.log_distributed),
+                "default": mutable.default()}
+    if active_if:
+        desc["active_if"] = {k: list(v) for k, v in active_if.items()}
+    return desc

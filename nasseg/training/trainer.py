@@ -24,6 +24,7 @@ import torch
 
 from nasseg import __version__
 from nasseg.artifacts.files import read_json, save_torch, write_json
+from nasseg.artifacts.pictures import draw_training
 from nasseg.artifacts.run_folder import RunFolder, RunFolderError
 from nasseg.data import (CaseSet, load_data, locate_data_spec, record_data_spec,
                          resolve_data_spec, split_indices)
@@ -194,6 +195,8 @@ class _Retrain:
                                  "dice_per_class": val.dice_per_class}
                     save_torch(self.run.model, {"model": self.model.state_dict(), **extra_state})
                 self._save(epoch + 1)
+                if self.dist.is_main:
+                    draw_training(self.run.path, self.history)
                 if self.on_epoch is not None:
                     self.on_epoch(epoch, val.selected)
         finally:

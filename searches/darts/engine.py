@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from nasseg.artifacts.files import save_torch, write_json
+from nasseg.artifacts.pictures import draw_search
 from nasseg.artifacts.run_folder import RunFolder, RunFolderError
 from nasseg.data import CaseSet, split_indices
 from nasseg.evaluation.validation import Validation, validate
@@ -63,6 +64,7 @@ class EpochSummary:
     val_dice: float
     val: dict[str, float]
     seconds: float
+    scores: dict[str, Any]  # op and gate probabilities after the epoch (ArchParameters.scores)
 
 
 @contextmanager
@@ -292,7 +294,7 @@ class DartsSearch:
                                f"{self.rank_difference} after epoch {epoch + 1}")
         summary = EpochSummary(epoch, stage.name, sum(w_losses) / len(w_losses),
                                sum(a_losses) / len(a_losses) if a_losses else None, val.dice,
-                               val.values, time.perf_counter() - start)
+                               val.values, time.perf_counter() - start, self.arch.scores())
         self._log_epoch(log, summary, val)
         return summary
 
@@ -303,11 +305,10 @@ class DartsSearch:
                   "time/epoch_seconds": s.seconds, **val.scalars(self.data.class_names)}
         if s.arch_loss is not None:
             values["loss/architecture"] = s.arch_loss
-        scores = self.arch.scores()
-        for label, entry in scores["op"].items():
+        for label, entry in s.scores["op"].items():
             for cand, p in zip(entry["candidates"], entry["probs"]):
                 values[f"alpha/{label}/{cand}"] = p
-        for label, entry in scores["connection"].items():
+        for label, entry in s.scores["connection"].items():
             for i, p in enumerate(entry["probs"]):
                 values[f"gate/{label}/{i}"] = p
         log.scalars(values, s.epoch + 1)
@@ -382,6 +383,8 @@ class DartsSearch:
                 with self.cost.phase("checkpoint"):
                     self._save(epoch + 1)
                 self._write_cost(epoch + 1)
+                if self.dist.is_main:
+                    draw_search(self.run_folder.path, self.history, self.model.choice_infos)
                 if self.on_epoch is not None:
                     self.on_epoch(epoch, summary.val[self.model.selection_metric]
                                   if self.dist.is_main else summary.val_dice)

@@ -2,13 +2,19 @@
 
 * Default: ``OUT/study.journal``, Optuna's ``JournalStorage`` on a ``JournalFileBackend``. Several
   worker processes on one machine (or on a shared file system with working locks) share it
-  safely. There are no heartbeats: a killed worker's trial stays ``RUNNING``.
+  safely. There are no heartbeats; instead each trial records its worker process (see
+  :mod:`nasseg.searches.tuning.workers`), and a worker on the same host that finds that process
+  gone fails the trial and re-queues it.
 * A plain path (``--storage my.journal``): a journal file there.
 * A database URL (``postgresql://user@host/db``, ``sqlite:///file.db``...): Optuna's
   ``RDBStorage`` with heartbeats. A worker that stops beating for the grace period has its trial
-  failed by another worker and re-queued (``RetryHeartbeatStaleTrialCallback``, called
-  ``RetryFailedTrialCallback`` before Optuna 4.9) with the same knob values, up to ``max_retry``
-  times. Many machines can share a PostgreSQL study; SQLite is for one process at a time.
+  failed by another worker and re-queued. Many machines can share a PostgreSQL study; SQLite
+  is for one process at a time.
+
+Both kinds re-queue a dead worker's trial the same way, through ``StudyStorage.requeue``
+(Optuna's ``RetryHeartbeatStaleTrialCallback``, called ``RetryFailedTrialCallback`` before
+Optuna 4.9): a waiting copy with the same knob values, its system attributes naming the failed
+trial (``failed_trial``) and the chain of failures (``retry_history``), up to ``max_retry`` times.
 
 Besides the storage, each kind gives a *claim lock*: workers take it while they count the study's
 trials and create the next one, so ``--trials N`` means exactly N trials across all workers.
@@ -28,8 +34,10 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator
 
 import optuna
+from optuna.trial import FrozenTrial
 
-__all__ = ["StudyStorage", "open_storage", "DEFAULT_JOURNAL", "is_database_url"]
+__all__ = ["StudyStorage", "open_storage", "retry_callback", "DEFAULT_JOURNAL",
+           "is_database_url"]
 
 logger = logging.getLogger("nasseg")
 
@@ -48,6 +56,7 @@ class StudyStorage:
         dashboard: the command that opens the storage in optuna-dashboard.
         heartbeat_interval: seconds between heartbeats (None: no heartbeats).
         lock: a factory of the claim lock for ``study_name``.
+        requeue: ``requeue(study, failed_trial)`` queues a failed trial again (bounded retries).
     """
 
     storage: optuna.storages.BaseStorage
@@ -57,6 +66,8 @@ class StudyStorage:
     heartbeat_interval: int | None = None
     lock: Callable[[str], ContextManager[None]] = field(
         default=lambda _name: contextlib.nullcontext())
+    requeue: Callable[[optuna.Study, FrozenTrial], None] = field(
+        default_factory=lambda: retry_callback(3))
 
     @property
     def heartbeat(self) -> bool:
@@ -124,13 +135,20 @@ def _journal_storage(path: Path) -> optuna.storages.BaseStorage:
     return optuna.storages.JournalStorage(backend_cls(str(path)))
 
 
-def _retry_callback(max_retry: int | None) -> tuple[str, Any]:
-    """The keyword and the callback that re-queue a stale trial, in this Optuna's names."""
+def retry_callback(max_retry: int | None) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """Optuna's callback that re-queues a failed trial, at most ``max_retry`` times (None:
+    always), in this Optuna's name."""
+    cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)  # Optuna >= 4.9
+    with warnings.catch_warnings():  # marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return (cls or optuna.storages.RetryFailedTrialCallback)(max_retry=max_retry)
+
+
+def _retry_keyword() -> str:
+    """``RDBStorage``'s keyword for the stale-trial callback, in this Optuna's name."""
     params = inspect.signature(optuna.storages.RDBStorage.__init__).parameters
-    if "heartbeat_stale_trial_callback" in params:  # Optuna >= 4.9
-        return ("heartbeat_stale_trial_callback",
-                optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry))
-    return "failed_trial_callback", optuna.storages.RetryFailedTrialCallback(max_retry=max_retry)
+    return ("heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params
+            else "failed_trial_callback")
 
 
 def _with_installed_driver(url: Any) -> Any:
@@ -159,13 +177,14 @@ def open_storage(spec: str | None, out: str | Path, *, heartbeat_interval: int =
         max_retry: how often one trial is re-queued after its worker died (None: always).
     """
     out = Path(out)
+    requeue = retry_callback(max_retry)
     if spec is None or not is_database_url(spec):
         path = (out / DEFAULT_JOURNAL if spec is None else Path(spec)).resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
         lock_path = path.with_name(f".{path.name}.lock")
         return StudyStorage(_journal_storage(path), "journal", str(path),
                             f"optuna-dashboard {path}", None,
-                            lambda _name: _file_lock(lock_path))
+                            lambda _name: _file_lock(lock_path), requeue)
 
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
@@ -184,16 +203,15 @@ def open_storage(spec: str | None, out: str | Path, *, heartbeat_interval: int =
 
     for attempt in range(3):
         try:
-            with warnings.catch_warnings():  # heartbeats and retries are marked experimental
+            with warnings.catch_warnings():  # heartbeats are marked experimental
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                keyword, callback = _retry_callback(max_retry)
                 storage = optuna.storages.RDBStorage(
                     url.render_as_string(hide_password=False),
                     heartbeat_interval=int(heartbeat_interval),
                     grace_period=None if grace_period is None else int(grace_period),
                     engine_kwargs=({"pool_pre_ping": True} if url.get_backend_name() != "sqlite"
                                    else None),
-                    **{keyword: callback})
+                    **{_retry_keyword(): requeue})
             break
         except ImportError as exc:
             raise ValueError(f"cannot open {display}: {exc} (for PostgreSQL: "
@@ -215,4 +233,4 @@ def open_storage(spec: str | None, out: str | Path, *, heartbeat_interval: int =
                        "more than --trials", display, backend)
         lock = lambda _name: contextlib.nullcontext()  # noqa: E731
     return StudyStorage(storage, "rdb", display, f"optuna-dashboard {display}",
-                        int(heartbeat_interval), lock)
+                        int(heartbeat_interval), lock, requeue)

@@ -4,13 +4,19 @@ write its results.
 ``--trials N`` is the size of the whole study, not of one worker: every worker takes the claim
 lock (see :mod:`nasseg.searches.tuning.storage`), counts the study's trials and creates the next
 one only while fewer than N exist, so N trials run in total however many workers join, and a
-study resumed under the same name continues to N. A trial re-queued after its worker died
-replaces the failed one (it does not count twice). With a database storage a worker also stays
-while other workers' trials run, so it can take over a trial whose worker dies.
+study resumed under the same name continues to N.
+
+Nothing is lost when a worker dies. Before each claim a worker fails the running trials whose
+worker process is gone from its host (any storage; see :mod:`nasseg.searches.tuning.workers`)
+or, on a database, whose heartbeat went stale, and re-queues them with the same knobs
+(``StudyStorage.requeue``, bounded by ``max_retry``). A re-queued trial replaces the failed one
+(it does not count twice). A worker whose study is full stays while trials it can watch still run
+(on a database: all; on a journal: those on its host), so it takes over one whose worker dies.
 
 Results (``OUT``): ``best.json`` (best trial's knobs and costs; the Pareto front for several
 objectives), ``best_arch.json`` (single objective: the best trial's architecture),
-``trials.csv`` and ``trials.json`` (every trial).
+``trials.csv`` and ``trials.json`` (every trial), and the study's pictures (see
+:mod:`nasseg.artifacts.pictures`), redrawn after every trial.
 """
 from __future__ import annotations
 
@@ -29,9 +35,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nasseg.artifacts.arch_file import read_arch, write_arch
 from nasseg.artifacts.files import atomic_path, write_json
-from nasseg.searches.tuning.objective import OBJECTIVES, TrialSetup, run_trial
+from nasseg.artifacts.pictures import STUDY_PICTURES, draw_study
+from nasseg.searches.tuning.objective import (COSTS, TrialSetup, direction, run_trial,
+                                             validation_names)
 from nasseg.searches.tuning.storage import StudyStorage, open_storage
-from nasseg.searches.tuning.suggest import describe_distribution, knob_distribution, tunable_knobs
+from nasseg.searches.tuning.suggest import (INACTIVE_ATTR, describe_distribution, knob_distribution,
+                                            tunable_knobs)
+from nasseg.searches.tuning.workers import WORKER_ATTR, on_this_host, this_worker, worker_alive
 
 __all__ = ["TuneConfig", "TuneResult", "run_study", "prepare_setup", "make_sampler", "make_pruner",
            "trial_rows", "format_table", "write_results", "counted_trials", "PRUNERS", "SAMPLERS"]
@@ -59,8 +69,11 @@ class TuneConfig:
         search_epochs, warmup_epochs, train_epochs, batch_size, seed, device: trial budgets.
         pruner: ``median``, ``hyperband``, ``none`` or an Optuna pruner.
         sampler: ``tpe``, ``random``, ``nsga2`` or an Optuna sampler.
-        objectives: ``dice``, optionally with ``params`` or ``latency`` (minimized).
-        heartbeat_interval, grace_period, max_retry: database storages (see ``open_storage``).
+        objectives: a quality, maximized (``dice`` or a validation value of the space, such as
+            ``dice_mean`` or ``miou``), optionally followed by ``params`` or ``latency``
+            (minimized).
+        heartbeat_interval, grace_period: database storages (see ``open_storage``).
+        max_retry: how often a dead worker's trial is re-queued (any storage).
     """
 
     out: Path
@@ -90,10 +103,10 @@ class TuneConfig:
         self.objectives = tuple(self.objectives)
         if self.trials < 1:
             raise ValueError(f"--trials must be >= 1, got {self.trials}")
-        if not self.objectives or self.objectives[0] != "dice" or len(self.objectives) > 2 or \
-                any(o not in OBJECTIVES for o in self.objectives) or \
-                len(set(self.objectives)) != len(self.objectives):
-            raise ValueError(f"objectives must be dice, dice,params or dice,latency; got "
+        if not 1 <= len(self.objectives) <= 2 or self.objectives[0] in COSTS or \
+                any(o not in COSTS for o in self.objectives[1:]):
+            raise ValueError(f"objectives are a quality (dice or a validation value of the space), "
+                             f"optionally followed by {' or '.join(COSTS)}; got "
                              f"{','.join(self.objectives)}")
         if self.search_epochs < 1 or self.train_epochs < 1:
             raise ValueError("--search-epochs and --train-epochs must be >= 1")
@@ -176,13 +189,22 @@ def prepare_setup(config: TuneConfig) -> TrialSetup:
     warmup = config.warmup_epochs
     if warmup is None:
         warmup = config.search_epochs // 5
+    quality = config.objectives[0]
+    if quality != "dice":
+        names = validation_names(space)
+        if quality not in names:
+            raise ValueError(f"objective {quality!r} is not a validation value of space "
+                             f"{space_name!r}; choose from dice, {', '.join(names)}")
+    conditions = {label: space.knob_conditions[label] for label in tuned
+                  if label in space.knob_conditions}
     return TrialSetup(out=config.out.resolve(), space=space_name, space_args=space_args,
-                      data=data, fixed_knobs=fixed, tuned=tuned, arch=arch,
+                      data=data, fixed_knobs=fixed, tuned=tuned, conditions=conditions, arch=arch,
                       arch_path=None if config.arch is None else Path(config.arch).resolve(),
                       search_epochs=config.search_epochs,
                       warmup_epochs=min(warmup, config.search_epochs),
                       train_epochs=config.train_epochs, batch_size=config.batch_size,
-                      seed=config.seed, device=config.device, objectives=config.objectives)
+                      seed=config.seed, device=config.device, objectives=config.objectives,
+                      reported=space.selection_metric)
 
 
 def _settings(setup: TrialSetup) -> dict[str, Any]:
@@ -192,7 +214,9 @@ def _settings(setup: TrialSetup) -> dict[str, Any]:
         "space": setup.space, "space_args": setup.space_args, "data": setup.data,
         "arch": None if setup.arch_path is None else str(setup.arch_path),
         "fixed_knobs": setup.fixed_knobs,
-        "tuned": {label: describe_distribution(knob_distribution(label, m))
+        "tuned": {label: {**describe_distribution(knob_distribution(label, m)),
+                          **({"active_if": setup.conditions[label]}
+                             if label in setup.conditions else {})}
                   for label, m in sorted(setup.tuned.items())},
         "search_epochs": None if setup.arch is not None else setup.search_epochs,
         "warmup_epochs": None if setup.arch is not None else setup.warmup_epochs,
@@ -240,7 +264,7 @@ def make_pruner(kind: Any, total_steps: int) -> optuna.pruners.BasePruner:
 def _open_study(config: TuneConfig, setup: TrialSetup, storage: StudyStorage
                 ) -> tuple[optuna.Study, int]:
     """Create, join or resume the study; check its settings; number this worker."""
-    directions = [OBJECTIVES[o] for o in setup.objectives]
+    directions = [direction(o) for o in setup.objectives]
     settings = _normalized(_settings(setup))
     with storage.lock(config.name):
         study = optuna.create_study(storage=storage.storage, study_name=config.name,
@@ -304,27 +328,50 @@ class _Heartbeat:
             self.thread.join()
 
 
-def _fail_stale(study: optuna.Study) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
+def _recover(study: optuna.Study, config: TuneConfig, storage: StudyStorage) -> None:
+    """Fail and re-queue the running trials whose worker is dead: its process gone from this
+    host, or (database) its heartbeat stale."""
+    with storage.lock(config.name):
+        if storage.heartbeat:  # Optuna re-queues these through the storage's callback
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            worker = t.user_attrs.get(WORKER_ATTR)
+            if not on_this_host(worker) or worker_alive(worker):
+                continue
+            try:
+                storage.storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:  # finished meanwhile
+                continue
+            storage.requeue(study, storage.storage.get_trial(t._trial_id))
+            logger.warning("trial %d: its worker (pid %d) is gone; failed it and queued its knobs "
+                           "again", t.number, worker["pid"])
+
+
+def _watched(t: FrozenTrial, storage: StudyStorage) -> bool:
+    """A running trial this worker would notice dying (and then take over)."""
+    return storage.heartbeat or on_this_host(t.user_attrs.get(WORKER_ATTR))
 
 
 def _claim(study: optuna.Study, config: TuneConfig, storage: StudyStorage
            ) -> tuple[optuna.Trial | None, int]:
     """The next trial for this worker (None when the study is full), and how many trials run
-    elsewhere."""
+    elsewhere that this worker watches."""
     with storage.lock(config.name):
         trials = study.get_trials(deepcopy=False)
         waiting = any(t.state == TrialState.WAITING for t in trials)
-        running = sum(1 for t in trials if t.state == TrialState.RUNNING)
+        watched = sum(1 for t in trials if t.state == TrialState.RUNNING and _watched(t, storage))
         if counted_trials(trials) >= config.trials and not waiting:
-            return None, running
+            return None, watched
         # ask() takes a waiting (re-queued) trial first, else creates one. Heartbeats are sent
         # here (_Heartbeat), not by Study.optimize, which Optuna warns about.
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
-            return study.ask(), running
+            trial = study.ask()
+        # Under the lock, so no worker sees this trial running without knowing whose it is.
+        trial.set_user_attr(WORKER_ATTR, this_worker())
+        return trial, watched
 
 
 def _run_one(study: optuna.Study, trial: optuna.Trial, setup: TrialSetup,
@@ -335,6 +382,9 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, setup: TrialSetup,
     start = time.perf_counter()
     frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
     retry_of = frozen.system_attrs.get("failed_trial")
+    if retry_of is not None:  # also as user attributes, which the dashboard shows
+        trial.set_user_attr("retry_of", retry_of)
+        trial.set_user_attr("retry", len(frozen.system_attrs["retry_history"]))
     logger.info("trial %d started%s", trial.number,
                 "" if retry_of is None else f" (retry of trial {retry_of})")
     try:
@@ -381,22 +431,22 @@ def run_study(config: TuneConfig) -> TuneResult:
                     "studies only)")
     ran, told_waiting = 0, False
     while True:
-        if storage.heartbeat:
-            _fail_stale(study)
-        trial, running = _claim(study, config, storage)
+        _recover(study, config, storage)
+        trial, watched = _claim(study, config, storage)
         if trial is None:
-            if storage.heartbeat and running:
+            if watched:
                 # Stay while others run: if one of them dies, its trial comes back to us.
                 if not told_waiting:
                     logger.info("the study is full; waiting for %d running trial(s) of other "
-                                "workers", running)
+                                "workers", watched)
                     told_waiting = True
-                time.sleep(min(storage.heartbeat_interval or 1, 10))
+                time.sleep(min(storage.heartbeat_interval or 2, 10))
                 continue
             break
         told_waiting = False
         _run_one(study, trial, setup, storage)
         ran += 1
+        draw_study(study, config.out, setup.objectives)  # pictures refreshed as trials end
     return write_results(study, config.out, storage, setup.objectives, ran)
 
 
@@ -414,15 +464,17 @@ def trial_rows(study: optuna.Study, objectives: Sequence[str]) -> list[dict[str,
         row.update({o: _number(v) for o, v in zip(objectives, values)})
         if t.state == TrialState.PRUNED and t.intermediate_values:
             step = max(t.intermediate_values)
-            row["dice"] = None
             row["pruned_at_step"] = step
-            row["last_dice"] = _number(t.intermediate_values[step])
+            row["last_reported"] = _number(t.intermediate_values[step])
         row["knobs"] = dict(t.params)
+        if INACTIVE_ATTR in t.user_attrs:
+            row[INACTIVE_ATTR] = list(t.user_attrs[INACTIVE_ATTR])
         for key in ("params", "flops", "latency_ms", "seconds", "arch", "trial_dir", "error"):
             if key in t.user_attrs and key not in row:
                 row[key] = t.user_attrs[key]
         if "failed_trial" in t.system_attrs:
             row["retry_of"] = t.system_attrs["failed_trial"]
+            row["retry"] = len(t.system_attrs["retry_history"])
         rows.append(row)
     return rows
 
@@ -436,12 +488,24 @@ def _best_entry(t: FrozenTrial, objectives: Sequence[str], fixed: Mapping[str, A
             "trial_dir": t.user_attrs.get("trial_dir")}
 
 
+def _knob_cell(row: dict[str, Any], label: str) -> Any:
+    """A trial's value of a knob; ``inactive`` where its condition did not hold, None where
+    the trial has none yet (it did not start, or failed before suggesting)."""
+    if label in row["knobs"]:
+        return row["knobs"][label]
+    return "inactive" if label in row.get(INACTIVE_ATTR, ()) else None
+
+
+def _knob_names(rows: list[dict[str, Any]]) -> list[str]:
+    return sorted({k for r in rows for k in (*r["knobs"], *r.get(INACTIVE_ATTR, ()))})
+
+
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    knob_names = sorted({k for r in rows for k in r["knobs"]})
+    knob_names = _knob_names(rows)
     columns: list[str] = []
     for r in rows:
         for key in r:
-            if key != "knobs" and key not in columns:
+            if key not in ("knobs", INACTIVE_ATTR) and key not in columns:
                 columns.append(key)
     header = columns[:3] + [f"knob:{k}" for k in knob_names] + columns[3:]
     with atomic_path(path, suffix=".csv") as tmp:
@@ -449,14 +513,15 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
             writer = csv.writer(fh)
             writer.writerow(header)
             for r in rows:
-                writer.writerow([r["knobs"].get(h[5:], "") if h.startswith("knob:")
-                                 else ("" if r.get(h) is None else r.get(h)) for h in header])
+                cells = [_knob_cell(r, h[5:]) if h.startswith("knob:") else r.get(h)
+                         for h in header]
+                writer.writerow(["" if c is None else c for c in cells])
 
 
 def write_results(study: optuna.Study, out: Path, storage: StudyStorage,
                   objectives: Sequence[str], trials_run: int = 0) -> TuneResult:
-    """Write ``best.json``, ``best_arch.json`` (single objective), ``trials.csv`` and
-    ``trials.json`` into ``out`` from the study's current state."""
+    """Write ``best.json``, ``best_arch.json`` (single objective), ``trials.csv``,
+    ``trials.json`` and the pictures into ``out`` from the study's current state."""
     out = Path(out)
     rows = trial_rows(study, objectives)
     settings = study.user_attrs.get(SETTINGS_ATTR, {})
@@ -464,7 +529,7 @@ def write_results(study: optuna.Study, out: Path, storage: StudyStorage,
     states = {s.name.lower(): sum(1 for r in rows if r["state"] == s.name) for s in TrialState}
     best: dict[str, Any] = {
         "study": study.study_name, "storage": storage.display, "objectives": list(objectives),
-        "directions": [OBJECTIVES[o] for o in objectives], "trials": len(rows),
+        "directions": [direction(o) for o in objectives], "trials": len(rows),
         "states": {k: v for k, v in states.items() if v}, "settings": settings,
         "dashboard": storage.dashboard,
     }
@@ -490,6 +555,8 @@ def write_results(study: optuna.Study, out: Path, storage: StudyStorage,
     write_json(files["best"], best)
     write_json(files["trials_json"], rows)
     _write_csv(files["trials_csv"], rows)
+    written = draw_study(study, out, objectives)
+    files.update({name: out / f for name, f in STUDY_PICTURES.items() if out / f in written})
     return TuneResult(study, out, storage, best, rows, trials_run, files)
 
 
@@ -507,21 +574,21 @@ def _cell(value: Any) -> str:
 
 def format_table(rows: list[dict[str, Any]], objectives: Sequence[str]) -> str:
     """A plain-text table of the trials (one line per trial)."""
-    knob_names = sorted({k for r in rows for k in r["knobs"]})
+    knob_names = _knob_names(rows)
     header = ["trial", "state", *objectives, *knob_names]
     extra = [c for c in ("params", "flops", "retry_of") if c not in header
              and any(c in r for r in rows)]
     header += extra
     table = [header] + [
         [_cell(r["trial"]), r["state"].lower(),
-         *[_cell(r.get(o) if o != "dice" or r["state"] != "PRUNED"
-                 else r.get("last_dice")) + ("*" if o == "dice" and r["state"] == "PRUNED"
-                                              else "") for o in objectives],
-         *[_cell(r["knobs"].get(k)) for k in knob_names],
+         *[_cell(r.get("last_reported")) + "*" if i == 0 and r["state"] == "PRUNED"
+           else _cell(r.get(o)) for i, o in enumerate(objectives)],
+         *[_cell(_knob_cell(r, k)) for k in knob_names],
          *[_cell(r.get(c)) for c in extra]]
         for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in table]
     if any(r["state"] == "PRUNED" for r in rows):
-        lines.append("(* pruned: the last Dice reported before pruning)")
+        lines.append("(* pruned: the last value of the selection metric reported before "
+                     "pruning)")
     return "\n".join(lines)

@@ -4,6 +4,10 @@ A ``Categorical`` knob becomes ``suggest_categorical`` (its values must be JSON 
 Optuna cannot hold directly, such as lists, are suggested as their JSON text and decoded back);
 a ``Numerical`` knob becomes ``suggest_int`` (``quantize=1``) or ``suggest_float`` (with ``step``
 for any other quantization), log-scaled when the knob is log-distributed.
+
+Conditional knobs (``active_if``) are suggested after the knobs their condition names, and only
+while it holds; an inactive knob gets no value in the trial's parameters (the space uses its
+default) and is listed in the trial's user attribute ``inactive_knobs``.
 """
 from __future__ import annotations
 
@@ -11,13 +15,18 @@ import json
 import math
 from typing import Any, Iterable, Mapping
 
+from nasseg.space.knobs import Condition, condition_holds
+
 import nni.mutable as nm
 import optuna
 from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,
                                   IntDistribution)
 
-__all__ = ["knob_distribution", "suggest_knob", "suggest_knobs", "tunable_knobs",
-           "describe_distribution"]
+__all__ = ["knob_distribution", "suggest_knob", "suggest_knobs", "tunable_knobs", "knob_order",
+           "describe_distribution", "INACTIVE_ATTR"]
+
+#: The trial user attribute listing the knobs whose condition did not hold.
+INACTIVE_ATTR = "inactive_knobs"
 
 #: Values Optuna's categorical distribution holds as they are.
 _PLAIN = (type(None), bool, int, float, str)
@@ -94,9 +103,38 @@ def tunable_knobs(specs: Mapping[str, nm.Mutable], fixed: Iterable[str] = (),
     return {label: m for label, m in specs.items() if label not in skip}
 
 
-def suggest_knobs(trial: optuna.Trial, specs: Mapping[str, nm.Mutable]) -> dict[str, Any]:
-    """Suggest every knob in ``specs`` (label -> value), in a stable (sorted) order."""
-    return {label: suggest_knob(trial, label, specs[label]) for label in sorted(specs)}
+def knob_order(labels: Iterable[str], conditions: Mapping[str, Condition]) -> list[str]:
+    """``labels`` sorted, each after the knobs its condition names (conditions name knobs
+    declared earlier, so there are no cycles)."""
+    pending, order = sorted(labels), []
+    while pending:
+        ready = next(label for label in pending
+                     if not set(conditions.get(label, {})) & set(pending))
+        pending.remove(ready)
+        order.append(ready)
+    return order
+
+
+def suggest_knobs(trial: optuna.Trial, specs: Mapping[str, nm.Mutable],
+                  conditions: Mapping[str, Condition] | None = None,
+                  known: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Suggest the active knobs of ``specs`` (label -> value) in :func:`knob_order`.
+
+    ``conditions`` maps conditional knobs to their ``active_if``; ``known`` gives the values of
+    the knobs not tuned (fixed ones) that conditions may name. Inactive knobs are left out and
+    listed in the trial's ``inactive_knobs`` user attribute.
+    """
+    conditions = conditions or {}
+    values = dict(known or {})
+    suggested, inactive = {}, []
+    for label in knob_order(specs, conditions):
+        if condition_holds(conditions.get(label), values):
+            suggested[label] = values[label] = suggest_knob(trial, label, specs[label])
+        else:
+            inactive.append(label)
+    if inactive:
+        trial.set_user_attr(INACTIVE_ATTR, inactive)
+    return suggested
 
 
 def describe_distribution(dist: BaseDistribution) -> dict[str, Any]:
