@@ -13,8 +13,8 @@ Files: ``OUT/trial-0007/search`` (the search run, its ``arch.json``) and ``OUT/t
 from __future__ import annotations
 
 import copy
-import os
 import math
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
