@@ -1,10 +1,15 @@
 """Shared fixtures: an isolated cache folder and small data sets made from the demo generators."""
 from __future__ import annotations
 
+import signal
+import subprocess
+import time
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import pytest
+import torch
 
 from nasseg.data import SegmentationData, make_demo, save_arrays
 
@@ -53,3 +58,17 @@ def small2d(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("data") / "small2d.npz"
     save_arrays(_crop(make_demo("demo2d"), 12, 32, "small2d"), path)
     return path
+
+
+def kill_after_first_checkpoint(cmd: Sequence[str], folder: Path, epochs: int, **run: Any) -> int:
+    """Start ``cmd``, SIGKILL it once ``folder/checkpoint.pt`` exists; the epochs it had done
+    (asserted to be mid-run)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **run)
+    deadline = time.time() + 120
+    while not (folder / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = torch.load(folder / "checkpoint.pt", weights_only=False)["epochs_done"]
+    assert 1 <= done < epochs, "the kill should land mid-run"
+    return done

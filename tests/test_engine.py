@@ -3,14 +3,13 @@ NaN, and a killed search resumes to exactly the architecture of an unbroken one.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import kill_after_first_checkpoint
 from torch.func import functional_call
 
 from nasseg.artifacts.files import read_json
@@ -132,15 +131,7 @@ def test_killed_search_resumes_to_the_same_architecture(small3d, tmp_path):
     subprocess.run(_search_cmd(small3d, unbroken), check=True, capture_output=True, **run)
 
     broken = tmp_path / "broken"
-    proc = subprocess.Popen(_search_cmd(small3d, broken), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, **run)
-    deadline = time.time() + 120
-    while not (broken / "checkpoint.pt").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = torch.load(broken / "checkpoint.pt", weights_only=False)["epochs_done"]
-    assert 1 <= done < 4, "the kill should land mid-search"
+    done = kill_after_first_checkpoint(_search_cmd(small3d, broken), broken, 4, **run)
     resumed = subprocess.run(_search_cmd(small3d, broken, "--resume"), capture_output=True,
                              text=True, **run)
     assert resumed.returncode == 0, resumed.stderr

@@ -58,8 +58,9 @@ class PixelAccuracy:
     def __init__(self) -> None:
         self.right = self.total = 0
 
-    def update(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any]) -> None:
-        pred = outputs["seg"].argmax(1)
+    def update(self, outputs: Any, batch: Mapping[str, Any]) -> None:
+        logits = outputs if isinstance(outputs, torch.Tensor) else outputs["seg"]
+        pred = logits.argmax(1)
         self.right += int((pred == batch["label"]).sum())
         self.total += pred.numel()
 

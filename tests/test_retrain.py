@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import kill_after_first_checkpoint
 
 from nasseg.cli import cli
 
@@ -40,15 +39,7 @@ def test_killed_retrain_resumes_to_the_same_weights(arch_file, tmp_path):
     subprocess.run(_train_cmd(arch_file, unbroken), check=True, capture_output=True, **run)
 
     broken = tmp_path / "broken"
-    proc = subprocess.Popen(_train_cmd(arch_file, broken), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, **run)
-    deadline = time.time() + 120
-    while not (broken / "checkpoint.pt").exists() and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = torch.load(broken / "checkpoint.pt", weights_only=False)["epochs_done"]
-    assert 1 <= done < 5, "the kill should land mid-training"
+    done = kill_after_first_checkpoint(_train_cmd(arch_file, broken), broken, 5, **run)
     resumed = subprocess.run([sys.executable, "-m", "nasseg.cli", "train", "--resume", "--out",
                               str(broken)], capture_output=True, text=True, **run)
     assert resumed.returncode == 0, resumed.stderr

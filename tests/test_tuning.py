@@ -31,6 +31,7 @@ from nasseg.searches.tuning import (TuneConfig, counted_trials, knob_distributio
 from nasseg.space import KnobError, SearchSpace, fixed_knobs
 from nasseg.space.knobs import check_knob_value
 from nasseg.spaces.unet import UNetSpace
+from test_method_contract import PixelAccuracy
 
 TINY = {"features": 2, "levels": 2}
 TINY_ARGS = ["--space", "unet", "--space-arg", "features=2", "--space-arg", "levels=2",
@@ -316,26 +317,13 @@ def test_retrain_only_trials_and_two_objectives(tmp_path, small3d):
         assert t.values[1] == derived["params"] == t.user_attrs["params"]
 
 
-class _PixelAccuracy:
-    def __init__(self) -> None:
-        self.right = self.total = 0
-
-    def update(self, outputs, batch) -> None:
-        pred = outputs.argmax(1)
-        self.right += int((pred == batch["label"]).sum())
-        self.total += pred.numel()
-
-    def compute(self) -> dict[str, float]:
-        return {"pixel_acc": self.right / max(self.total, 1)}
-
-
 class _AccUNet(UNetSpace):
     """The U-Net with a metric of its own, which it selects its best epoch by."""
 
     selection_metric = "pixel_acc"
 
     def metrics(self):
-        return [_PixelAccuracy()]
+        return [PixelAccuracy()]
 
 
 def test_a_space_metric_is_the_objective(tmp_path, small3d):

@@ -135,7 +135,7 @@ class _Retrain:
         val = Validation({"dice_mean": float("nan")})
         if self.dist.is_main:
             with cost.phase("validation"):
-                    val = validate(self.model, self.val.epoch(0), self.data.num_classes,
+                val = validate(self.model, self.val.epoch(0), self.data.num_classes,
                                self.device, self.precision.autocast())
         loss = sum(losses) / len(losses)
         self.rank_difference = self.dist.max_difference(self.staged.params)
