@@ -45,7 +45,8 @@ Decisions the paper leaves open (or where paper and code disagree):
   reaches only the class branch (and the shared CE and encoder), as the paper says. The soft
   estimators (``soft_max``: max_x p_c(x); ``noisy_or``: 1 - prod_x(1 - p_c(x))) make P
   differentiable, so ``sync=to_seg`` (class head as a detached target) or ``both`` (the sum of
-  the two one-way terms) also train the segmentation. ``to_seg``/``both`` need a soft estimator.
+  the two one-way terms) also train the segmentation. ``to_seg``/``both`` need a soft estimator;
+  their BCE is computed from log P and log(1 - P), since noisy-or rounds to 1 on large patches.
 - Weights: w1 (class) 0.2, w2 (scene) 0.2, w3 (sync) 0.4 are the code's defaults; a weight of 0
   drops its term. A data set without scenes skips the scene term (logged once).
 - Stages (knob ``schedule``): ``paper3`` is the paper's three steps (seg + class; + sync;
@@ -152,6 +153,19 @@ class GapHead(nn.Module):
         return self.fc(x.flatten(2).mean(-1))
 
 
+def _log_presence(logits: torch.Tensor, estimator: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log P, log(1 - P))`` of a soft estimator, ``(B, K-1)`` each, computed in log space so
+    noisy-or, which saturates at 1 on large patches, keeps the gradient of its "absent" side."""
+    log_p = logits.log_softmax(1)[:, 1:].flatten(2)
+    log_not = torch.log1p(-log_p.exp().clamp(max=1 - _EPS))
+    if estimator == "soft_max":
+        return log_p.amax(-1), log_not.amin(-1)
+    if estimator == "noisy_or":
+        log_absent = log_not.sum(-1).clamp(max=-_EPS)
+        return torch.log(-torch.expm1(log_absent)), log_absent
+    raise ValueError(f"unknown presence estimator {estimator!r}")
+
+
 def seg_presence(logits: torch.Tensor, estimator: str) -> torch.Tensor:
     """The foreground classes a segmentation shows, ``(B, K-1)`` in [0, 1].
 
@@ -161,12 +175,7 @@ def seg_presence(logits: torch.Tensor, estimator: str) -> torch.Tensor:
     if estimator == "hard":
         found = F.one_hot(logits.argmax(1).flatten(1), logits.shape[1]).amax(1)
         return found[:, 1:].to(logits.dtype)
-    probs = logits.softmax(1)[:, 1:].flatten(2)
-    if estimator == "soft_max":
-        return probs.amax(-1)
-    if estimator == "noisy_or":
-        return -torch.expm1(torch.log1p(-probs.clamp(max=1 - _EPS)).sum(-1))
-    raise ValueError(f"unknown presence estimator {estimator!r}")
+    return _log_presence(logits, estimator)[0].exp()
 
 
 def soft_iou(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
@@ -187,15 +196,16 @@ def sync_loss(seg_logits: torch.Tensor, cls_logits: torch.Tensor, estimator: str
     ``to_class``: BCE(class logits, P detached), the paper's; ``to_seg``: BCE(P, sigmoid(class)
     detached); ``both``: the sum, so each side gets exactly its one-way gradient.
     """
-    p = seg_presence(seg_logits, estimator)
     loss = seg_logits.new_zeros(())
     if direction in ("to_class", "both"):
-        loss = loss + F.binary_cross_entropy_with_logits(cls_logits, p.detach())
+        p = seg_presence(seg_logits, estimator).detach()
+        loss = loss + F.binary_cross_entropy_with_logits(cls_logits, p)
     if direction in ("to_seg", "both"):
         if estimator == "hard":
             raise ValueError(f"sync={direction} needs a differentiable presence estimator")
-        loss = loss + F.binary_cross_entropy(p.clamp(_EPS, 1 - _EPS),
-                                             torch.sigmoid(cls_logits).detach())
+        log_p, log_not = _log_presence(seg_logits, estimator)
+        target = torch.sigmoid(cls_logits).detach()
+        loss = loss - (target * log_p + (1 - target) * log_not).mean()
     return loss
 
 
