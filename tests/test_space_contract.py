@@ -35,7 +35,8 @@ def test_every_space_takes_an_architecture_and_a_weight_step_in_every_mode(
     data = load_data(str(small2d))
     space = create_space(name, spatial_dims=2, **ARGS)
     engine = DartsSearch(space, data, RunFolder(tmp_path), SearchConfig(
-        epochs=1, warmup_epochs=0, mode=mode, device="cpu", arch_lr=0.05), show_progress=False)
+        epochs=len(space.training_stages()), warmup_epochs=0, mode=mode, device="cpu",
+        arch_lr=0.05), show_progress=False)
     weight_loader, arch_loader, _ = engine.stage_loaders(engine.schedule[0])
     wb, ab = next(weight_loader.epoch(0)), next(arch_loader.epoch(0))
     engine.staged.enter(engine.schedule[0], 0.01)

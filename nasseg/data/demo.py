@@ -1,7 +1,8 @@
 """Built-in synthetic demo data sets, generated deterministically and cached as ``.npz``.
 
 ``demo3d`` (40 volumes, 32^3, bright vs. textured blobs) needs a receptive field
-larger than one voxel to separate its two classes by texture; ``demo2d`` (120
+larger than one voxel to separate its two classes by texture; its scene says whether a
+volume holds both blob classes (``mixed``) or one (``single_class``); ``demo2d`` (120
 images, 64x64) hides the object class in a faint global background pattern, so
 labels depend on wide context.  Both are generated from a fixed seed without
 downloads and cached under ``$NASSEG_HOME/demo`` (default ``~/.cache/nasseg/demo``).
@@ -22,7 +23,7 @@ __all__ = ["DEMO_SETS", "make_demo"]
 DEMO_SETS: tuple[str, ...] = ("demo3d", "demo2d")
 
 # Bump when a generator changes so stale caches are regenerated instead of reused.
-_VERSION = 1
+_VERSION = 2  # 2: demo3d gained its scene label (images and labels unchanged)
 
 
 def _default_cache_dir() -> Path:
@@ -91,12 +92,17 @@ def _generate_demo3d() -> SegmentationData:
         images[i, 0] = _zscore(image)
         labels[i] = label
     class_names = ["background", "bright_blob", "textured_blob"]
+    presence = _presence(labels, len(class_names))
+    # The scene is what the volume shows, not the drawn ``single_class`` flag: a volume drawn
+    # "mixed" can still end up with one class (one object, or equal draws).
     return SegmentationData(
         name="demo3d",
         images=images,
         labels=labels,
         class_names=class_names,
-        presence=_presence(labels, len(class_names)),
+        presence=presence,
+        scene=(presence.sum(axis=1) < 2).astype(np.int64),
+        scene_names=["mixed", "single_class"],
     )
 
 

@@ -1,7 +1,9 @@
 """Segmentation evaluation metrics.
 
 Whole-set Dice for training (:class:`DiceAccumulator`), and per-case metrics on label maps for
-evaluation (:func:`case_metrics`: Dice, IoU, HD95, pixel accuracy).  Per-class lists cover the
+evaluation (:func:`case_metrics`: Dice, IoU, HD95, pixel accuracy). For multi-task spaces:
+class-presence accuracy and F1 (:class:`FlagAccumulator`) and the per-image mean IoU of the
+ROBOT18 challenge (:func:`image_mean_iou`).  Per-class lists cover the
 foreground classes ``1..num_classes-1``; a class absent from prediction and reference scores NaN
 and means ignore NaN.
 """
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-__all__ = ["DiceAccumulator", "chance_dice", "dice_per_class", "iou_per_class", "hd95_per_class",
+__all__ = ["DiceAccumulator", "FlagAccumulator", "image_mean_iou", "chance_dice", "dice_per_class", "iou_per_class", "hd95_per_class",
            "pixel_accuracy", "case_metrics"]
 
 
@@ -75,6 +77,45 @@ class DiceAccumulator:
         """Mean foreground Dice ignoring NaN classes; 0.0 if every class is NaN."""
         scores = [s for s in self.per_class() if not math.isnan(s)]
         return float(sum(scores) / len(scores)) if scores else 0.0
+
+
+class FlagAccumulator:
+    """Accuracy and F1 of binary flags (e.g. per-class presence ``(N, K-1)``) over batches.
+
+    F1 is micro-averaged: true and false positives of every class are pooled, so a class that
+    is rarely present does not swing the score. F1 is 1.0 when no flag is set in either.
+    """
+
+    def __init__(self) -> None:
+        self.tp = self.fp = self.fn = self.tn = 0
+
+    def update(self, pred: torch.Tensor, ref: torch.Tensor) -> None:
+        """Add flags of equal shape (any value > 0.5 counts as set)."""
+        if pred.shape != ref.shape:
+            raise ValueError(f"flag shapes differ: {tuple(pred.shape)} vs {tuple(ref.shape)}")
+        p, r = pred.detach().cpu() > 0.5, ref.detach().cpu() > 0.5
+        self.tp += int((p & r).sum())
+        self.fp += int((p & ~r).sum())
+        self.fn += int((~p & r).sum())
+        self.tn += int((~p & ~r).sum())
+
+    def accuracy(self) -> float:
+        """Share of flags predicted right; NaN before any update."""
+        total = self.tp + self.fp + self.fn + self.tn
+        return (self.tp + self.tn) / total if total else math.nan
+
+    def f1(self) -> float:
+        """Micro F1 ``2TP / (2TP + FP + FN)``."""
+        denom = 2 * self.tp + self.fp + self.fn
+        return 2 * self.tp / denom if denom else 1.0
+
+
+def image_mean_iou(pred: np.ndarray | torch.Tensor, ref: np.ndarray | torch.Tensor,
+                   num_classes: int) -> float:
+    """Mean foreground IoU of one image by the ROBOT18 convention (TDSNet's evaluation code):
+    a class absent from both prediction and reference scores 1, so every image has a value."""
+    return float(np.mean([1.0 if math.isnan(v) else v
+                          for v in iou_per_class(pred, ref, num_classes)]))
 
 
 def chance_dice(labels: np.ndarray, num_classes: int) -> float:
