@@ -13,7 +13,6 @@ Writes ``OUT/ablation.json`` and ``OUT/ablation.md`` and prints the table.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import time
@@ -21,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from nasseg.artifacts.arch_file import write_arch
-from nasseg.artifacts.files import write_json
 from nasseg.data import load_data
 from nasseg.derive.derive import derive_architecture
 from nasseg.space import SearchSpace, create_space
 from nasseg.training.trainer import TrainConfig, train_architecture
+from report import save_report
 
 VARIANTS = {
     "Base": {"w1": 0.0, "w2": 0.0, "w3": 0.0},
@@ -108,12 +107,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     rows = run(args.data, args.seeds, args.epochs, args.features, args.out)
-    table = markdown(rows)
-    write_json(args.out / "ablation.json", {"settings": {k: str(v) for k, v in vars(args).items()},
-                                            "rows": rows})
-    (args.out / "ablation.md").write_text(table + "\n", encoding="utf-8")
-    print(table)
-    print(json.dumps({"written": str(args.out / "ablation.json")}))
+    save_report(args.out, "ablation", args, rows, markdown(rows))
 
 
 if __name__ == "__main__":

@@ -11,16 +11,15 @@ Writes ``OUT/table1.json`` and ``OUT/table1.md`` and prints the table.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path
 
-from nasseg.artifacts.files import write_json
 from nasseg.derive import derive_run
 from nasseg.searches.darts import SearchConfig
 from nasseg.searches.darts.run import start_search
 from nasseg.training.trainer import TrainConfig, train_architecture
+from report import save_report
 
 VARIANTS = {
     "UNet": {"sbb": False, "mssa": False},
@@ -82,12 +81,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     rows = run(args.data, args.out, args.search_epochs, args.train_epochs, args.features,
                args.levels, args.arch_lr, args.seed)
-    table = markdown(rows)
-    write_json(args.out / "table1.json", {"settings": {k: str(v) for k, v in vars(args).items()},
-                                          "rows": rows})
-    (args.out / "table1.md").write_text(table + "\n", encoding="utf-8")
-    print(table)
-    print(json.dumps({"written": str(args.out / "table1.json")}))
+    save_report(args.out, "table1", args, rows, markdown(rows))
 
 
 if __name__ == "__main__":

@@ -69,6 +69,7 @@ the best one).
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -422,7 +423,7 @@ class PartialChannels(Relaxation):
         return {"partial_k": self.arch.partial_k}
 
 
-class SamplingRelaxation(Relaxation):
+class SamplingRelaxation(Relaxation, ABC):
     """A relaxation that runs one sampled sub-network per forward (the most likely one in eval
     mode): only the sampled candidates of an op choice, only the inputs gated on. Subclasses
     say how op choices are drawn (:meth:`sample_op`) and how gates are (:meth:`_draw_gates`)."""
@@ -453,9 +454,9 @@ class SamplingRelaxation(Relaxation):
         return Gates(on, {i: _straight_through(1.0, soft[i]) for i in on}
                      if _needs_grad(beta) else None)
 
+    @abstractmethod
     def _draw_gates(self, beta: torch.Tensor) -> tuple[torch.Tensor, list[bool]]:
         """The soft gates (for the gradient) and the hard ones (at least one on) of ``beta``."""
-        raise NotImplementedError
 
 
 @register_relaxation("gumbel")
