@@ -33,8 +33,9 @@ class Validation:
 
     @property
     def selected(self) -> float:
-        """The value of the selection metric."""
-        return self.values[self.selection_metric]
+        """The value of the selection metric (NaN where nothing was validated: the ranks other
+        than 0 of a distributed run)."""
+        return self.values.get(self.selection_metric, float("nan"))
 
     def scalars(self, class_names: Sequence[str]) -> dict[str, float]:
         """TensorBoard scalars: ``val/NAME`` for every value, ``dice/val_CLASS`` per class."""

@@ -386,8 +386,8 @@ class DartsSearch:
                 if self.dist.is_main:
                     draw_search(self.run_folder.path, self.history, self.model.choice_infos)
                 if self.on_epoch is not None:
-                    self.on_epoch(epoch, summary.val[self.model.selection_metric]
-                                  if self.dist.is_main else summary.val_dice)
+                    self.on_epoch(epoch, summary.val.get(self.model.selection_metric,
+                                                         float("nan")))
         finally:
             log.close()
         # Every rank leaves the process group together; a rank exiting while Gloo's threads
