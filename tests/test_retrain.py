@@ -83,3 +83,18 @@ def test_arch_file_missing_a_choice_gives_one_line(arch_file, tmp_path):
 def test_resume_needs_a_training_folder(tmp_path):
     result = CliRunner().invoke(cli, ["train", "--resume", "--out", str(tmp_path / "none")])
     assert result.exit_code == 1 and "missing" in result.stderr
+
+
+def test_an_epoch_can_be_set_in_steps_for_search_and_retrain(small3d, tmp_path):
+    """Fixed steps per epoch, more than one pass over the few cases of a search half holds."""
+    result = CliRunner().invoke(cli, ["search", "--data", str(small3d), "--out", str(tmp_path / "s"),
+                                      "--epochs", "2", "--warmup-epochs", "1",
+                                      "--steps-per-epoch", "7", *TINY])
+    assert result.exit_code == 0, result.output
+    cost = json.loads((tmp_path / "s" / "cost.json").read_text())
+    assert cost["steps"] == {"weight": 14, "arch": 7}
+    result = CliRunner().invoke(cli, ["train", str(tmp_path / "s" / "arch.json"), "--out",
+                                      str(tmp_path / "t"), "--epochs", "2", "--device", "cpu",
+                                      "--steps-per-epoch", "5"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "t" / "cost.json").read_text())["steps"]["weight"] == 10

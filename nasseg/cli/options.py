@@ -7,7 +7,7 @@ import click
 
 from nasseg.space.knobs import parse_knob_value
 
-__all__ = ["parse_assignments", "PatchSize", "relaunch_argv"]
+__all__ = ["parse_assignments", "PatchSize", "relaunch_argv", "steps_per_epoch_option"]
 
 
 def parse_assignments(items: Sequence[str], option: str) -> dict[str, Any]:
@@ -19,6 +19,14 @@ def parse_assignments(items: Sequence[str], option: str) -> dict[str, Any]:
             raise click.BadParameter(f"expected LABEL=VALUE, got {item!r}", param_hint=option)
         values[key.strip()] = parse_knob_value(text.strip())
     return values
+
+
+#: ``--steps-per-epoch`` of ``search`` and ``train``: an epoch's length set in steps, so a small
+#: data set gets as much training per epoch as a large one.
+steps_per_epoch_option = click.option(
+    "--steps-per-epoch", type=click.IntRange(min=1), default=None,
+    help="Weight steps per epoch, whatever the data set's size (more passes over the cases "
+         "when needed) [default: one pass over the cases].")
 
 
 def relaunch_argv(argv: Sequence[str]) -> list[str]:

@@ -7,7 +7,8 @@ import click
 
 from nasseg.artifacts.run_folder import fresh_run_dir
 from nasseg.cli.errors import user_errors
-from nasseg.cli.options import PatchSize, parse_assignments, relaunch_argv
+from nasseg.cli.options import (PatchSize, parse_assignments, relaunch_argv,
+                                steps_per_epoch_option)
 from nasseg.searches.darts.relaxation import RELAXATIONS
 
 __all__ = ["search"]
@@ -67,6 +68,7 @@ DEFAULT_DATA = "demo3d"
                    "fit this much memory (e.g. 20GB; auto: 90% of the GPU, 80% of free RAM).")
 @click.option("--fit", type=click.Choice(["batch", "patch"]), default="batch", show_default=True,
               help="--memory-budget: size the batch (patch kept) or the patch (batch kept).")
+@steps_per_epoch_option
 @user_errors
 def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: int,
            batch_size: int, order: str, arch_lr: float | None, seed: int,
@@ -74,7 +76,7 @@ def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: 
            deterministic: bool, resume: bool, nproc: int, mode: str, partial_k: int,
            gumbel_temperature: tuple[float, float], amp: bool, channels_last: bool,
            compile_: bool, patch_size: tuple[int, ...] | None, memory_budget: str | None,
-           fit: str) -> None:
+           fit: str, steps_per_epoch: int | None) -> None:
     """Search an architecture of SPACE on DATA; derive it into RUN/arch.json."""
     import subprocess
     import sys
@@ -108,7 +110,8 @@ def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: 
                               gumbel_temperature=gumbel_temperature, amp=amp,
                               channels_last=channels_last, compile=compile_,
                               num_workers=workers, patch_size=patch_size,
-                              memory_budget=memory_budget, fit=fit)
+                              memory_budget=memory_budget, fit=fit,
+                              steps_per_epoch=steps_per_epoch)
         if is_main_process():
             click.echo(f"searching space {space!r} on {data!r} into {out}", err=True)
         result = start_search(out, space, data, knobs, space_args, config)

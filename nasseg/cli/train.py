@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from nasseg.cli.errors import user_errors
-from nasseg.cli.options import PatchSize, relaunch_argv
+from nasseg.cli.options import PatchSize, relaunch_argv, steps_per_epoch_option
 
 __all__ = ["train"]
 
@@ -28,6 +28,7 @@ __all__ = ["train"]
 @click.option("--deterministic", is_flag=True)
 @click.option("--patch-size", type=PatchSize(), default=None,
               help="Training patch size, e.g. 96x96x64 [default: the data set's].")
+@steps_per_epoch_option
 @click.option("--amp", is_flag=True,
               help="Mixed precision: bf16 autocast (fp16 + GradScaler on GPUs without bf16).")
 @click.option("--channels-last", is_flag=True,
@@ -41,8 +42,8 @@ __all__ = ["train"]
 @user_errors
 def train(arch: Path | None, data: str | None, out: Path | None, epochs: int, batch_size: int,
           lr: float, seed: int, device: str, workers: int, deterministic: bool,
-          patch_size: tuple[int, ...] | None, amp: bool, channels_last: bool, compile_: bool,
-          nproc: int, resume: bool) -> None:
+          patch_size: tuple[int, ...] | None, steps_per_epoch: int | None, amp: bool,
+          channels_last: bool, compile_: bool, nproc: int, resume: bool) -> None:
     """Train the architecture in ARCH (an arch.json) and write metrics.json."""
     from nasseg.artifacts.pictures import PROGRESS
     from nasseg.artifacts.run_folder import fresh_run_dir
@@ -63,8 +64,8 @@ def train(arch: Path | None, data: str | None, out: Path | None, epochs: int, ba
             out = fresh_run_dir(Path("runs"), f"train-{arch.resolve().parent.name}")
         config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                              deterministic=deterministic, device=device, num_workers=workers,
-                             patch_size=patch_size, amp=amp, channels_last=channels_last,
-                             compile=compile_)
+                             patch_size=patch_size, steps_per_epoch=steps_per_epoch, amp=amp,
+                             channels_last=channels_last, compile=compile_)
         if is_main_process():
             click.echo(f"training {arch} into {out}", err=True)
         metrics = train_architecture(arch, out, data, config)

@@ -1,6 +1,7 @@
 """Data loaders whose order and augmentation depend only on (seed, epoch)."""
 from __future__ import annotations
 
+import itertools
 from typing import Iterator, Sequence
 
 import torch
@@ -40,4 +41,10 @@ class EpochLoader:
         self.dataset.set_epoch(epoch)
         self.generator.manual_seed(epoch_seed(self.seed, epoch))
         return iter(self.loader)
+
+    def steps(self, epoch: int, steps: int) -> Iterator[dict[str, torch.Tensor]]:
+        """``steps`` batches of ``epoch``: its pass over the cases, continued by further seeded
+        passes when the epoch is longer than the data (a budget in steps, not in passes)."""
+        passes = itertools.chain([epoch], (epoch * 1000 + r for r in itertools.count(1)))
+        return itertools.islice(itertools.chain.from_iterable(map(self.epoch, passes)), steps)
 

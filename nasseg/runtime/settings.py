@@ -18,6 +18,8 @@ class RunSettings:
         device: ``cpu``, ``cuda``, ``cuda:1``... or ``auto``.
         num_workers: DataLoader worker processes (patch reading and augmentation).
         patch_size: the crop size of training patches; None takes the data set's own.
+        steps_per_epoch: weight steps in an epoch, whatever the data set's size (further passes
+            over the cases when needed, as nnU-Net fixes 250); None: one pass over the cases.
         amp: mixed precision (autocast bf16 where the GPU supports it, else fp16 with a
             GradScaler; bf16 autocast on CPU).
         channels_last: channels-last memory format (``channels_last_3d`` for 3D) for the
@@ -32,6 +34,7 @@ class RunSettings:
     device: str = "auto"
     num_workers: int = 0
     patch_size: tuple[int, ...] | None = None
+    steps_per_epoch: int | None = None
     amp: bool = False
     channels_last: bool = False
     compile: bool = False
@@ -41,6 +44,8 @@ class RunSettings:
             self.patch_size = tuple(int(p) for p in self.patch_size)
             if not self.patch_size or min(self.patch_size) < 1:
                 raise ValueError(f"patch_size must be positive sizes, got {self.patch_size}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
 
 
 def cosine_lr(base_lr: float, epoch: int, epochs: int) -> float:

@@ -13,7 +13,6 @@ predict`` runs where the training data is absent.
 """
 from __future__ import annotations
 
-import itertools
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -100,8 +99,9 @@ class _Retrain:
             cfg, world = self.config, self.dist.world_size
             share = stage.case_share(self.split["train"])
             mine = shard(share, self.dist.rank, world)
-            steps = min(len(p) // min(cfg.batch_size, len(p))
-                        for p in (shard(share, r, world) for r in range(world)))
+            steps = cfg.steps_per_epoch or min(
+                len(p) // min(cfg.batch_size, len(p))
+                for p in (shard(share, r, world) for r in range(world)))
             self._loaders[stage.cases] = (
                 EpochLoader(self.data, mine, cfg.batch_size, True, cfg.seed, cfg.num_workers,
                             cfg.patch_size, self.view), steps)
@@ -126,7 +126,7 @@ class _Retrain:
         self.staged.train_mode()
         loader, steps = self._loader(stage)
         start, losses, cost = time.perf_counter(), [], self.cost
-        batches = cost.timed("data", itertools.islice(loader.epoch(epoch), steps))
+        batches = cost.timed("data", loader.steps(epoch, steps))
         for step, batch in enumerate(log.progress(batches, steps,
                                                   f"epoch {epoch + 1}/{cfg.epochs}")):
             with cost.phase("weight_steps"):

@@ -20,7 +20,6 @@ per phase, steps per second, peak memory.
 """
 from __future__ import annotations
 
-import itertools
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -152,8 +151,9 @@ class DartsSearch:
                                    True, cfg.seed + offset, cfg.num_workers, cfg.patch_size,
                                    self.view)
                        for offset, k in enumerate(("weights", "arch"))]
-            steps = min(len(part) // min(cfg.batch_size, len(part))
-                        for part in (shard(halves["weights"], r, world) for r in range(world)))
+            steps = cfg.steps_per_epoch or min(
+                len(part) // min(cfg.batch_size, len(part))
+                for part in (shard(halves["weights"], r, world) for r in range(world)))
             self._loaders[stage.cases] = (loaders[0], loaders[1], steps)
         return self._loaders[stage.cases]
 
@@ -272,7 +272,7 @@ class DartsSearch:
         arch_batches = cost.timed("data", self._arch_batches(arch_loader, epoch))
         w_losses, a_losses = [], []
         batches = log.progress(
-            cost.timed("data", itertools.islice(weight_loader.epoch(epoch), steps)),
+            cost.timed("data", weight_loader.steps(epoch, steps)),
             steps, f"epoch {epoch + 1}/{cfg.epochs} [{stage.name}]")
         for step, batch in enumerate(batches):
             if search_arch:
