@@ -286,9 +286,8 @@ def _run(run: RunFolder, model: SearchSpace, arch: dict[str, Any], dataset: Case
     if resume:
         retrain.resume()
     # model.pt names its data relative to the training folder, as run.json does
-    portable_arch = {**read_arch(run.arch),
-                     "data": read_json(run.config, "run description")["data"]}
-    best = retrain.fit({"arch": portable_arch, "plan": plan.to_dict()})
+    recorded = read_json(run.config, "run description")["data"]
+    best = retrain.fit({"arch": {**arch, "data": recorded}, "plan": plan.to_dict()})
     retrain.dist.close()
     if not retrain.dist.is_main:
         return None
@@ -309,7 +308,7 @@ def _run(run: RunFolder, model: SearchSpace, arch: dict[str, Any], dataset: Case
         "chance_dice": chance_dice(np.concatenate([dataset.case(i).label.ravel() for i in val_idx]),
                                    dataset.num_classes),
         "params": count_parameters(model), "flops": count_flops(model, example),
-        "data": read_json(run.config, "run description")["data"], "arch": run.arch.name,
+        "data": recorded, "arch": run.arch.name,
         "stages": [s.describe() for s in model.training_stages()],
         "num_val_cases": len(val_idx),
     }
