@@ -7,7 +7,8 @@ import click
 
 from nasseg.space.knobs import parse_knob_value
 
-__all__ = ["parse_assignments", "PatchSize", "relaunch_argv", "steps_per_epoch_option"]
+__all__ = ["parse_assignments", "PatchSize", "Duration", "relaunch_argv", "steps_per_epoch_option",
+           "time_budget_option"]
 
 
 def parse_assignments(items: Sequence[str], option: str) -> dict[str, Any]:
@@ -27,6 +28,28 @@ steps_per_epoch_option = click.option(
     "--steps-per-epoch", type=click.IntRange(min=1), default=None,
     help="Weight steps per epoch, whatever the data set's size (more passes over the cases "
          "when needed) [default: one pass over the cases].")
+
+
+class Duration(click.ParamType):
+    """A wall time written ``90s``, ``10m``, ``2h`` or ``1h30m`` (plain numbers are seconds)."""
+
+    name = "DURATION"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        from nasseg.runtime.time_budget import parse_duration
+
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+#: ``--time-budget`` of ``search`` and ``train``: candidates compared at equal wall time.
+time_budget_option = click.option(
+    "--time-budget", type=Duration(), default=None,
+    help="Wall time for the epochs (e.g. 10m, 2h): the number of epochs is re-planned after "
+         "each one so the warm-up, learning-rate decay and stages end on time; exclusive "
+         "with --epochs. Recorded in run.json.")
 
 
 def relaunch_argv(argv: Sequence[str]) -> list[str]:

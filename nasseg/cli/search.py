@@ -8,7 +8,7 @@ import click
 from nasseg.artifacts.run_folder import fresh_run_dir
 from nasseg.cli.errors import user_errors
 from nasseg.cli.options import (PatchSize, parse_assignments, relaunch_argv,
-                                steps_per_epoch_option)
+                                steps_per_epoch_option, time_budget_option)
 from nasseg.searches.darts.relaxation import RELAXATIONS
 
 __all__ = ["search"]
@@ -69,6 +69,7 @@ DEFAULT_DATA = "demo3d"
 @click.option("--fit", type=click.Choice(["batch", "patch"]), default="batch", show_default=True,
               help="--memory-budget: size the batch (patch kept) or the patch (batch kept).")
 @steps_per_epoch_option
+@time_budget_option
 @user_errors
 def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: int,
            batch_size: int, order: str, arch_lr: float | None, seed: int,
@@ -76,7 +77,7 @@ def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: 
            deterministic: bool, resume: bool, nproc: int, mode: str, partial_k: int,
            gumbel_temperature: tuple[float, float], amp: bool, channels_last: bool,
            compile_: bool, patch_size: tuple[int, ...] | None, memory_budget: str | None,
-           fit: str, steps_per_epoch: int | None) -> None:
+           fit: str, steps_per_epoch: int | None, time_budget: float | None) -> None:
     """Search an architecture of SPACE on DATA; derive it into RUN/arch.json."""
     import subprocess
     import sys
@@ -93,6 +94,9 @@ def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: 
     if nproc > 1 and not distributed:
         raise SystemExit(subprocess.call(launch_command(nproc, relaunch_argv(sys.argv[1:]))))
 
+    if epochs is not None and time_budget is not None:
+        raise click.UsageError("give --epochs or --time-budget, not both: the budget sets the "
+                               "epochs")
     knobs = parse_assignments(knob_items, "--set")
     space_args = parse_assignments(arg_items, "--space-arg")
     if resume:
@@ -111,7 +115,7 @@ def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: 
                               channels_last=channels_last, compile=compile_,
                               num_workers=workers, patch_size=patch_size,
                               memory_budget=memory_budget, fit=fit,
-                              steps_per_epoch=steps_per_epoch)
+                              steps_per_epoch=steps_per_epoch, time_budget=time_budget)
         if is_main_process():
             click.echo(f"searching space {space!r} on {data!r} into {out}", err=True)
         result = start_search(out, space, data, knobs, space_args, config)

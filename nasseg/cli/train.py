@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from nasseg.cli.errors import user_errors
-from nasseg.cli.options import PatchSize, relaunch_argv, steps_per_epoch_option
+from nasseg.cli.options import (PatchSize, relaunch_argv, steps_per_epoch_option,
+                                time_budget_option)
 
 __all__ = ["train"]
 
@@ -18,7 +19,8 @@ __all__ = ["train"]
 @click.option("--data", default=None, help="Data set [default: the one the search used].")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Training folder [default: runs/train-<arch folder>, numbered if taken].")
-@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="[default: 30]")
+@time_budget_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--lr", type=float, default=3e-3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -40,7 +42,8 @@ __all__ = ["train"]
 @click.option("--resume", is_flag=True,
               help="Continue the training in --out from its last checkpoint, with its settings.")
 @user_errors
-def train(arch: Path | None, data: str | None, out: Path | None, epochs: int, batch_size: int,
+def train(arch: Path | None, data: str | None, out: Path | None, epochs: int | None,
+          time_budget: float | None, batch_size: int,
           lr: float, seed: int, device: str, workers: int, deterministic: bool,
           patch_size: tuple[int, ...] | None, steps_per_epoch: int | None, amp: bool,
           channels_last: bool, compile_: bool, nproc: int, resume: bool) -> None:
@@ -50,6 +53,9 @@ def train(arch: Path | None, data: str | None, out: Path | None, epochs: int, ba
     from nasseg.runtime.distributed import is_main_process, launch_command, launched_world_size
     from nasseg.training.trainer import TrainConfig, resume_training, train_architecture
 
+    if epochs is not None and time_budget is not None:
+        raise click.UsageError("give --epochs or --time-budget, not both: the budget sets the "
+                               "epochs")
     distributed = launched_world_size() > 1
     if (nproc > 1 or distributed or resume) and out is None:
         raise click.UsageError("--resume and several processes need --out TRAINING_FOLDER")
@@ -62,7 +68,8 @@ def train(arch: Path | None, data: str | None, out: Path | None, epochs: int, ba
             raise click.UsageError("give the ARCH file to train (or --resume --out FOLDER)")
         if out is None:
             out = fresh_run_dir(Path("runs"), f"train-{arch.resolve().parent.name}")
-        config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+        config = TrainConfig(epochs=epochs or 30, time_budget=time_budget,
+                             batch_size=batch_size, lr=lr, seed=seed,
                              deterministic=deterministic, device=device, num_workers=workers,
                              patch_size=patch_size, steps_per_epoch=steps_per_epoch, amp=amp,
                              channels_last=channels_last, compile=compile_)

@@ -91,6 +91,16 @@ class DistContext:
             for t in tensors:
                 dist.broadcast(t.data, src=0)
 
+    def broadcast_value(self, value: float) -> float:
+        """Rank 0's ``value`` on every rank (decisions all ranks must take alike)."""
+        if not self.enabled:
+            return value
+        # NCCL moves only CUDA tensors; Gloo only CPU ones
+        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+        dist.broadcast(t, src=0)
+        return float(t)
+
     def max_difference(self, tensors: Sequence[torch.Tensor]) -> float:
         """The largest absolute difference between any rank's ``tensors`` and rank 0's."""
         if not self.enabled or not tensors:

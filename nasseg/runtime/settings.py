@@ -25,6 +25,8 @@ class RunSettings:
         channels_last: channels-last memory format (``channels_last_3d`` for 3D) for the
             weights and the inputs.
         compile: ``torch.compile`` the network (``Module.compile``; checkpoints keep their keys).
+        time_budget: seconds the epochs may take; the number of epochs is then re-planned
+            after each epoch to end on time (see :mod:`nasseg.runtime.time_budget`).
     """
 
     batch_size: int = 2
@@ -38,6 +40,7 @@ class RunSettings:
     amp: bool = False
     channels_last: bool = False
     compile: bool = False
+    time_budget: float | None = None
 
     def __post_init__(self) -> None:
         if self.patch_size is not None:  # JSON gives lists
@@ -46,6 +49,8 @@ class RunSettings:
                 raise ValueError(f"patch_size must be positive sizes, got {self.patch_size}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise ValueError(f"time_budget must be positive seconds, got {self.time_budget}")
 
 
 def cosine_lr(base_lr: float, epoch: int, epochs: int) -> float:

@@ -44,6 +44,7 @@ from nasseg.runtime.runlog import RunLog, logger
 from nasseg.runtime.seeding import rng_state, seed_everything, set_deterministic, set_rng_state
 from nasseg.runtime.settings import RunSettings, cosine_lr
 from nasseg.runtime.staging import StagedWeights
+from nasseg.runtime.time_budget import TimeBudget
 from nasseg.space import SearchSpace, TrainingStage, final_stage_epochs, stage_schedule
 
 __all__ = ["TrainConfig", "train_architecture", "resume_training"]
@@ -91,6 +92,7 @@ class _Retrain:
         self.best: dict[str, Any] = {"value": -float("inf"), "epoch": None}
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
+        self.budget = TimeBudget(config.time_budget) if config.time_budget else None
 
     def _loader(self, stage: TrainingStage) -> tuple[EpochLoader, int]:
         """This rank's training loader over the stage's share of the cases, and its steps
@@ -160,11 +162,25 @@ class _Retrain:
                 "epochs_done": epochs_done, "model": self.model.state_dict(),
                 "optimizer": self.staged.optimizer.state_dict(),
                 "scaler": self.precision.state_dict(), "rng": rng_state(),
-                "best": self.best, "history": self.history})
+                "best": self.best, "history": self.history, "epochs": self.config.epochs,
+                "budget": self.budget.to_dict() if self.budget else None})
         write_json(self.run.cost, self.cost.card(
             epochs_done, self.device, self.config,
             {"amp_dtype": self.precision.name, "world_size": self.dist.world_size,
-             "rank_max_difference": self.rank_difference}))
+             "rank_max_difference": self.rank_difference, "epochs_planned": self.config.epochs,
+             "time_budget": self.budget.to_dict() if self.budget else None}))
+
+    def _replan(self, done: int, seconds: float) -> None:
+        """Fit the remaining epochs to the time budget left (rank 0's timing decides)."""
+        assert self.budget is not None
+        self.budget.record("train", self.dist.broadcast_value(seconds))
+        stages = self.model.training_stages()
+        self._set_epochs(self.budget.fit_epochs(done, minimum=len(stages)))
+
+    def _set_epochs(self, epochs: int) -> None:
+        """Plan ``epochs`` in all: the stages and the cosine learning rate follow."""
+        self.config.epochs = epochs
+        self.schedule = stage_schedule(self.model.training_stages(), epochs)
 
     def resume(self) -> None:
         """Continue from the folder's checkpoint: weights, optimizer, scaler, RNG, history."""
@@ -179,26 +195,35 @@ class _Retrain:
         set_rng_state(state["rng"])
         self.best, self.history = dict(state["best"]), list(state["history"])
         self.start_epoch = int(state["epochs_done"])
+        if self.budget is not None:
+            self.budget = TimeBudget.from_state(self.budget.seconds, state.get("budget"))
+            self._set_epochs(int(state["epochs"]))
         self.cost.resume(self.run.cost, self.start_epoch)
         logger.info("resuming %s after epoch %d", self.run.path, self.start_epoch)
 
     def fit(self, extra_state: dict[str, Any]) -> dict[str, Any]:
         """Train the remaining epochs; keep the best epoch of the final stage in ``model.pt``."""
-        final = final_stage_epochs(self.schedule)
         log = RunLog(self.run.tensorboard, enabled=self.dist.is_main)
         try:
-            for epoch in range(self.start_epoch, self.config.epochs):
+            epoch, last = self.start_epoch, time.perf_counter()
+            while epoch < self.config.epochs:
                 val = self._epoch(epoch, log)
-                if self.dist.is_main and epoch in final and val.selected > self.best["value"]:
+                final = epoch in final_stage_epochs(self.schedule)
+                if self.dist.is_main and final and val.selected > self.best["value"]:
                     self.best = {"value": val.selected, "epoch": epoch + 1,
                                  "metric": val.selection_metric, "values": val.values,
                                  "dice_per_class": val.dice_per_class}
                     save_torch(self.run.model, {"model": self.model.state_dict(), **extra_state})
-                self._save(epoch + 1)
                 if self.dist.is_main:
                     draw_training(self.run.path, self.history)
+                if self.budget is not None:  # an epoch's cost includes the last checkpoint
+                    now = time.perf_counter()
+                    self._replan(epoch + 1, now - last)
+                    last = now
+                self._save(epoch + 1)
                 if self.on_epoch is not None:
                     self.on_epoch(epoch, val.selected)
+                epoch += 1
         finally:
             log.close()
         self.dist.barrier()

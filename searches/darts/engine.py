@@ -44,6 +44,7 @@ from nasseg.runtime.runlog import RunLog, logger
 from nasseg.runtime.seeding import rng_state, set_rng_state
 from nasseg.runtime.settings import cosine_lr
 from nasseg.runtime.staging import StagedWeights
+from nasseg.runtime.time_budget import TimeBudget
 from nasseg.searches.darts.config import SearchConfig
 from nasseg.searches.darts.modes import gumbel_temperature
 from nasseg.searches.darts.relaxation import ArchParameters, relax
@@ -139,6 +140,8 @@ class DartsSearch:
         self.start_epoch = 0
         self.history: list[dict[str, Any]] = []
         self.cost = CostCard()
+        self.budget = TimeBudget(config.time_budget) if config.time_budget else None
+        self.warmup_share = config.warmup_epochs / config.epochs
 
     def stage_loaders(self, stage: TrainingStage) -> tuple[EpochLoader, EpochLoader, int]:
         """This rank's weight and architecture loaders over ``stage``'s share of the cases, and
@@ -318,12 +321,42 @@ class DartsSearch:
                     s.epoch + 1, self.config.epochs, s.stage, s.weight_loss, arch_text,
                     s.val_dice, extra, s.seconds)
 
+    # ----- time budget ------------------------------------------------------------------------
+    def _replan(self, done: int, searched: bool, seconds: float) -> None:
+        """Fit the remaining epochs to the time budget left (every rank plans alike: rank 0's
+        measurements are broadcast); the warm-up keeps its share until the search begins."""
+        assert self.budget is not None
+        cfg = self.config
+        seconds = self.dist.broadcast_value(seconds)
+        self.budget.record("train" if searched else "warmup", seconds)
+
+        def warmup_of(total: int) -> int:
+            return cfg.warmup_epochs if searched else round(self.warmup_share * total)
+
+        total = self.budget.fit_epochs(done, warmup_of, minimum=len(self.model.training_stages()))
+        self._set_plan(total, cfg.warmup_epochs if searched
+                       else min(max(warmup_of(total), done), total))
+
+    def _set_plan(self, epochs: int, warmup_epochs: int) -> None:
+        """Run ``epochs`` in all, the first ``warmup_epochs`` without architecture steps: the
+        stages, the cosine learning rate and an automatic architecture lr follow."""
+        cfg = self.config
+        cfg.epochs, cfg.warmup_epochs = epochs, warmup_epochs
+        self.schedule = stage_schedule(self.model.training_stages(), epochs)
+        if self.arch_opt is not None and cfg.arch_lr is None:
+            self.arch_lr = cfg.resolved_arch_lr(self.arch_steps_planned())
+            for group in self.arch_opt.param_groups:
+                group["lr"] = self.arch_lr
+
     # ----- checkpoints ------------------------------------------------------------------------
     def _save(self, epochs_done: int) -> None:
         if not self.dist.is_main:
             return
         save_torch(self.run_folder.checkpoint, {
             "epochs_done": epochs_done,
+            "plan": {"epochs": self.config.epochs, "warmup_epochs": self.config.warmup_epochs,
+                     "warmup_share": self.warmup_share},
+            "budget": self.budget.to_dict() if self.budget else None,
             "model": self.model.state_dict(),
             "arch": self.arch.state_dict(),
             "weight_opt": self.weight_opt.state_dict(),
@@ -355,6 +388,11 @@ class DartsSearch:
         set_rng_state(state["rng"])
         self.history = list(state["history"])
         self.start_epoch = int(state["epochs_done"])
+        if self.budget is not None:
+            plan = state["plan"]
+            self.warmup_share = plan["warmup_share"]
+            self.budget = TimeBudget.from_state(self.budget.seconds, state.get("budget"))
+            self._set_plan(plan["epochs"], plan["warmup_epochs"])
         self.cost.resume(self.run_folder.cost, self.start_epoch)
         logger.info("resuming %s after epoch %d", self.run_folder.path, self.start_epoch)
 
@@ -364,7 +402,9 @@ class DartsSearch:
         extra = {**self.arch.relaxation.cost_fields(),
                  "fully_mixed_choices": list(self.arch.fully_mixed),
                  "amp_dtype": self.precision.name,
-                 "world_size": self.dist.world_size}
+                 "world_size": self.dist.world_size,
+                 "epochs_planned": self.config.epochs,
+                 "time_budget": self.budget.to_dict() if self.budget else None}
         write_json(self.run_folder.cost, self.cost.card(epochs_done, self.device, self.config, extra))
 
     def run(self) -> ArchParameters:
@@ -377,17 +417,23 @@ class DartsSearch:
                             self.arch_steps_planned())
         log = RunLog(self.run_folder.tensorboard, self.show_progress, enabled=self.dist.is_main)
         try:
-            for epoch in range(self.start_epoch, self.config.epochs):
+            epoch, last = self.start_epoch, time.perf_counter()
+            while epoch < self.config.epochs:
                 summary = self._epoch(epoch, log)
                 self.history.append(summary.__dict__)
+                if self.dist.is_main:
+                    draw_search(self.run_folder.path, self.history, self.model.choice_infos)
+                if self.budget is not None:  # an epoch's cost includes the last checkpoint
+                    now = time.perf_counter()
+                    self._replan(epoch + 1, summary.arch_loss is not None, now - last)
+                    last = now
                 with self.cost.phase("checkpoint"):
                     self._save(epoch + 1)
                 self._write_cost(epoch + 1)
-                if self.dist.is_main:
-                    draw_search(self.run_folder.path, self.history, self.model.choice_infos)
                 if self.on_epoch is not None:
                     self.on_epoch(epoch, summary.val.get(self.model.selection_metric,
                                                          float("nan")))
+                epoch += 1
         finally:
             log.close()
         # Every rank leaves the process group together; a rank exiting while Gloo's threads
