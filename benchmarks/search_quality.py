@@ -1,0 +1,237 @@
+"""Does the search beat what a user would write by hand, and random architectures, at equal cost?
+
+    python benchmarks/search_quality.py --space uxnet --data demo3d --out bench/quality
+    python benchmarks/search_quality.py --quick            # a smoke run: minutes on 2 CPU cores
+
+For a space and a data set, over ``--seeds`` seeds, every method's network is retrained from
+scratch with ONE budget (``--train-epochs`` or ``--train-budget`` wall time) and scored on
+held-out cases that neither the search nor the retrain's epoch selection saw (the last
+``--test-fraction`` of the cases):
+
+* each variant of the space (UXNet: its ablations UNet / SBB only / MSSA only / both), searched
+  with the same settings and derived at every ``--taus`` value where it has gates;
+* ``random``: ``--random`` architectures drawn from the full space per seed
+  (:mod:`nasseg.searches.random_arch`), reported as their median and their best;
+* the search's decisiveness (share of gates outside [0.3, 0.7]) and, over seeds, its stability
+  (Jaccard index of kept connections, share of op choices alike).
+
+Writes ``OUT/search_quality.json`` (every run) and ``OUT/search_quality.md`` (the summary).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nasseg.artifacts.files import read_json
+from nasseg.data import SegmentationData, load_data, save_arrays
+from nasseg.derive import derive_run
+from nasseg.derive.compare import agreement, gate_spread
+from nasseg.evaluation.folders import summarize_cases
+from nasseg.evaluation.metrics import case_metrics
+from nasseg.export import load_trained
+from nasseg.inference import network_predict_fn, sliding_window_predict
+from nasseg.inference.predict import PredictionPlan
+from nasseg.searches.darts import SearchConfig
+from nasseg.searches.darts.run import start_search
+from nasseg.searches.random_arch import random_architecture
+from nasseg.space import create_space
+from nasseg.training.trainer import TrainConfig, train_architecture
+from report import save_report
+
+#: The ablation variants of a space (knobs); a space without ablations has one variant.
+VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
+    "uxnet": {"UNet": {"sbb": False, "mssa": False}, "SBB only": {"sbb": True, "mssa": False},
+              "MSSA only": {"sbb": False, "mssa": True}, "SBB + MSSA": {"sbb": True, "mssa": True}},
+}
+FULL = {"uxnet": "SBB + MSSA"}
+
+
+def split_held_out(data: str, fraction: float, out: Path) -> tuple[Path, SegmentationData]:
+    """The development cases as an array file (search and retrain see only these) and the
+    held-out cases in memory."""
+    full = load_data(data)
+    n_test = max(1, round(full.num_cases * fraction))
+    n_dev = full.num_cases - n_test
+
+    def part(sl: slice, name: str) -> SegmentationData:
+        pick = lambda a: None if a is None else np.ascontiguousarray(a[sl])  # noqa: E731
+        return SegmentationData(name, pick(full.images), pick(full.labels), full.class_names,
+                                pick(full.presence), pick(full.scene), full.scene_names)
+
+    dev_path = out / f"{Path(data).stem}-dev.npz"
+    save_arrays(part(slice(0, n_dev), f"{full.name}-dev"), dev_path)
+    return dev_path, part(slice(n_dev, None), f"{full.name}-test")
+
+
+@torch.no_grad()
+def held_out_dice(train_dir: Path, test: SegmentationData) -> float:
+    """Mean foreground Dice of the trained network on the held-out cases (sliding window)."""
+    model, state = load_trained(train_dir)
+    plan = PredictionPlan.from_dict(state["plan"])
+    model.eval()
+    predict_fn = network_predict_fn(model)
+    per_case = {}
+    for i in range(test.num_cases):
+        case = test.case(i)
+        probs = sliding_window_predict(predict_fn, torch.from_numpy(np.asarray(case.image)),
+                                       plan.patch_size, view=model.data_view())
+        per_case[case.case_id] = case_metrics(probs.argmax(0).numpy(), case.label,
+                                              test.num_classes, class_names=test.class_names)
+    return float(summarize_cases(per_case, test.class_names)["mean_dice"])
+
+
+def retrain(arch_path: Path, out: Path, test: SegmentationData, args: argparse.Namespace,
+            seed: int) -> dict[str, Any]:
+    config = TrainConfig(epochs=args.train_epochs, time_budget=args.train_budget, seed=seed,
+                         steps_per_epoch=args.steps_per_epoch)
+    start = time.perf_counter()
+    metrics = train_architecture(arch_path, out, None, config)
+    return {"dice_test": held_out_dice(out, test), "dice_val": metrics["dice_mean"],
+            "train_epochs": metrics["epochs"], "params": metrics["params"],
+            "flops": metrics["flops"], "train_seconds": round(time.perf_counter() - start, 1)}
+
+
+def run_seed(args: argparse.Namespace, dev: Path, test: SegmentationData, seed: int,
+             archs: dict[tuple, list[dict]]) -> list[dict[str, Any]]:
+    """Every method's runs with one seed; each derived ``arch.json`` is added to ``archs``
+    under ``(method, tau)`` for the stability measure."""
+    rows = []
+    space_args = {"features": args.features, "levels": args.levels}
+    variants = VARIANTS.get(args.space, {"searched": {}})
+    for name in args.variants or list(variants):
+        knobs = dict(variants[name], **args.knob)
+        folder = args.out / f"seed{seed}" / name.replace(" ", "").replace("+", "_")
+        supernet = create_space(args.space, knobs=knobs, **space_args)
+        if all(info.kind == "knob" for info in supernet.choice_infos.values()):
+            # nothing to search (every ablation off): the fixed network, trained alike
+            arch_path, arch = random_architecture(args.space, str(dev), 0,
+                                                  folder / "arch-fixed.json", knobs, space_args)
+            archs.setdefault((name, None), []).append(arch)
+            row = retrain(arch_path, folder / "train-fixed", test, args, seed)
+            rows.append({"method": name, "tau": None, "seed": seed, "search_seconds": 0.0,
+                         "gates_decided": None, "sample": arch["sample"], **row})
+            continue
+        start = time.perf_counter()
+        config = SearchConfig(epochs=args.search_epochs, warmup_epochs=args.warmup_epochs,
+                              seed=seed, mode=args.mode, arch_lr=args.arch_lr,
+                              steps_per_epoch=args.steps_per_epoch)
+        start_search(folder / "search", args.space, str(dev), knobs, space_args, config,
+                     show_progress=False)
+        search_s = round(time.perf_counter() - start, 1)
+        scores = read_json(folder / "search" / "arch_params.json", "architecture parameters")
+        spread = gate_spread(scores)
+        taus = args.taus if scores.get("connection") else [None]
+        for tau in taus:
+            tag = "fixed" if tau is None else f"tau{tau}"
+            arch_path, arch = derive_run(folder / "search", tau, folder / f"arch-{tag}.json")
+            archs.setdefault((name, tau), []).append(arch)
+            row = retrain(arch_path, folder / f"train-{tag}", test, args, seed)
+            rows.append({"method": name, "tau": tau, "seed": seed, "search_seconds": search_s,
+                         "gates_decided": spread, "sample": arch["sample"], **row})
+            logging.info("seed %d %s %s: held-out Dice %.3f, %d params", seed, name, tag,
+                         row["dice_test"], row["params"])
+    full_knobs = dict(variants.get(FULL.get(args.space, ""), {}), **args.knob)
+    for k in range(args.random):
+        folder = args.out / f"seed{seed}" / f"random{k}"
+        arch_path, arch = random_architecture(args.space, str(dev), seed * 1000 + k,
+                                              folder / "arch.json", full_knobs, space_args)
+        row = retrain(arch_path, folder / "train", test, args, seed)
+        rows.append({"method": "random", "tau": None, "seed": seed, "sample": arch["sample"],
+                     "search_seconds": 0.0, "gates_decided": None, **row})
+        logging.info("seed %d random %d: held-out Dice %.3f, %d params", seed, k,
+                     row["dice_test"], row["params"])
+    return rows
+
+
+def _mean_sd(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.3f}" if values else "-"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def summarize(rows: list[dict[str, Any]], archs: dict[tuple, list[dict]]) -> str:
+    """One line per method (and tau): mean ± sd over seeds; random as median and best."""
+    lines = ["| method | tau | seeds | held-out Dice | val Dice | parameters | GFLOPs | "
+             "gates decided | search s | retrain s | kept-edge Jaccard | ops alike |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    keys = list(dict.fromkeys((r["method"], r["tau"]) for r in rows if r["method"] != "random"))
+    for method, tau in keys:
+        rs = [r for r in rows if (r["method"], r["tau"]) == (method, tau)]
+        stab = agreement(archs.get((method, tau), []))
+        spread = [r["gates_decided"] for r in rs if r["gates_decided"] is not None]
+        lines.append(
+            f"| {method} | {'-' if tau is None else tau} | {len(rs)} | "
+            f"{_mean_sd([r['dice_test'] for r in rs])} | {_mean_sd([r['dice_val'] for r in rs])} | "
+            f"{statistics.mean(r['params'] for r in rs):,.0f} | "
+            f"{statistics.mean(r['flops'] for r in rs) / 1e9:.2f} | "
+            f"{_mean_sd(spread) if spread else '-'} | "
+            f"{statistics.mean(r['search_seconds'] for r in rs):.0f} | "
+            f"{statistics.mean(r['train_seconds'] for r in rs):.0f} | "
+            + " | ".join("-" if stab[k] is None else f"{stab[k]:.2f}"
+                         for k in ("connections_jaccard", "ops_agree")) + " |")
+    randoms = [r for r in rows if r["method"] == "random"]
+    for label, pick in (("median", statistics.median), ("best", max)):
+        per_seed = [pick([r["dice_test"] for r in randoms if r["seed"] == s])
+                    for s in sorted({r["seed"] for r in randoms})]
+        if per_seed:
+            lines.append(f"| random ({label} of {len(randoms) // len(per_seed)}) | - | "
+                         f"{len(per_seed)} | {_mean_sd(per_seed)} | - | "
+                         f"{statistics.mean(r['params'] for r in randoms):,.0f} | "
+                         f"{statistics.mean(r['flops'] for r in randoms) / 1e9:.2f} | - | 0 | "
+                         f"{statistics.mean(r['train_seconds'] for r in randoms):.0f} | - | - |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--space", default="uxnet")
+    parser.add_argument("--data", default="demo3d")
+    parser.add_argument("--out", type=Path, default=Path("bench/search_quality"))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--variants", nargs="+", default=None,
+                        help="Variants to run [default: all of the space's].")
+    parser.add_argument("--knob", nargs="*", default=[], metavar="LABEL=VALUE",
+                        help="Knobs fixed for every variant (e.g. gate_reg=1).")
+    parser.add_argument("--taus", nargs="+", type=float, default=[0.6, 0.75, 0.9])
+    parser.add_argument("--random", type=int, default=4, help="Random architectures per seed.")
+    parser.add_argument("--search-epochs", type=int, default=25)
+    parser.add_argument("--warmup-epochs", type=int, default=5)
+    parser.add_argument("--mode", default="full")
+    parser.add_argument("--arch-lr", type=float, default=None)
+    parser.add_argument("--train-epochs", type=int, default=30)
+    parser.add_argument("--train-budget", type=float, default=None, metavar="SECONDS",
+                        help="Retrain by wall time instead of epochs (the same for every net).")
+    parser.add_argument("--steps-per-epoch", type=int, default=None)
+    parser.add_argument("--features", type=int, default=8)
+    parser.add_argument("--levels", type=int, default=3)
+    parser.add_argument("--test-fraction", type=float, default=0.2)
+    parser.add_argument("--quick", action="store_true",
+                        help="Smoke run: 1 seed, UNet and the full space, 4+2 epochs, 2 random.")
+    args = parser.parse_args()
+    args.knob = {k: json.loads(v) if v[:1].isdigit() or v in ("true", "false") else v
+                 for k, _, v in (item.partition("=") for item in args.knob)}
+    if args.quick:
+        args.seeds, args.random, args.search_epochs, args.warmup_epochs = 1, 2, 4, 2
+        args.train_epochs, args.taus = 2, [0.6]
+        args.variants = args.variants or (["UNet", FULL[args.space]] if args.space in FULL
+                                          else None)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    dev, test = split_held_out(args.data, args.test_fraction, args.out)
+    rows: list[dict[str, Any]] = []
+    archs: dict[tuple, list[dict]] = {}
+    for seed in range(args.seeds):
+        rows += run_seed(args, dev, test, seed, archs)
+    save_report(args.out, "search_quality", args, rows, summarize(rows, archs))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""The controls of the search-quality benchmark: random architectures from a space, how decided a
+search's gates are, and how alike the architectures of several searches are."""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from nasseg.derive import build_derived
+from nasseg.derive.compare import agreement, gate_spread
+from nasseg.searches.random_arch import random_architecture
+
+ARGS = {"features": 4, "levels": 3}
+
+
+def _kept(arch):
+    return {label: e["kept"] for label, e in arch["choices"].items() if e["kind"] == "connection"}
+
+
+def test_random_architectures_are_valid_repeatable_draws(small3d, tmp_path):
+    draws = [random_architecture("uxnet", str(small3d), seed, tmp_path / f"a{seed}.json",
+                                 space_args=ARGS)[1] for seed in range(4)]
+    again = random_architecture("uxnet", str(small3d), 0, tmp_path / "again.json",
+                                space_args=ARGS)[1]
+    assert again["sample"] == draws[0]["sample"]
+    assert len({json.dumps(d["sample"], sort_keys=True) for d in draws}) == 4
+    kept_share = [sum(map(len, _kept(d).values())) / sum(len(e["sources"])
+                  for e in d["choices"].values() if e["kind"] == "connection") for d in draws]
+    assert 0.2 < sum(kept_share) / 4 < 0.9      # about half the gates, plus each node's best
+    for d in draws:
+        assert d["params"] < d["supernet_params"]
+        net = build_derived(d)
+        out = net(torch.randn(1, 1, 16, 16, 16))
+        assert out.shape == (1, 3, 16, 16, 16)   # background and two blob classes
+    written = json.loads((tmp_path / "a1.json").read_text())
+    assert written["random_seed"] == 1 and written["sample"] == draws[1]["sample"]
+
+
+def test_gate_spread_counts_the_decided_gates():
+    scores = {"connection": {"a": {"probs": [0.05, 0.5, 0.95]}, "b": {"probs": [0.69, 0.71]}}}
+    assert gate_spread(scores) == 3 / 5
+    assert gate_spread({"op": {}, "connection": {}}) is None
+
+
+def test_agreement_of_identical_and_of_disjoint_architectures(small3d, tmp_path):
+    a = random_architecture("uxnet", str(small3d), 0, tmp_path / "a.json", space_args=ARGS)[1]
+    assert agreement([a, a]) == {"connections_jaccard": 1.0, "ops_agree": 1.0}
+    assert agreement([a]) == {"connections_jaccard": None, "ops_agree": None}
+    b = json.loads(json.dumps(a))
+    for entry in b["choices"].values():
+        if entry["kind"] == "connection":
+            entry["kept"] = [i for i in range(len(entry["sources"])) if i not in entry["kept"]]
+        elif entry["kind"] == "op":
+            entry["chosen"] = next(c for c in entry["candidates"] if c != entry["chosen"])
+    assert agreement([a, b]) == {"connections_jaccard": 0.0, "ops_agree": 0.0}
