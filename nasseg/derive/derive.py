@@ -17,7 +17,7 @@ from nasseg.derive.cost import count_flops, count_parameters
 from nasseg.derive.draw import draw_architecture
 from nasseg.space import SearchSpace, create_space, space_name
 
-__all__ = ["derive_architecture", "derive_run", "check_tau"]
+__all__ = ["derive_architecture", "derive_run", "check_tau", "sample_scores"]
 
 
 def check_tau(tau: float) -> float:
@@ -25,6 +25,20 @@ def check_tau(tau: float) -> float:
     if not 0.0 < tau < 1.0:
         raise ValueError(f"tau must lie in (0, 1), got {tau}")
     return tau
+
+
+def sample_scores(space: SearchSpace, sample: Mapping[str, Any]) -> dict[str, Any]:
+    """Scores in ``arch_params.json``'s form that derive exactly ``sample`` (a paper's network,
+    a hand-made baseline): its ops with certainty, its kept inputs as gates of 1, the others 0."""
+    scores: dict[str, Any] = {"op": {}, "connection": {}}
+    for label, info in space.choice_infos.items():
+        if info.kind == "op":
+            scores["op"][label] = {"candidates": list(info.candidates),
+                                   "probs": [float(c == sample[label]) for c in info.candidates]}
+        elif info.kind == "connection":
+            scores["connection"][label] = {
+                "probs": [float(i in sample[label]) for i in range(len(info.candidates))]}
+    return scores
 
 
 def derive_architecture(space: SearchSpace, scores: Mapping[str, Any], tau: float,
