@@ -16,6 +16,7 @@ from nasseg.cli import cli
 from nasseg.data import PatchDataset, SegmentationData, make_demo
 from nasseg.derive import count_parameters
 from nasseg.evaluation.metrics import FlagAccumulator, image_mean_iou
+from nasseg.export import load_trained
 from nasseg.space import TrainingStage, create_space
 from nasseg.spaces.task_decomp import (ASPP, DILATIONS, PAIRS, TaskMetrics, seg_presence,
                                        soft_iou, sync_loss)
@@ -244,3 +245,13 @@ def test_search_derive_train_through_the_cli_reports_class_and_scene_metrics(tmp
     assert [s["lr_scale"] for s in metrics["stages"]] == [1.0, 0.5, 0.2]
     for name in ("miou", "cls_acc", "cls_f1", "scene_acc"):
         assert 0.0 <= metrics["validation"][name] <= 1.0, name
+
+    # the trained network exports to one file that returns the segmentation, as nasseg computes it
+    ok("export", tmp_path / "t", "--format", "torchscript")
+    model, info = load_trained(tmp_path / "t")
+    x = torch.randn(1, *info["arch"]["input_shape"])
+    with torch.no_grad():
+        expected = model.segmentation(model.forward_batch({"image": x}))
+        exported = torch.jit.load(str(tmp_path / "t" / "model.ts"))(x)
+    assert exported.shape == (1, 3, *info["arch"]["input_shape"][1:])
+    torch.testing.assert_close(exported, expected, rtol=1e-4, atol=1e-4)
