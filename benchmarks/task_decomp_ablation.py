@@ -130,9 +130,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     for (data, variant), group in groups.items():
         cells = []
         for m in METRICS:
-            values = [r[m] for r in group]
+            values = [r[m] for r in group if r[m] == r[m]]  # NaN: a net without that head
             sd = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.mean(values):.3f} ± {sd:.3f}")
+            cells.append(f"{statistics.mean(values):.3f} ± {sd:.3f}" if values else "-")
         lines.append(f"| {data} | {variant} | {len(group)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
