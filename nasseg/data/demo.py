@@ -199,7 +199,8 @@ def _slide_layouts(shape: tuple[int, int], rng: np.random.Generator) -> list[np.
     h, w = shape
     count = int(h * w / _SLIDE_SPACING**2)
     area = (h + 32) * (w + 32) / (h * w)
-    scattered = np.stack([rng.uniform(-16, h + 16, 3 * count), rng.uniform(-16, w + 16, 3 * count)], 1)
+    scattered = np.stack([rng.uniform(-16, h + 16, 3 * count),
+                          rng.uniform(-16, w + 16, 3 * count)], 1)
     keep = [scattered[0]]
     for p in scattered[1:]:  # a hard core of 22 px, so no two clusters merge
         if len(keep) >= count * area:
@@ -212,8 +213,7 @@ def _slide_layouts(shape: tuple[int, int], rng: np.random.Generator) -> list[np.
     rings = (ring_centres[:, None, :] + 34.0 * np.stack([np.sin(turns), np.cos(turns)], 1)
              ).reshape(-1, 2)
     cords = _lattice(shape, (64.0, 25.0), rng.uniform(0, np.pi), rng)
-    jitter = lambda p: p + rng.normal(0.0, 1.5, p.shape)
-    return [np.asarray(keep), jitter(lattice), jitter(rings), jitter(cords)]
+    return [np.asarray(keep)] + [p + rng.normal(0.0, 1.5, p.shape) for p in (lattice, rings, cords)]
 
 
 def _slide_regions(shape: tuple[int, int], rng: np.random.Generator, classes: list[int],
