@@ -1,6 +1,8 @@
 """DA-RefineNet (spaces/da_refinenet.py): the paper's facts and the public code's bugs absent."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -158,3 +160,63 @@ def test_score_worked_examples_range_and_metrics() -> None:
     assert metric.compute()["score"] == pytest.approx(1 - 5 / 7)
     assert net.selection_metric == "score"
     assert _net("add", select="miou").selection_metric == "miou"
+
+
+def _ok(*args: object) -> str:
+    from click.testing import CliRunner
+
+    from nasseg.cli import cli
+
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_search_derive_train_predict_a_whole_slide_with_context_export(tmp_path: Path) -> None:
+    """End to end on demo_slides: a tiny search of the fusions, its derived net retrained
+    through the three steps, a whole held-out slide predicted window by window with context."""
+    import json
+
+    from PIL import Image
+
+    from nasseg.data import make_demo
+    from nasseg.data.demo import _default_cache_dir
+    from nasseg.export import load_trained
+
+    make_demo("demo_slides")
+    (folder,) = _default_cache_dir().glob("demo_slides-v*")
+    small = tmp_path / "slides"  # the demo's slides cropped, so the test trains in seconds
+    meta = json.loads((folder / "dataset.json").read_text())
+    for sub in ("images", "labels"):
+        (small / sub).mkdir(parents=True)
+        for png in sorted((folder / sub).glob("*.png"))[:4]:
+            crop = np.asarray(Image.open(png))[256:512, 256:512]
+            Image.fromarray(crop).save(small / sub / png.name)
+    (small / "dataset.json").write_text(json.dumps({**meta, "patches_per_case": 2}))
+    common = ("--device", "cpu", "--batch-size", 4, "--steps-per-epoch", 1)
+    _ok("search", "--space", "da_refinenet", "--data", small, "--out", tmp_path / "s",
+        "--epochs", 3, "--warmup-epochs", 1, "--space-arg", "features=2",
+        "--space-arg", "max_blocks=1", "--set", "context_factor=2", *common)
+    arch = json.loads((tmp_path / "s" / "arch.json").read_text())
+    assert {arch["choices"][f"fuse_l{k}"]["chosen"] for k in range(1, 5)} <= set(
+        ["concat", "add", "attention"])
+    _ok("train", tmp_path / "s" / "arch.json", "--out", tmp_path / "t", "--epochs", 3, *common)
+    metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    assert metrics["selection_metric"] == "score" and 0 <= metrics["pooled"]["score"] <= 1
+    assert [s["lr_scale"] for s in metrics["stages"]] == [1.0, 0.5, 0.2]
+    slide = folder / "images" / "slide_07.png"
+    out = _ok("predict", tmp_path / "t", "--input", slide, "--output", tmp_path / "p",
+              "--overlap", 0)
+    assert "predicted 1 case(s)" in out
+    labels = np.asarray(Image.open(tmp_path / "p" / "slide_07.png"))
+    assert labels.shape == np.asarray(Image.open(slide)).shape and labels.max() <= 3
+    (tmp_path / "ref").mkdir()
+    reference = (folder / "labels" / "slide_07.png").read_bytes()
+    (tmp_path / "ref" / "slide_07.png").write_bytes(reference)
+    assert "score" in _ok("evaluate", "--pred", tmp_path / "p", "--ref", tmp_path / "ref")
+    _ok("export", tmp_path / "t", "--format", "torchscript", "--out", tmp_path / "net.pt")
+    model, _ = load_trained(tmp_path / "t")
+    exported = torch.jit.load(str(tmp_path / "net.pt"))
+    batch = {k: torch.rand_like(v) for k, v in model.example_batch((32, 32), 1).items()}
+    torch.testing.assert_close(exported(batch["image"], batch["context"]),
+                               model.forward_batch(batch), atol=1e-5, rtol=1e-4)

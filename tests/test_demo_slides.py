@@ -13,9 +13,10 @@ from nasseg.data.large_images import LargeImageSet
 
 
 @pytest.fixture(scope="module")
-def slides(tmp_path_factory: pytest.TempPathFactory) -> tuple[LargeImageSet, Path]:
-    cache = tmp_path_factory.mktemp("demo")
-    return make_demo("demo_slides", cache_dir=cache), cache
+def slides() -> tuple[LargeImageSet, Path]:
+    """The session's demo cache (generated once, shared with the space's tests)."""
+    cache = demo_module._default_cache_dir()
+    return make_demo("demo_slides"), cache
 
 
 def test_cached_folder_and_contents(slides: tuple[LargeImageSet, Path],
@@ -23,7 +24,7 @@ def test_cached_folder_and_contents(slides: tuple[LargeImageSet, Path],
     data, cache = slides
     (folder,) = cache.glob("demo_slides-v*")
     assert sorted(p.name for p in folder.iterdir()) == ["dataset.json", "images", "labels"]
-    assert [p.name for p in cache.iterdir() if p.name.startswith(".")] == []  # no temp left
+    assert not list(cache.glob(".demo_slides*"))  # no temporary folder left
 
     def fail(folder: Path) -> None:
         raise AssertionError("generator called although a valid cache exists")
@@ -80,9 +81,5 @@ def test_patches_per_case_and_fixed_validation_places(slides: tuple[LargeImageSe
     assert not np.array_equal(a, train[5]["image"])
 
 
-def test_named_on_the_command_line(monkeypatch: pytest.MonkeyPatch,
-                                   slides: tuple[LargeImageSet, Path]) -> None:
-    _, cache = slides
-    monkeypatch.setenv("NASSEG_HOME", str(cache.parent / "home"))
-    monkeypatch.setattr(demo_module, "_default_cache_dir", lambda: cache)
+def test_named_on_the_command_line(slides: tuple[LargeImageSet, Path]) -> None:
     assert load_data("demo_slides").num_cases == 8

@@ -37,7 +37,7 @@ from nasseg.runtime.cost import CostCard
 from nasseg.runtime.device import resolve_device
 from nasseg.runtime.distributed import DistContext, is_main_process, shard
 from nasseg.runtime.guards import check_finite
-from nasseg.runtime.loaders import EpochLoader
+from nasseg.runtime.loaders import EpochLoader, pass_steps
 from nasseg.runtime.placement import place_batch, prepare_model
 from nasseg.runtime.precision import Precision
 from nasseg.runtime.runlog import RunLog, logger
@@ -99,9 +99,8 @@ class _Retrain:
             cfg, world = self.config, self.dist.world_size
             share = stage.case_share(self.split["train"])
             mine = shard(share, self.dist.rank, world)
-            steps = cfg.steps_per_epoch or min(
-                len(p) // min(cfg.batch_size, len(p))
-                for p in (shard(share, r, world) for r in range(world)))
+            steps = cfg.steps_per_epoch or pass_steps(
+                self.data, (shard(share, r, world) for r in range(world)), cfg.batch_size)
             self._loaders[stage.cases] = (
                 EpochLoader(self.data, mine, cfg.batch_size, True, cfg.seed, cfg.num_workers,
                             cfg.patch_size, self.view), steps)
