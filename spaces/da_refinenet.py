@@ -67,8 +67,8 @@ from nasseg.evaluation.metrics import ConfusionAccumulator
 from nasseg.space import SearchSpace, TrainingStage, register_space
 
 __all__ = ["DARefineNetSpace", "ResNetEncoder", "Bottleneck", "RCU", "CRP", "SRB",
-           "ConcatFusion", "AddFusion", "AttentionFusion", "RefineBlock", "SliceMetrics",
-           "FUSIONS", "DEPTHS", "STEP_SCALES"]
+           "ConcatFusion", "AddFusion", "AttentionFusion", "fusion_candidates", "RefineBlock",
+           "SliceMetrics", "FUSIONS", "DEPTHS", "STEP_SCALES"]
 
 #: Bottleneck blocks per level of ResNet-50/101/152.
 DEPTHS: dict[int, tuple[int, int, int, int]] = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3),
