@@ -29,6 +29,7 @@ setup(
         "scipy",
         "pillow",
         "matplotlib",
+        "tifffile",
     ],
     extras_require={"onnx": ["onnx", "onnxruntime"],
                     "postgres": ["psycopg2-binary"],

@@ -34,14 +34,19 @@ def verify(data: Path) -> None:
 @click.option("--overlap", type=click.FloatRange(0, 0.95), default=0.5, show_default=True)
 @click.option("--mirror", is_flag=True, help="Average over flipped copies (test-time augmentation).")
 @click.option("--device", default="auto", show_default=True)
+@click.option("--label-format", type=click.Choice(["auto", "png", "tiff"]), default="auto",
+              show_default=True,
+              help="Networks trained on large images: label files as PNG or tiled TIFF (auto: "
+                   "TIFF above 16 Mpx).")
 @user_errors
 def predict(trained: Path, inputs: Path, output: Path, overlap: float, mirror: bool,
-            device: str) -> None:
+            device: str, label_format: str) -> None:
     """Segment images with the network trained in TRAINED (a `nasseg train` folder)."""
     from nasseg.inference.predict import predict_path
 
     files = predict_path(trained, inputs, output, overlap, mirror, device,
-                         progress=lambda line: click.echo(f"  {line}", err=True))
+                         progress=lambda line: click.echo(f"  {line}", err=True),
+                         label_format=label_format)
     click.echo(f"predicted {len(files)} case(s) into {output}")
     click.echo(f"next: nasseg evaluate --pred {output} --ref LABELS_FOLDER")
 
@@ -63,4 +68,7 @@ def evaluate(pred: Path, ref: Path, out: Path | None, num_classes: int | None) -
     s = result["summary"]
     click.echo(f"{len(result['cases'])} case(s): mean Dice {s['mean_dice']:.3f}, mean IoU "
                f"{s['mean_iou']:.3f}, mean HD95 {s['mean_hd95']:.2f}")
+    p = result["pooled"]
+    click.echo(f"all pixels: mIoU (every class) {p['miou']:.3f}, accuracy {p['accuracy']:.3f}, "
+               f"score {p['score']:.3f}")
     click.echo(f"summary: {out}")

@@ -16,6 +16,9 @@ resampling code (:func:`plan_read`, :func:`resample_region`, :func:`read_padded`
 * :class:`SlideImage`: a whole-slide pyramid read through OpenSlide (``pip install
   openslide-python openslide-bin``); the pyramid level nearest below the requested downsample is
   read and the remaining factor is resampled here.
+* :class:`TiffImage`: a TIFF (tiled or in strips, pyramid levels when the file has them) read
+  through ``tifffile``: only the tiles or strips a region touches are read and decoded, so an
+  image far larger than memory is never loaded whole.
 
 Conventions: coordinates are level-0 pixels ``(x, y)`` = (column, row); arrays are
 ``(rows, cols, channels)``; everything outside the image reads as zeros (zero padding);
@@ -40,12 +43,14 @@ __all__ = [
     "ReadPlan",
     "ArrayImage",
     "SlideImage",
+    "TiffImage",
     "best_level",
     "plan_read",
     "read_padded",
     "resample_region",
     "open_large_image",
     "openslide_available",
+    "tifffile_available",
     "multires_crops",
     "sample_centres",
     "OPENSLIDE_INSTALL",
@@ -475,11 +480,109 @@ class SlideImage(LargeImage):
         return f"SlideImage({self.path}, {w}x{h}, levels={len(self.level_downsamples)}, label={self.label})"
 
 
+class TiffImage(LargeImage):
+    """A TIFF read tile by tile (or strip by strip) with ``tifffile``; pyramid levels are the
+    file's own (sub-resolution pages of its first series). Only the segments a region touches
+    are read and decoded; the last few decoded segments are kept for neighbouring reads."""
+
+    _CACHE = 32
+
+    def __init__(self, path: str | os.PathLike[str], label: bool = False) -> None:
+        try:
+            import tifffile
+        except ImportError:
+            raise DataError(f"{path}: reading TIFF region by region needs tifffile "
+                            "(pip install tifffile)") from None
+        self.path = Path(path)
+        try:
+            self._file = tifffile.TiffFile(str(self.path))
+            series = self._file.series[0]
+            self._pages = [level.pages[0] for level in series.levels]
+        except (tifffile.TiffFileError, OSError, ValueError, IndexError) as exc:
+            raise DataError(f"{self.path}: unreadable TIFF ({type(exc).__name__}: {exc})") from None
+        page = self._pages[0]
+        if page.samplesperpixel > 1 and page.planarconfig != 1:
+            raise DataError(f"{self.path}: planar (separate-plane) TIFFs are not supported")
+        if label and page.samplesperpixel != 1:
+            raise DataError(f"{self.path}: a label map must be single-channel")
+        self.label = bool(label)
+        self._cache: dict[tuple[int, int], np.ndarray] = {}
+
+    @property
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        return tuple((int(p.imagewidth), int(p.imagelength)) for p in self._pages)
+
+    @property
+    def level_downsamples(self) -> tuple[float, ...]:
+        width = self._pages[0].imagewidth
+        return tuple(float(width) / float(p.imagewidth) for p in self._pages)
+
+    @property
+    def channels(self) -> int:
+        return int(self._pages[0].samplesperpixel)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self._pages[0].dtype)
+
+    def _segment(self, level: int, index: int) -> np.ndarray:
+        """Decoded tile or strip ``index`` of ``level`` as ``(rows, cols, channels)``."""
+        key = (level, index)
+        if key not in self._cache:
+            page = self._pages[level]
+            handle = self._file.filehandle
+            handle.seek(page.dataoffsets[index])
+            data, _, _ = page.decode(handle.read(page.databytecounts[index]), index)
+            if len(self._cache) >= self._CACHE:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = data.reshape(data.shape[-3:])
+        return self._cache[key]
+
+    def _read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        page = self._pages[level]
+        tiled = page.is_tiled
+        seg_h = page.tilelength if tiled else page.rowsperstrip
+        seg_w = page.tilewidth if tiled else page.imagewidth
+        per_row = -(-page.imagewidth // seg_w)
+
+        def reader(x0: int, y0: int, w: int, h: int) -> np.ndarray:
+            out = np.empty((h, w, self.channels), dtype=self.dtype)
+            for row in range(y0 // seg_h, (y0 + h - 1) // seg_h + 1):
+                for col in range(x0 // seg_w, (x0 + w - 1) // seg_w + 1):
+                    seg = self._segment(level, row * per_row + col)
+                    top, left = row * seg_h, col * seg_w
+                    r0, r1 = max(y0, top), min(y0 + h, top + seg.shape[0])
+                    c0, c1 = max(x0, left), min(x0 + w, left + seg.shape[1])
+                    out[r0 - y0:r1 - y0, c0 - x0:c1 - x0] = seg[r0 - top:r1 - top,
+                                                               c0 - left:c1 - left]
+            return out
+
+        return read_padded(x, y, width, height, self.level_dimensions[level], self.channels,
+                           self.dtype, reader)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __repr__(self) -> str:
+        w, h = self.size
+        return f"TiffImage({self.path}, {w}x{h}, levels={len(self._pages)}, label={self.label})"
+
+
+def tifffile_available() -> bool:
+    """Whether ``tifffile`` can be imported."""
+    try:
+        import tifffile  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def open_large_image(path: str | os.PathLike[str], label: bool = False) -> LargeImage:
     """Open a large image: OpenSlide pyramids when available, else the whole image in memory via PIL.
 
-    ``.svs/.ndpi/.mrxs/.scn/.tif(f)...`` go to :class:`SlideImage` when ``openslide`` imports
-    (a ``.tif`` OpenSlide rejects, e.g. an untiled one, falls back to PIL); PNG/JPEG/TIFF and,
+    ``.svs/.ndpi/.mrxs/.scn/.tif(f)...`` go to :class:`SlideImage` when ``openslide`` imports;
+    other ``.tif(f)`` files (and all of them without OpenSlide) are read region by region with
+    :class:`TiffImage` when ``tifffile`` imports; PNG/JPEG and, without either,
     without OpenSlide, SVS (it is a TIFF: the full-resolution page is loaded) are read with
     :meth:`ArrayImage.from_file`.  Problems raise one :class:`DataError` naming the file.
     """
@@ -494,6 +597,8 @@ def open_large_image(path: str | os.PathLike[str], label: bool = False) -> Large
         except DataError:
             if suffix not in _PIL_SUFFIXES:
                 raise
+    if suffix in (".tif", ".tiff") and tifffile_available():
+        return TiffImage(path, label=label)
     try:
         return ArrayImage.from_file(path, label=label)
     except DataError as exc:

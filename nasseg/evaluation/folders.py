@@ -17,7 +17,7 @@ import numpy as np
 from nasseg.artifacts.files import write_json
 from nasseg.data.arrays import DataError
 from nasseg.data.formats import read_label_file
-from nasseg.evaluation.metrics import _nanmean, case_metrics
+from nasseg.evaluation.metrics import ConfusionAccumulator, _nanmean, case_metrics
 
 __all__ = ["EvaluationError", "LABEL_SUFFIXES", "evaluate_folders",
            "summarize_cases", "write_evaluation"]
@@ -82,8 +82,11 @@ def evaluate_folders(pred_dir: str | os.PathLike[str], ref_dir: str | os.PathLik
     HD95 uses each reference's header spacing (NIfTI) or pixels (PNG).
 
     Returns ``{"pred_dir", "ref_dir", "num_classes", "class_names", "cases": [file names],
-    "per_case": {file name: metrics}, "summary": metrics}`` where each summary value is the
-    NaN-ignoring mean over cases of that metric (per class and the per-case means).
+    "per_case": {file name: metrics}, "summary": metrics, "pooled": values}`` where each
+    summary value is the NaN-ignoring mean over cases of that metric (per class and the per-case
+    means), and ``pooled`` holds :meth:`ConfusionAccumulator.values` over every pixel of every
+    case: IoU of each class (background included), their mean, pixel accuracy and the BACH
+    score (meaningful when the classes are ordered by severity).
     """
     preds = _label_files(pred_dir, "prediction")
     refs = _label_files(ref_dir, "reference")
@@ -113,6 +116,7 @@ def evaluate_folders(pred_dir: str | os.PathLike[str], ref_dir: str | os.PathLik
         raise EvaluationError(f"class_names has {len(names)} names but num_classes is {num_classes}")
 
     per_case: dict[str, dict[str, Any]] = {}
+    pooled = ConfusionAccumulator(num_classes)
     for name in cases:
         ref, spacing = _read_labels(refs[name])
         pred, _ = _read_labels(preds[name])
@@ -122,6 +126,7 @@ def evaluate_folders(pred_dir: str | os.PathLike[str], ref_dir: str | os.PathLik
         _check_range(refs[name], ref, num_classes)
         _check_range(preds[name], pred, num_classes)
         per_case[name] = case_metrics(pred, ref, num_classes, spacing=spacing, class_names=names)
+        pooled.update(pred, ref)
 
     summary = summarize_cases(per_case, names)
     return {
@@ -132,6 +137,7 @@ def evaluate_folders(pred_dir: str | os.PathLike[str], ref_dir: str | os.PathLik
         "cases": cases,
         "per_case": per_case,
         "summary": summary,
+        "pooled": pooled.values(),
     }
 
 

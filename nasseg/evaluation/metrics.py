@@ -3,7 +3,10 @@
 Whole-set Dice for training (:class:`DiceAccumulator`), and per-case metrics on label maps for
 evaluation (:func:`case_metrics`: Dice, IoU, HD95, pixel accuracy). For multi-task spaces:
 class-presence accuracy and F1 (:class:`FlagAccumulator`) and the per-image mean IoU of the
-ROBOT18 challenge (:func:`image_mean_iou`).  Per-class lists cover the
+ROBOT18 challenge (:func:`image_mean_iou`). For classes ordered by severity (BACH: normal,
+benign, in situ, invasive), :class:`ConfusionAccumulator` pools a confusion matrix over a set and
+gives IoU of every class (background included), their mean, pixel accuracy and the ordinal
+score of the BACH challenge (:func:`ordinal_score`).  Per-class lists cover the
 foreground classes ``1..num_classes-1``; a class absent from prediction and reference scores NaN
 and means ignore NaN.
 """
@@ -18,7 +21,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-__all__ = ["DiceAccumulator", "FlagAccumulator", "image_mean_iou", "chance_dice", "dice_per_class", "iou_per_class", "hd95_per_class",
+__all__ = ["DiceAccumulator", "FlagAccumulator", "ConfusionAccumulator", "ordinal_score",
+           "image_mean_iou", "chance_dice", "dice_per_class", "iou_per_class", "hd95_per_class",
            "pixel_accuracy", "case_metrics"]
 
 
@@ -108,6 +112,64 @@ class FlagAccumulator:
         """Micro F1 ``2TP / (2TP + FP + FN)``."""
         denom = 2 * self.tp + self.fp + self.fn
         return 2 * self.tp / denom if denom else 1.0
+
+
+class ConfusionAccumulator:
+    """A confusion matrix pooled over every pixel of a set (predictions of any batch shape).
+
+    Reports per-class IoU over *all* classes (background included, as BACH's mIoU), their mean
+    (classes absent from prediction and reference are left out), pixel accuracy and
+    :func:`ordinal_score`, all from the pooled counts (the score's sums run over the whole set,
+    as the BACH evaluation pools them).
+    """
+
+    def __init__(self, num_classes: int) -> None:
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        self.num_classes = num_classes
+        self.matrix = np.zeros((num_classes, num_classes), dtype=np.int64)  # [reference, pred]
+
+    def update(self, pred: np.ndarray | torch.Tensor, ref: np.ndarray | torch.Tensor) -> None:
+        """Add label maps (same shape, values in ``0..num_classes-1``)."""
+        pred, ref = _label_pair(pred, ref, self.num_classes)
+        k = self.num_classes
+        self.matrix += np.bincount(ref.ravel() * k + pred.ravel(), minlength=k * k).reshape(k, k)
+
+    def iou(self) -> list[float]:
+        """IoU of every class, background first; NaN for a class seen nowhere."""
+        tp = np.diag(self.matrix).astype(np.float64)
+        union = self.matrix.sum(0) + self.matrix.sum(1) - tp
+        return [float(t / u) if u else math.nan for t, u in zip(tp, union)]
+
+    def values(self) -> dict[str, float]:
+        """``iou0`` .. ``iou{K-1}``, ``miou``, ``accuracy`` and ``score``."""
+        iou = self.iou()
+        total = self.matrix.sum()
+        values = {f"iou{c}": v for c, v in enumerate(iou)}
+        values.update(miou=_nanmean(iou),
+                      accuracy=float(np.trace(self.matrix) / total) if total else math.nan,
+                      score=_score_of(self.matrix))
+        return values
+
+
+def _score_of(matrix: np.ndarray) -> float:
+    """:func:`ordinal_score` of a confusion matrix ``[reference, prediction]``."""
+    k = matrix.shape[0]
+    ref, pred = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
+    cost = (matrix * np.abs(pred - ref)).sum()
+    weight = np.maximum(ref, k - 1 - ref) * ~((ref == 0) & (pred == 0))
+    h = (matrix * weight).sum()
+    return 1.0 if h == 0 else float(1.0 - cost / h)
+
+
+def ordinal_score(pred: np.ndarray | torch.Tensor, ref: np.ndarray | torch.Tensor,
+                  num_classes: int) -> float:
+    """The BACH challenge score of label maps whose classes are ordered (eqs. 13-14 of
+    DA-RefineNet): ``1 - sum|pred - ref| / h`` with ``h = sum max(ref, K-1-ref)`` over pixels
+    where prediction or reference is not class 0. In [0, 1]; 1 when ``h`` is 0 (both all 0)."""
+    acc = ConfusionAccumulator(num_classes)
+    acc.update(pred, ref)
+    return _score_of(acc.matrix)
 
 
 def image_mean_iou(pred: np.ndarray | torch.Tensor, ref: np.ndarray | torch.Tensor,

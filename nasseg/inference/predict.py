@@ -3,7 +3,10 @@
 Each input case is preprocessed as the training data was (crop to non-zero, resample to the
 training spacing, normalise by channel kind with the training set's statistics), predicted by
 Gaussian-weighted sliding windows at the training patch size, then resampled and un-cropped
-onto the source grid. NIfTI outputs carry the input's affine and header (qform and sform with
+onto the source grid. A network trained on large images (``PredictionPlan.large_images``) reads
+its inputs -- big PNG/TIFF files or whole-slide pyramids -- window by window instead
+(:mod:`nasseg.inference.large`) and writes PNG, or tiled TIFF when the image is too big for
+PNG. NIfTI outputs carry the input's affine and header (qform and sform with
 their codes) and integer labels (uint8, or uint16 beyond 255 classes); 2D outputs are PNG. Each
 file is written to a temporary name, checked by reading it back, then renamed.
 """
@@ -23,10 +26,13 @@ from nasseg.data.views import PATCH_VIEW, DataView
 from nasseg.data.formats import SUPPORTED_ENDINGS, RawCase, RawDataset, read_spacing
 from nasseg.data.preprocess import CTStats, normalise, prepare_case, restore_label
 from nasseg.export import load_trained
+from nasseg.data.multires import SLIDE_SUFFIXES, open_large_image
+from nasseg.inference.large import predict_large_image, write_label_bands
 from nasseg.inference.sliding_window import network_predict_fn, sliding_window_predict
 from nasseg.runtime.device import resolve_device
 
-__all__ = ["PredictionPlan", "discover_inputs", "predict_path", "write_label"]
+__all__ = ["PredictionPlan", "discover_inputs", "discover_large_images", "predict_path",
+           "write_label"]
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
@@ -45,6 +51,7 @@ class PredictionPlan:
     patch_size: tuple[int, ...]
     class_names: list[str]
     view: DataView = PATCH_VIEW
+    large_images: bool = False  # inputs are large 2D images, read region by region
 
     @classmethod
     def from_data(cls, data: CaseSet, patch_size: Sequence[int] | None = None,
@@ -54,7 +61,8 @@ class PredictionPlan:
         ct = {int(c): CTStats(**s) for c, s in (getattr(data, "ct_stats", None) or {}).items()}
         spacing = getattr(data, "target_spacing", None)
         return cls(list(kinds), None if spacing is None else tuple(float(v) for v in spacing),
-                   ct, tuple(patch_size or data.patch_size), list(data.class_names), view)
+                   ct, tuple(patch_size or data.patch_size), list(data.class_names), view,
+                   hasattr(data, "read_context"))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (``plan.json``)."""
@@ -62,7 +70,7 @@ class PredictionPlan:
                 "target_spacing": None if self.target_spacing is None else list(self.target_spacing),
                 "ct_stats": {str(c): asdict(s) for c, s in self.ct_stats.items()},
                 "patch_size": list(self.patch_size), "class_names": self.class_names,
-                "view": self.view.to_dict()}
+                "view": self.view.to_dict(), "large_images": self.large_images}
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "PredictionPlan":
@@ -72,7 +80,7 @@ class PredictionPlan:
                    None if spacing is None else tuple(float(v) for v in spacing),
                    {int(c): CTStats(**s) for c, s in values["ct_stats"].items()},
                    tuple(int(p) for p in values["patch_size"]), list(values["class_names"]),
-                   DataView.from_dict(values.get("view")))
+                   DataView.from_dict(values.get("view")), bool(values.get("large_images", False)))
 
 
 def _ending(path: Path) -> str:
@@ -138,10 +146,51 @@ def write_label(label: np.ndarray, target: Path, source: Path) -> Path:
     return target
 
 
+def discover_large_images(path: str | Path) -> list[Path]:
+    """Large-image inputs: one file, or every image file of a folder (PNG, JPEG, TIFF, slides)."""
+    path = Path(path)
+    endings = set(SLIDE_SUFFIXES) | {".png", ".jpg", ".jpeg", ".bmp"}
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DataError(f"{path}: no such file or folder")
+    files = sorted(f for f in path.iterdir()
+                   if f.suffix.lower() in endings and not f.name.startswith("."))
+    if not files:
+        raise DataError(f"{path}: no image files ({', '.join(sorted(endings))}) found")
+    return files
+
+
+def _predict_large(model: Any, plan: PredictionPlan, inputs: str | Path, out_dir: Path,
+                   overlap: float, mirror: bool, dev: torch.device, fmt: str,
+                   progress: Callable[[str], None] | None) -> list[Path]:
+    """Stream every large image under ``inputs`` through the network into ``out_dir``."""
+    written = []
+    for file in discover_large_images(inputs):
+        with open_large_image(file) as image:
+            if image.channels != len(plan.channel_kinds):
+                raise DataError(f"{file}: {image.channels} channel(s), the network takes "
+                                f"{len(plan.channel_kinds)}")
+            bands = predict_large_image(network_predict_fn(model), image, plan.patch_size,
+                                        len(plan.class_names), plan.view, overlap, mirror,
+                                        device=dev)
+            width, height = image.size
+            target = write_label_bands(bands, width, height, out_dir / file.stem,
+                                       len(plan.class_names), fmt)
+        written.append(target)
+        if progress:
+            progress(f"{file.stem}: {target}")
+    return written
+
+
 def predict_path(trained: str | Path, inputs: str | Path, output: str | Path, overlap: float = 0.5,
                  mirror: bool = False, device: str = "auto",
-                 progress: Callable[[str], None] | None = None) -> list[Path]:
-    """Segment every case under ``inputs`` with the network of ``trained``; return the files."""
+                 progress: Callable[[str], None] | None = None,
+                 label_format: str = "auto") -> list[Path]:
+    """Segment every case under ``inputs`` with the network of ``trained``; return the files.
+
+    ``label_format`` (``auto``, ``png``, ``tiff``) applies to networks trained on large images.
+    """
     model, state = load_trained(trained)
     if "plan" not in state:
         raise DataError(f"{trained}: the trained model carries no preprocessing plan; retrain "
@@ -149,6 +198,11 @@ def predict_path(trained: str | Path, inputs: str | Path, output: str | Path, ov
     plan = PredictionPlan.from_dict(state["plan"])
     dev = resolve_device(device)
     model.to(dev)
+    if plan.large_images:
+        out_dir = Path(output)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return _predict_large(model, plan, inputs, out_dir, overlap, mirror, dev, label_format,
+                              progress)
     predict_fn = network_predict_fn(model)
     cases = discover_inputs(inputs)
     out_dir = Path(output)

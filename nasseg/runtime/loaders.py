@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader
@@ -11,7 +11,14 @@ from nasseg.data import CaseSet, PatchDataset
 from nasseg.data.views import PATCH_VIEW, DataView
 from nasseg.runtime.seeding import epoch_seed
 
-__all__ = ["EpochLoader"]
+__all__ = ["EpochLoader", "pass_steps"]
+
+
+def pass_steps(data: CaseSet, parts: Iterable[Sequence[int]], batch_size: int) -> int:
+    """Steps of one pass over the patches of every part of the cases (the fewest among the
+    parts, so every rank takes as many): cases times the set's ``patches_per_case``."""
+    per = int(getattr(data, "patches_per_case", 1))
+    return min(len(p) * per // min(batch_size, len(p) * per) for p in parts)
 
 
 class EpochLoader:
@@ -29,7 +36,7 @@ class EpochLoader:
                                     patch_size=patch_size, view=view)
         self.seed = seed
         self.generator = torch.Generator()
-        self.loader = DataLoader(self.dataset, batch_size=min(batch_size, len(indices)),
+        self.loader = DataLoader(self.dataset, batch_size=min(batch_size, len(self.dataset)),
                                  shuffle=train, drop_last=train, num_workers=num_workers,
                                  generator=self.generator)
 

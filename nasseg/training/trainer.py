@@ -29,7 +29,7 @@ from nasseg.data import (CaseSet, load_data, locate_data_spec, record_data_spec,
                          resolve_data_spec, split_indices)
 from nasseg.derive import build_derived, count_flops, count_parameters, read_arch, write_arch
 from nasseg.evaluation.folders import summarize_cases
-from nasseg.evaluation.metrics import case_metrics, chance_dice
+from nasseg.evaluation.metrics import ConfusionAccumulator, case_metrics, chance_dice
 from nasseg.evaluation.validation import Validation, validate
 from nasseg.inference import network_predict_fn, sliding_window_predict
 from nasseg.inference.predict import PredictionPlan
@@ -37,7 +37,7 @@ from nasseg.runtime.cost import CostCard
 from nasseg.runtime.device import resolve_device
 from nasseg.runtime.distributed import DistContext, is_main_process, shard
 from nasseg.runtime.guards import check_finite
-from nasseg.runtime.loaders import EpochLoader
+from nasseg.runtime.loaders import EpochLoader, pass_steps
 from nasseg.runtime.placement import place_batch, prepare_model
 from nasseg.runtime.precision import Precision
 from nasseg.runtime.runlog import RunLog, logger
@@ -101,9 +101,8 @@ class _Retrain:
             cfg, world = self.config, self.dist.world_size
             share = stage.case_share(self.split["train"])
             mine = shard(share, self.dist.rank, world)
-            steps = cfg.steps_per_epoch or min(
-                len(p) // min(cfg.batch_size, len(p))
-                for p in (shard(share, r, world) for r in range(world)))
+            steps = cfg.steps_per_epoch or pass_steps(
+                self.data, (shard(share, r, world) for r in range(world)), cfg.batch_size)
             self._loaders[stage.cases] = (
                 EpochLoader(self.data, mine, cfg.batch_size, True, cfg.seed, cfg.num_workers,
                             cfg.patch_size, self.view), steps)
@@ -320,14 +319,15 @@ def _run(run: RunFolder, model: SearchSpace, arch: dict[str, Any], dataset: Case
         raise RunFolderError(f"{run.path}: no epoch of the final stage finished")
     state = torch.load(run.model, map_location="cpu", weights_only=False)
     model.load_state_dict(state["model"])
-    summary, per_case = _evaluate_cases(model, dataset, val_idx, retrain.device, plan)
+    summary, per_case, pooled = _evaluate_cases(model, dataset, val_idx, retrain.device, plan,
+                                                config.batch_size)
     shape = arch["input_shape"]
     example = {k: v.to(retrain.device) for k, v in model.example_batch(shape[1:], shape[0]).items()}
     metrics = {
         "dice_mean": summary["mean_dice"], "dice_per_class": summary["dice"],
         "iou_mean": summary["mean_iou"], "iou_per_class": summary["iou"],
         "hd95_mean": summary["mean_hd95"], "hd95_per_class": summary["hd95"],
-        "pixel_accuracy": summary["pixel_accuracy"], "per_case": per_case,
+        "pixel_accuracy": summary["pixel_accuracy"], "per_case": per_case, "pooled": pooled,
         "best_epoch": best["epoch"], "epochs": config.epochs,
         "selection_metric": best["metric"], "validation": best["values"],
         "chance_dice": chance_dice(np.concatenate([dataset.case(i).label.ravel() for i in val_idx]),
@@ -343,17 +343,23 @@ def _run(run: RunFolder, model: SearchSpace, arch: dict[str, Any], dataset: Case
 
 @torch.no_grad()
 def _evaluate_cases(model: SearchSpace, data: CaseSet, indices: list[int], device: torch.device,
-                    plan: PredictionPlan) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Whole validation cases by sliding window, scored as ``nasseg evaluate`` scores files."""
+                    plan: PredictionPlan, batch_size: int = 1
+                    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, float]]:
+    """Whole validation cases by sliding window (``batch_size`` windows at a time, as many as
+    a training step holds), scored as ``nasseg evaluate`` scores files: the summary, the
+    per-case metrics and the values pooled over every pixel."""
     model.eval()
     predict_fn = network_predict_fn(model)
     spacing = getattr(data, "target_spacing", None)
     per_case = {}
+    pooled = ConfusionAccumulator(data.num_classes)
     for i in indices:
         case = data.case(i)
-        probs = sliding_window_predict(predict_fn, torch.from_numpy(np.asarray(case.image)).to(device),
-                                       plan.patch_size, view=plan.view)
-        per_case[case.case_id] = case_metrics(probs.argmax(0).cpu().numpy(), case.label,
-                                              data.num_classes, spacing=spacing,
-                                              class_names=data.class_names)
-    return summarize_cases(per_case, data.class_names), per_case
+        image = torch.from_numpy(np.asarray(case.image)).to(device)
+        probs = sliding_window_predict(predict_fn, image, plan.patch_size, view=plan.view,
+                                       batch_size=batch_size)
+        pred = probs.argmax(0).cpu().numpy()
+        per_case[case.case_id] = case_metrics(pred, case.label, data.num_classes,
+                                              spacing=spacing, class_names=data.class_names)
+        pooled.update(pred, case.label)
+    return summarize_cases(per_case, data.class_names), per_case, pooled.values()

@@ -37,7 +37,7 @@ from nasseg.runtime.cost import CostCard
 from nasseg.runtime.device import resolve_device
 from nasseg.runtime.distributed import DistContext, shard
 from nasseg.runtime.guards import check_finite
-from nasseg.runtime.loaders import EpochLoader
+from nasseg.runtime.loaders import EpochLoader, pass_steps
 from nasseg.runtime.placement import place_batch, prepare_model
 from nasseg.runtime.precision import Precision
 from nasseg.runtime.runlog import RunLog, logger
@@ -154,9 +154,9 @@ class DartsSearch:
                                    True, cfg.seed + offset, cfg.num_workers, cfg.patch_size,
                                    self.view)
                        for offset, k in enumerate(("weights", "arch"))]
-            steps = cfg.steps_per_epoch or min(
-                len(part) // min(cfg.batch_size, len(part))
-                for part in (shard(halves["weights"], r, world) for r in range(world)))
+            steps = cfg.steps_per_epoch or pass_steps(
+                self.data, (shard(halves["weights"], r, world) for r in range(world)),
+                cfg.batch_size)
             self._loaders[stage.cases] = (loaders[0], loaders[1], steps)
         return self._loaders[stage.cases]
 
