@@ -48,10 +48,10 @@ def _tiny(n: int = 4, spatial: tuple[int, ...] = (6, 5), with_meta: bool = True)
 
 
 def test_demo_sets_listed() -> None:
-    assert DEMO_SETS == ("demo3d", "demo2d")
+    assert DEMO_SETS == ("demo3d", "demo2d", "demo_slides")
 
 
-@pytest.mark.parametrize("name", DEMO_SETS)
+@pytest.mark.parametrize("name", ["demo3d", "demo2d"])  # demo_slides: tests/test_demo_slides.py
 def test_demo_deterministic_and_cached(name: str, nasseg_home: Path, tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     first = make_demo(name)
@@ -80,7 +80,7 @@ def test_demo_corrupt_cache_is_regenerated(nasseg_home: Path) -> None:
 
 
 def test_demo_unknown_name() -> None:
-    with pytest.raises(DataError, match="demo3d, demo2d"):
+    with pytest.raises(DataError, match="demo3d, demo2d, demo_slides"):
         make_demo("nope")
 
 

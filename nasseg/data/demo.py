@@ -6,21 +6,38 @@ volume holds both blob classes (``mixed``) or one (``single_class``); ``demo2d``
 images, 64x64) hides the object class in a faint global background pattern, so
 labels depend on wide context.  Both are generated from a fixed seed without
 downloads and cached under ``$NASSEG_HOME/demo`` (default ``~/.cache/nasseg/demo``).
+
+``demo_slides`` (8 one-channel "slides" of 1024 x 1024-1280 pixels) is a large-image set,
+cached as a folder of PNG files read region by region (:mod:`nasseg.data.large_images`).  Its
+four classes are ordered like BACH's (normal, benign, in situ, invasive): every region is
+made of the same small "gland" clusters at the same density (about one per 40 x 40 pixels),
+and the class is only their arrangement over a wide area -- scattered at random (normal), on a
+square lattice (benign), in rings of eight (in situ), in parallel cords (invasive).  A 32-pixel
+patch shows about one cluster, alike in every class; a context five times wider shows the
+arrangement.  Patches 32, 64 per slide and pass.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from nasseg.data.arrays import DataError, SegmentationData, load_arrays, save_arrays
+from nasseg.data.cases import CaseSet
+from nasseg.data.large_images import LargeImageSet
 
-__all__ = ["DEMO_SETS", "make_demo"]
+__all__ = ["DEMO_SETS", "SLIDE_CLASSES", "make_demo"]
 
-DEMO_SETS: tuple[str, ...] = ("demo3d", "demo2d")
+DEMO_SETS: tuple[str, ...] = ("demo3d", "demo2d", "demo_slides")
+
+#: demo_slides' classes, in BACH's order (the score of DA-RefineNet weighs their distance).
+SLIDE_CLASSES: tuple[str, ...] = ("normal", "benign", "in_situ", "invasive")
 
 # Bump when a generator changes so stale caches are regenerated instead of reused.
 _VERSION = 2  # 2: demo3d gained its scene label (images and labels unchanged)
@@ -158,22 +175,150 @@ def _generate_demo2d() -> SegmentationData:
     )
 
 
+# ----- demo_slides: large images whose classes only wide context tells apart --------------------
+
+_SLIDE_SPACING = 40.0  # one cluster per 40 x 40 pixels in every class
+_CLUSTER_RADIUS = 8
+
+
+def _lattice(shape: tuple[int, int], spacing: tuple[float, float], angle: float,
+             rng: np.random.Generator) -> np.ndarray:
+    """``(n, 2)`` points (row, col) of a rotated rectangular lattice covering ``shape``."""
+    h, w = shape
+    reach = float(np.hypot(h, w)) + max(spacing)
+    u = np.arange(-reach, reach, spacing[0]) + rng.uniform(0, spacing[0])
+    v = np.arange(-reach, reach, spacing[1]) + rng.uniform(0, spacing[1])
+    uu, vv = (a.ravel() for a in np.meshgrid(u, v, indexing="ij"))
+    c, s = np.cos(angle), np.sin(angle)
+    pts = np.stack([h / 2 + c * uu - s * vv, w / 2 + s * uu + c * vv], axis=1)
+    return pts[(pts[:, 0] > -16) & (pts[:, 0] < h + 16) & (pts[:, 1] > -16) & (pts[:, 1] < w + 16)]
+
+
+def _slide_layouts(shape: tuple[int, int], rng: np.random.Generator) -> list[np.ndarray]:
+    """Cluster centres of every class over the whole slide, all at one cluster per 40^2 px."""
+    h, w = shape
+    count = int(h * w / _SLIDE_SPACING**2)
+    area = (h + 32) * (w + 32) / (h * w)
+    scattered = np.stack([rng.uniform(-16, h + 16, 3 * count), rng.uniform(-16, w + 16, 3 * count)], 1)
+    keep = [scattered[0]]
+    for p in scattered[1:]:  # a hard core of 22 px, so no two clusters merge
+        if len(keep) >= count * area:
+            break
+        if np.min(np.hypot(*(np.asarray(keep) - p).T)) >= 22:
+            keep.append(p)
+    lattice = _lattice(shape, (_SLIDE_SPACING, _SLIDE_SPACING), rng.uniform(0, np.pi / 2), rng)
+    ring_centres = _lattice(shape, (112.0, 112.0), rng.uniform(0, np.pi / 2), rng)
+    turns = np.arange(8) * np.pi / 4
+    rings = (ring_centres[:, None, :] + 34.0 * np.stack([np.sin(turns), np.cos(turns)], 1)
+             ).reshape(-1, 2)
+    cords = _lattice(shape, (64.0, 25.0), rng.uniform(0, np.pi), rng)
+    jitter = lambda p: p + rng.normal(0.0, 1.5, p.shape)
+    return [np.asarray(keep), jitter(lattice), jitter(rings), jitter(cords)]
+
+
+def _slide_regions(shape: tuple[int, int], rng: np.random.Generator, classes: list[int],
+                   yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    """The label map: normal everywhere, one lobed region (2-3 ellipses) per listed class."""
+    h, w = shape
+    label = np.zeros(shape, np.uint8)
+    for cls in classes:
+        cy, cx = rng.uniform(0.2, 0.8) * h, rng.uniform(0.2, 0.8) * w
+        region = np.zeros(shape, bool)
+        for _ in range(int(rng.integers(2, 4))):
+            oy, ox = rng.normal(0, 70, 2)
+            ry, rx = rng.uniform(110, 220, 2)
+            t = rng.uniform(0, np.pi)
+            dy, dx = yy - (cy + oy), xx - (cx + ox)
+            a, b = np.cos(t) * dy + np.sin(t) * dx, -np.sin(t) * dy + np.cos(t) * dx
+            region |= (a / ry) ** 2 + (b / rx) ** 2 <= 1.0
+        label[region] = cls
+    return label
+
+
+def _draw_cluster(image: np.ndarray, centre: np.ndarray, rng: np.random.Generator) -> None:
+    """Add one cluster (a soft bright disc with six dark nuclei) to ``image`` in place."""
+    r = _CLUSTER_RADIUS + 3
+    cy, cx = round(centre[0]), round(centre[1])
+    y0, y1 = max(cy - r, 0), min(cy + r + 1, image.shape[0])
+    x0, x1 = max(cx - r, 0), min(cx + r + 1, image.shape[1])
+    if y1 <= y0 or x1 <= x0:
+        return
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    dist = np.hypot(yy - centre[0], xx - centre[1])
+    stamp = 0.30 / (1.0 + np.exp((dist - _CLUSTER_RADIUS) / 1.0))
+    angles = rng.uniform(0, 2 * np.pi, 6)
+    radii = rng.uniform(0, _CLUSTER_RADIUS - 3, 6)
+    for a, d in zip(angles, radii):
+        ny, nx = centre[0] + d * np.sin(a), centre[1] + d * np.cos(a)
+        stamp -= 0.25 * np.exp(-((yy - ny) ** 2 + (xx - nx) ** 2) / (2 * 1.3**2))
+    image[y0:y1, x0:x1] += stamp
+
+
+def _generate_slides(folder: Path) -> None:
+    """Write demo_slides into ``folder`` (``dataset.json``, ``images/``, ``labels/``)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(20240303)
+    (folder / "images").mkdir(parents=True)
+    (folder / "labels").mkdir()
+    for i in range(8):
+        shape = (1024, 1024 + 128 * (i % 3))
+        yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
+        # every slide shows benign, in situ and invasive (and one of them twice on some)
+        classes = [1, 2, 3] + ([int(rng.integers(1, 4))] if i % 2 else [])
+        label = _slide_regions(shape, rng, list(rng.permutation(classes)), yy, xx)
+        image = 0.35 + 0.05 * rng.normal(size=shape).astype(np.float32)
+        for cls, points in enumerate(_slide_layouts(shape, rng)):
+            inside = np.clip(np.round(points).astype(np.int64), 0, np.array(shape) - 1)
+            for p in points[label[inside[:, 0], inside[:, 1]] == cls]:
+                _draw_cluster(image, p, rng)
+        pixels = np.clip(np.round(image * 255), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / "images" / f"slide_{i:02d}.png")
+        Image.fromarray(label).save(folder / "labels" / f"slide_{i:02d}.png")
+    meta = {"name": "demo_slides", "large_images": True, "patch_size": 32, "patches_per_case": 64,
+            "labels": {name: k for k, name in enumerate(SLIDE_CLASSES)}}
+    (folder / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def _make_slides(folder: Path) -> CaseSet:
+    """demo_slides from its cache folder, generated (into a temporary folder, then renamed)
+    when the folder is missing or unreadable."""
+    if folder.is_dir():
+        try:
+            data = LargeImageSet.from_folder(folder)
+            if data.num_cases == 8 and all(lab is not None for lab in data.labels):
+                return data
+        except (DataError, OSError, ValueError):
+            pass
+        shutil.rmtree(folder, ignore_errors=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        _generate_slides(tmp / "set")
+        os.replace(tmp / "set", folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return LargeImageSet.from_folder(folder)
+
+
 _GENERATORS: dict[str, Callable[[], SegmentationData]] = {
     "demo3d": _generate_demo3d,
     "demo2d": _generate_demo2d,
 }
 
 
-def make_demo(name: str, cache_dir: Path | None = None) -> SegmentationData:
+def make_demo(name: str, cache_dir: Path | None = None) -> CaseSet:
     """Return the demo data set ``name``, loading it from the cache or generating and caching it.
 
-    ``cache_dir`` is the folder holding the ``.npz`` files (default
-    ``$NASSEG_HOME/demo`` or ``~/.cache/nasseg/demo``).  A cache file that is
-    unreadable or invalid is regenerated.
+    ``cache_dir`` is the folder holding the ``.npz`` files and the ``demo_slides`` folder
+    (default ``$NASSEG_HOME/demo`` or ``~/.cache/nasseg/demo``).  A cache that is unreadable
+    or invalid is regenerated.
     """
-    if name not in _GENERATORS:
+    if name not in DEMO_SETS:
         raise DataError(f"unknown demo data set {name!r}; valid names: {', '.join(DEMO_SETS)}")
     folder = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
+    if name == "demo_slides":
+        return _make_slides(folder / f"{name}-v{_VERSION}")
     path = folder / f"{name}-v{_VERSION}.npz"
     if path.is_file():
         try:

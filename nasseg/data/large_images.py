@@ -8,7 +8,9 @@ inputs as from any other source. Whole cases (:meth:`LargeImageSet.case`, used b
 validation) are read at level 0.
 
 Folder layout: ``dataset.json`` with ``"large_images": true``, ``"labels"`` (name -> value,
-as nnU-Net) and optionally ``"patch_size"`` (default 256); ``images/CASE.<png|tif|svs|...>``
+as nnU-Net) and optionally ``"patch_size"`` (default 256) and ``"patches_per_case"`` (patches
+cut from each image in one pass over the cases, default 1; validation cuts as many at fixed
+places); ``images/CASE.<png|tif|svs|...>``
 and ``labels/CASE.png`` (or ``.tif``), one label map per image at its level-0 size.
 Eight-bit images are scaled to [0, 1]; other types are kept as they are.
 """
@@ -44,7 +46,7 @@ class LargeImageSet:
 
     def __init__(self, name: str, images: Sequence[LargeImage], labels: Sequence[LargeImage | None],
                  class_names: Sequence[str], patch_size: Sequence[int] = (256, 256),
-                 case_ids: Sequence[str] | None = None) -> None:
+                 case_ids: Sequence[str] | None = None, patches_per_case: int = 1) -> None:
         if not images:
             raise DataError(f"{name}: no images")
         if len(labels) != len(images):
@@ -60,6 +62,10 @@ class LargeImageSet:
         self.class_names = list(class_names)
         self._patch = tuple(int(p) for p in patch_size)
         self.case_ids = list(case_ids or (f"case_{i:03d}" for i in range(len(images))))
+        if int(patches_per_case) != patches_per_case or patches_per_case < 1:
+            raise DataError(f"{name}: patches_per_case must be a whole number >= 1, got "
+                            f"{patches_per_case}")
+        self.patches_per_case = int(patches_per_case)
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> "LargeImageSet":
@@ -81,7 +87,7 @@ class LargeImageSet:
         size = meta.get("patch_size", 256)
         patch = (size, size) if isinstance(size, int) else tuple(size)
         return cls(meta.get("name", folder.name), images, maps, names, patch,
-                   [f.stem for f in files])
+                   [f.stem for f in files], meta.get("patches_per_case", 1))
 
     # ----- the case-set interface -------------------------------------------------------------
     @property

@@ -59,6 +59,10 @@ class PatchDataset(Dataset):
         fg_fraction: share of patches forced to contain foreground (nnU-Net uses 1/3).
         view: what else to cut around the patch; flips, rotations and the intensity change
             apply to every crop alike (the crops are concentric, so they stay aligned).
+
+    A data set with a ``patches_per_case`` attribute (large images) gives that many patches of
+    every case per pass; without augmentation they lie at fixed places drawn uniformly over the
+    image (seeded by ``(seed, case, k)``), so every validation sees the same patches.
     """
 
     def __init__(self, data: CaseSet, indices: Sequence[int], augment: bool = False,
@@ -78,6 +82,7 @@ class PatchDataset(Dataset):
                             f"{data.spatial_dims}D cases (need {data.spatial_dims} positive sizes)")
         self.fg_fraction = fg_fraction
         self.view = view
+        self.per_case = int(getattr(data, "patches_per_case", 1))
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -85,7 +90,7 @@ class PatchDataset(Dataset):
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.indices) * self.per_case
 
     def _centre(self, label: np.ndarray | None, rng: np.random.Generator | None) -> list[int]:
         shape = label.shape if label is not None else ()
@@ -98,10 +103,14 @@ class PatchDataset(Dataset):
         return [int(rng.integers(s)) for s in shape]
 
     def __getitem__(self, item: int) -> dict[str, torch.Tensor | int]:
-        index = self.indices[item]
-        rng = np.random.default_rng((self.seed, self.epoch, index)) if self.augment else None
+        index, k = self.indices[item // self.per_case], item % self.per_case
+        extra = (k,) if self.per_case > 1 else ()
+        rng = (np.random.default_rng((self.seed, self.epoch, index, *extra)) if self.augment
+               else None)
         if hasattr(self.data, "read_context"):  # large images: read region by region
-            crops, case = self._region_crops(index, rng), None
+            place = rng if rng is not None or self.per_case == 1 else \
+                np.random.default_rng((self.seed, index, k))
+            crops, case = self._region_crops(index, place, rng is not None), None
             labelled = self.data.labels[index] is not None
         else:
             case = self.data.case(index)
@@ -145,13 +154,14 @@ class PatchDataset(Dataset):
         return self._view_crops(lambda at, f, lab: context_crop(
             label if lab else image, at, self.patch, f, label=lab), start)
 
-    def _region_crops(self, index: int, rng: np.random.Generator | None
+    def _region_crops(self, index: int, rng: np.random.Generator | None, train: bool
                       ) -> dict[str, tuple[np.ndarray, int]]:
-        """The view's crops of a large image, read region by region around one centre."""
+        """The view's crops of a large image, read region by region around one centre (the
+        image's centre without ``rng``; foreground oversampled only in ``train``ing)."""
         data = self.data
         width, height = data.images[index].size
         centre = ([height // 2, width // 2] if rng is None
-                  else data.sample_centre(index, rng, self.fg_fraction))
+                  else data.sample_centre(index, rng, self.fg_fraction if train else 0.0))
         return self._view_crops(lambda at, f, lab: data.read_context(
             index, at, self.patch, f, label=lab), [c - p // 2 for c, p in zip(centre, self.patch)])
 
