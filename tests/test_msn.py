@@ -275,10 +275,15 @@ def test_metrics_score_each_branch_against_its_own_field():
     assert values["miou_x3"] < 0.5
 
 
-def test_3d_is_refused_with_one_clear_line():
+def test_3d_is_refused_with_one_clear_line(tmp_path):
     with pytest.raises(ValueError, match="2D images only") as err:
         create_space("msn", spatial_dims=3)
     assert "\n" not in str(err.value)
+    result = CliRunner().invoke(cli, ["search", "--space", "msn", "--data", "demo3d", "--out",
+                                      str(tmp_path / "s"), "--device", "cpu"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert [line for line in result.output.splitlines() if "2D images only" in line] == [
+        result.output.strip().splitlines()[-1]]
     with pytest.raises(ValueError, match="downsamples"):
         _space(downsamples=[1, 3, 4])
 
@@ -307,6 +312,7 @@ def test_search_derive_train_predict_export_end_to_end(tmp_path):
         *common)
     metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())
     assert metrics["selection_metric"] == "miou_fusion" and metrics["best_epoch"] == 5
+    assert metrics["params"] == arch["params"]  # counted whole after the frozen stages
     assert all(0 <= metrics["validation"][f"miou_{k}"] <= 1 for k in ("x1", "x2", "x3", "fusion"))
     assert json.loads((tmp_path / "t" / "plan.json").read_text())["view"] == {
         "context": [2, 4], "context_labels": True}
@@ -345,3 +351,9 @@ def test_search_derive_train_predict_export_end_to_end(tmp_path):
                     str(tmp_path / "context.npy"), str(tmp_path / "out.npy")],
                    check=True, cwd=tmp_path)
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, rtol=1e-4, atol=1e-4)
+    _ok("export", tmp_path / "t", "--format", "onnx", "--out", tmp_path / "m.onnx")
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["image", "context"]
+    out = session.run(None, {"image": image, "context": context})[0]
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
