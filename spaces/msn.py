@@ -59,7 +59,8 @@ Decisions the paper leaves open:
   ``fusion`` (share 1) trains Meta-FM on L(S, Y1), all else frozen. Cross-entropy, mean
   reduction. ``meta`` uses the first ``1 - sub_share`` of the training cases, the later stages
   the rest (the sub-training set); ``steps23_data=all`` trains every stage on all (MSN+*). A
-  derived net without Mem-RMs and with shared weights has no ``memrm`` stage.
+  derived net without Mem-RMs and with shared weights has no ``memrm`` stage; its share goes to
+  ``fusion``, so the meta-branch trains exactly as long as in the other variants.
 - ``share_weights=False`` is Table 3's multi-branch: three backbones (``backbones.x1`` ..
   ``x3``); ``meta`` trains x3's, ``memrm`` trains x1's and x2's with their Mem-RMs.
 - Metrics: mIoU over all classes (background included, accumulated over the set) of each
@@ -463,10 +464,11 @@ class MSNSpace(SearchSpace):
             meta_part = ("backbones.x3",)
             branch_parts, frozen = ("backbones.x1", "backbones.x2"), ("backbones.x3",)
         stages = [TrainingStage("meta", 3.0, trainable=meta_part, cases=first, search=False)]
-        if len(self.memrm) or branch_parts:
+        recall = bool(len(self.memrm) or branch_parts)
+        if recall:
             stages.append(TrainingStage("memrm", 1.0, trainable=("memrm",) + branch_parts,
                                         eval_modules=frozen, cases=rest, search=True))
-        stages.append(TrainingStage("fusion", 1.0, trainable=("fusion",),
+        stages.append(TrainingStage("fusion", 1.0 if recall else 2.0, trainable=("fusion",),
                                     eval_modules=("backbone", "memrm"), cases=rest, search=False))
         return stages
 

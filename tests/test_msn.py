@@ -214,7 +214,8 @@ def test_pruned_gates_build_no_memrm_and_kept_gates_are_eq1():
     space = _space()
     plain = space.freeze(space.gap_sample([]))
     assert len(plain.memrm) == 0 and count_parameters(plain) < count_parameters(space)
-    assert [s.name for s in plain.training_stages()] == ["meta", "fusion"]
+    assert [(s.name, s.fraction) for s in plain.training_stages()] == [("meta", 3.0),
+                                                                        ("fusion", 2.0)]
     plain.eval()
     batch = _batch()
     with torch.no_grad():
