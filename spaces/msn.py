@@ -21,8 +21,7 @@ Every conv-block output of the backbone is a candidate gap layer l = 1..L; the c
 ``[plain B, Mem-RM B']``: keep {1} is eq. (1), {0} is no Mem-RM (its module is not built), {0, 1}
 the residual ``B + B'``; the op choice ``memrm_x{i}_l{l}`` picks Mem-RM's f (``conv3x2``,
 ``conv3``, ``conv1``). The architecture moves only in the ``memrm`` stage, on the branches'
-loss L(S1, Y1) + L(S2, Y2). The paper's rule is kept as
-a baseline: :func:`gap_statistics` (per layer |mean(X_i) - mean(X3)| and |var(X_i) - var(X3)|
+loss L(S1, Y1) + L(S2, Y2). The paper's rule is kept as a baseline: :func:`gap_statistics` (per layer |mean(X_i) - mean(X3)| and |var(X_i) - var(X3)|
 through the trained meta-branch) and :func:`stats_sample` (the top k layers as gaps).
 
 Decisions the paper leaves open:
@@ -35,7 +34,8 @@ Decisions the paper leaves open:
 - Mem-RM: crop and upsample are one bilinear ``grid_sample`` with the affine
   ``[[r, 0, 0], [0, r, 0]]`` (``align_corners=False``), r = d_i / d_3, exact for fractional
   crops; f defaults to ConvNormAct 3x3 (2C -> C) -> ConvNormAct 3x3 (C -> C); one Mem-RM per
-  branch and layer.
+  branch and layer. The crop is centred on the map's centre, so patch sizes should be even
+  (the views centre X2, X3 on pixel ``p // 2``; odd sizes are off by half a pixel).
 - Meta-FM sizes (spec, from Table 5): the fusion reads ``cat(S1, S2')`` (2Nc channels), conv
   3x3 (2Nc -> Nc), ReLU, conv 3x3 (Nc -> Nc), no biases: |W| = 27 Nc^2. The learner's input is
   sigma (2 |W_o|, weights only), hidden width knob ``meta_hidden`` (default 8). ``fusion=plain``
@@ -50,8 +50,9 @@ Decisions the paper leaves open:
 - Test time (the paper does not say; sigma needs Y1): ``meta_eval=stored`` (default) keeps
   W* = an exponential moving average (momentum 0.9) of the batch mean of the generated weights
   over the training steps of the ``fusion`` stage, and eval mode fuses with W*; the learner is
-  then training-only (left out of exports and counts). ``meta_eval=pseudo_label`` computes
-  sigma with argmax(S1) in place of Y1. Eval mode never reads the label; before any fusion step
+  then training-only (left out of exports and counts), and an export holds two fixed fusion
+  convs. ``meta_eval=pseudo_label`` computes sigma with argmax(S1) in place of Y1 (exported
+  with the learner: sigma's closed form traces). Eval mode never reads the label; before any fusion step
   (W* unset) it uses the pseudo-label path.
 - Stages (Adam in the paper; nasseg's AdamW here): ``meta`` (share 3, the paper's 30 epochs)
   trains the backbone on L(S3, Y3); ``memrm`` (share 1) trains the Mem-RMs on
