@@ -82,6 +82,19 @@ class DiceAccumulator:
         scores = [s for s in self.per_class() if not math.isnan(s)]
         return float(sum(scores) / len(scores)) if scores else 0.0
 
+    def iou_per_class(self, background: bool = True) -> list[float]:
+        """IoU ``TP / (TP + FP + FN)`` of every class (from 0 with ``background``, else from 1);
+        NaN where absent from prediction and reference."""
+        first = 0 if background else 1
+        return [float(self.tp[c] / d) if (d := self.tp[c] + self.fp[c] + self.fn[c]) else math.nan
+                for c in range(first, self.num_classes)]
+
+    def mean_iou(self, background: bool = True) -> float:
+        """Mean IoU over the classes (semantic segmentation's mIoU counts the background class
+        too) ignoring NaN classes; 0.0 if every class is NaN."""
+        scores = [s for s in self.iou_per_class(background) if not math.isnan(s)]
+        return float(sum(scores) / len(scores)) if scores else 0.0
+
 
 class FlagAccumulator:
     """Accuracy and F1 of binary flags (e.g. per-class presence ``(N, K-1)``) over batches.

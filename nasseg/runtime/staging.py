@@ -43,6 +43,13 @@ class StagedWeights:
         """Every weight the optimizer holds."""
         return [p for _, p in self.named]
 
+    def release(self) -> None:
+        """Every weight trainable again, as before the first stage (parameter counts and later
+        use of the network see it whole)."""
+        for _, p in self.named:
+            p.requires_grad_(True)
+        self.stage = None
+
     def trainable(self) -> list[nn.Parameter]:
         """The weights the current stage trains."""
         return [p for _, p in self.named if p.requires_grad]

@@ -312,6 +312,7 @@ def _run(run: RunFolder, model: SearchSpace, arch: dict[str, Any], dataset: Case
     # model.pt names its data relative to the training folder, as run.json does
     recorded = read_json(run.config, "run description")["data"]
     best = retrain.fit({"arch": {**arch, "data": recorded}, "plan": plan.to_dict()})
+    retrain.staged.release()
     retrain.dist.close()
     if not retrain.dist.is_main:
         return None
