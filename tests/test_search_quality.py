@@ -53,3 +53,22 @@ def test_agreement_of_identical_and_of_disjoint_architectures(small3d, tmp_path)
         elif entry["kind"] == "op":
             entry["chosen"] = next(c for c in entry["candidates"] if c != entry["chosen"])
     assert agreement([a, b]) == {"connections_jaccard": 0.0, "ops_agree": 0.0}
+
+
+def test_a_derived_nets_initial_weights_depend_on_the_seed_not_on_its_supernet(small3d, tmp_path):
+    """Variants compared at one seed start alike: building the supernet to check the sample
+    draws no random numbers, so the derived net is initialised as if built alone."""
+    from nni.nas.space import model_context
+
+    from nasseg.runtime.seeding import seed_everything
+    from nasseg.space import create_space
+
+    arch = random_architecture("uxnet", str(small3d), 1, tmp_path / "a.json", space_args=ARGS)[1]
+    seed_everything(3)
+    derived = build_derived(arch)
+    seed_everything(3)
+    with model_context(arch["sample"]):
+        alone = create_space("uxnet", knobs={k: arch["sample"][k] for k in arch["knobs"]},
+                             **arch["space_args"])
+    for (name, a), (_, b) in zip(derived.state_dict().items(), alone.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=name)

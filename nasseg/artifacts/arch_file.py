@@ -25,6 +25,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from nasseg.artifacts.files import FileFormatError, read_json, write_json
 from nasseg.data import locate_data_spec, record_data_spec
 from nasseg.space import KnobError, SampleError, SearchSpace, create_space
@@ -64,13 +66,16 @@ def build_derived(arch: dict[str, Any], source: str | Path = "architecture") -> 
     """Build the derived (frozen) network an architecture file describes.
 
     The sample is checked against its space first: a label the space does not have, or a
-    choice or knob the sample lacks, raises :class:`SampleError` naming ``source``.
+    choice or knob the sample lacks, raises :class:`SampleError` naming ``source``. The check
+    draws no random numbers (the RNG is restored after it), so a derived net's initial weights
+    depend on the seed alone, not on the size of the supernet it came from.
     """
     sample = arch["sample"]
     try:
-        space = create_space(arch["space"], knobs={k: v for k, v in sample.items()
-                                                   if k in arch.get("knobs", {})},
-                             **arch["space_args"])
+        with torch.random.fork_rng(devices=[]):
+            space = create_space(arch["space"], knobs={k: v for k, v in sample.items()
+                                                       if k in arch.get("knobs", {})},
+                                 **arch["space_args"])
     except (KnobError, SampleError, TypeError) as exc:
         raise SampleError(f"{source}: {exc}") from None
     missing = sorted(set(space.choice_infos) - set(sample))
