@@ -1,6 +1,7 @@
 """Built-in search spaces; importing this package registers them by name."""
+from nasseg.spaces.inter_unet import InterUNetSpace
 from nasseg.spaces.task_decomp import TaskDecompSpace
 from nasseg.spaces.unet import UNetSpace
 from nasseg.spaces.uxnet import UXNetSpace
 
-__all__ = ["TaskDecompSpace", "UNetSpace", "UXNetSpace"]
+__all__ = ["InterUNetSpace", "TaskDecompSpace", "UNetSpace", "UXNetSpace"]
