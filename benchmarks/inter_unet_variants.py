@@ -7,7 +7,8 @@ the blocks are fixed (3x3(x3) pairs, every skip kept), so variants differ only i
 training-only parts and loss. Per run: whole-case Dice (sliding window, the kept epoch), the
 small-object Dice of that epoch's validation (per-object Dice of the objects no larger than a
 ball of radius 5), the epochs until the validation Dice first reaches 95 % of the kept epoch's,
-the wall time, and the inference parameter count (equal for every variant of a backbone).
+the wall time, the inference parameter count (equal for every variant of a backbone) and, for
+the intermediate variants, the trained network's L_j (JSON only).
 
     python benchmarks/inter_unet_variants.py --out bench/inter_unet        # all: 2 x 2 x 7 x 3
     python benchmarks/inter_unet_variants.py --quick   # smoke run: demo2d, U-Net, none/inter/tw/twi
@@ -29,6 +30,7 @@ import torch
 from nasseg.artifacts.arch_file import write_arch
 from nasseg.data import load_data
 from nasseg.derive.derive import derive_architecture
+from nasseg.export import load_trained
 from nasseg.space import SearchSpace, create_space
 from nasseg.spaces.inter_unet import VARIANTS
 from nasseg.training.trainer import TrainConfig, train_architecture
@@ -53,6 +55,19 @@ def plain_arch(space: SearchSpace, input_shape: list[int], data: str) -> dict[st
 def epochs_to(history: list[dict[str, Any]], target: float) -> int:
     """The first epoch (1-based) whose validation Dice reaches ``target``."""
     return next(i + 1 for i, h in enumerate(history) if h["dice_mean"] >= target)
+
+
+@torch.no_grad()
+def intermediate_mse(train_dir: Path, cases: Any, n: int = 4) -> list[float] | None:
+    """L_j of the trained network on its first ``n`` cases (training mode, so the mask branch
+    runs): do the intermediate terms stay non-trivial once trained? None without them."""
+    model, _ = load_trained(train_dir)
+    model.train()
+    batch = {"image": torch.stack([torch.as_tensor(cases.case(i).image) for i in range(n)]),
+             "label": torch.stack([torch.as_tensor(cases.case(i).label) for i in range(n)])}
+    terms = model.loss_terms(model.forward_batch(batch), batch)
+    values = [float(terms[f"inter{j}"]) for j in range(model.levels) if f"inter{j}" in terms]
+    return values or None
 
 
 def run(datasets: list[str], backbones: list[str], variants: list[str], seeds: int, epochs: int,
@@ -86,6 +101,7 @@ def run(datasets: list[str], backbones: list[str], variants: list[str], seeds: i
                            "small_dice": metrics["validation"]["small_dice"],
                            "val_dice": kept, "epochs_to_95": epochs_to(history, 0.95 * kept),
                            "best_epoch": metrics["best_epoch"], "params": metrics["params"],
+                           "inter_mse": intermediate_mse(folder / f"seed{seed}", cases),
                            "curve": [round(h["dice_mean"], 4) for h in history]}
                     logging.info("%s", {k: v for k, v in row.items() if k != "curve"})
                     rows.append(row)
