@@ -6,7 +6,8 @@ class-presence accuracy and F1 (:class:`FlagAccumulator`) and the per-image mean
 ROBOT18 challenge (:func:`image_mean_iou`). For classes ordered by severity (BACH: normal,
 benign, in situ, invasive), :class:`ConfusionAccumulator` pools a confusion matrix over a set and
 gives IoU of every class (background included), their mean, pixel accuracy and the ordinal
-score of the BACH challenge (:func:`ordinal_score`).  Per-class lists cover the
+score of the BACH challenge (:func:`ordinal_score`). For small targets: the per-object Dice of
+the reference objects up to a size (:class:`SmallObjectDice`). Per-class lists cover the
 foreground classes ``1..num_classes-1``; a class absent from prediction and reference scores NaN
 and means ignore NaN.
 """
@@ -22,6 +23,7 @@ import torch
 from scipy import ndimage
 
 __all__ = ["DiceAccumulator", "FlagAccumulator", "ConfusionAccumulator", "ordinal_score",
+           "SmallObjectDice", "ball_size", "object_dice",
            "image_mean_iou", "chance_dice", "dice_per_class", "iou_per_class", "hd95_per_class",
            "pixel_accuracy", "case_metrics"]
 
@@ -183,6 +185,58 @@ def ordinal_score(pred: np.ndarray | torch.Tensor, ref: np.ndarray | torch.Tenso
     acc = ConfusionAccumulator(num_classes)
     acc.update(pred, ref)
     return _score_of(acc.matrix)
+
+
+def ball_size(radius: float, spatial_dims: int) -> float:
+    """Voxels of a ball (3D) or pixels of a disc (2D) of ``radius``: a size threshold that reads
+    the same in 2D and 3D."""
+    return math.pi * radius ** 2 if spatial_dims == 2 else 4.0 / 3.0 * math.pi * radius ** 3
+
+
+def object_dice(pred: np.ndarray | torch.Tensor, ref: np.ndarray | torch.Tensor,
+                num_classes: int, max_size: float) -> list[float]:
+    """Dice of every reference object (connected component of one foreground class, face
+    connectivity) of at most ``max_size`` voxels in one label map.
+
+    An object ``C`` of class ``c`` is scored against the predicted components of class ``c``
+    that touch it (``R``): ``2 |C & R| / (|C| + |R|)``. A missed object scores 0; predictions
+    away from every small object do not count (whole-set Dice covers them).
+    """
+    p, r = _label_pair(pred, ref, num_classes)
+    scores = []
+    for c in range(1, num_classes):
+        objects, n = ndimage.label(r == c)
+        if not n:
+            continue
+        sizes = np.bincount(objects.ravel(), minlength=n + 1)
+        small = [k for k in range(1, n + 1) if sizes[k] <= max_size]
+        if not small:
+            continue
+        predicted, _ = ndimage.label(p == c)
+        for k in small:
+            obj = objects == k
+            touching = np.unique(predicted[obj])
+            hit = np.isin(predicted, touching[touching > 0])
+            scores.append(float(2 * (obj & hit).sum() / (obj.sum() + hit.sum())))
+    return scores
+
+
+class SmallObjectDice:
+    """Mean per-object Dice (:func:`object_dice`) of the small reference objects over batches of
+    label maps; NaN while none was seen."""
+
+    def __init__(self, num_classes: int, max_size: float) -> None:
+        self.num_classes, self.max_size = int(num_classes), float(max_size)
+        self.scores: list[float] = []
+
+    def update(self, pred: torch.Tensor | np.ndarray, ref: torch.Tensor | np.ndarray) -> None:
+        """Add a batch of predicted and reference label maps ``(N, *spatial)``."""
+        for p, r in zip(torch.as_tensor(pred).cpu().numpy(), torch.as_tensor(ref).cpu().numpy()):
+            self.scores += object_dice(p, r, self.num_classes, self.max_size)
+
+    def mean(self) -> float:
+        """Mean over every small object seen (NaN if none)."""
+        return float(np.mean(self.scores)) if self.scores else math.nan
 
 
 def image_mean_iou(pred: np.ndarray | torch.Tensor, ref: np.ndarray | torch.Tensor,

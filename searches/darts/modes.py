@@ -152,8 +152,13 @@ def _has_own_state(module: nn.Module) -> bool:
 def channel_signature(module: nn.Module) -> tuple[int, int] | None:
     """(input channels, output channels) of an op built from convs and norms, read from its
     first and last channel-bearing layers in registration order; None when it has none
-    (pooling, identity: any width). Raises :class:`PartialChannelError` for a layer with
-    parameters or buffers that is not a conv, transposed conv or norm."""
+    (pooling, identity: any width). An op that computes with weights it does not own (a tied
+    decoder running another op's convolutions) states its own as ``op.partial_channels = (in,
+    out)``. Raises :class:`PartialChannelError` for a layer with parameters or buffers that is
+    not a conv, transposed conv or norm."""
+    declared = getattr(module, "partial_channels", None)
+    if declared is not None:
+        return int(declared[0]), int(declared[1])
     first: int | None = None
     last: int | None = None
     for name, m in module.named_modules():
