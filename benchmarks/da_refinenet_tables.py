@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -26,12 +25,12 @@ from typing import Any
 from nasseg.artifacts.arch_file import write_arch
 from nasseg.data import load_data
 from nasseg.derive import read_arch
-from nasseg.derive.derive import derive_architecture
+from nasseg.derive.derive import fixed_architecture
 from nasseg.searches.darts import SearchConfig
 from nasseg.searches.darts.run import start_search
 from nasseg.space import SearchSpace, create_space
 from nasseg.training.trainer import TrainConfig, train_architecture
-from report import save_report
+from report import group_rows, mean_sd, save_report
 
 #: variant -> (knobs, fusion of every block; None: searched)
 VARIANTS: dict[str, tuple[dict[str, Any], str | None]] = {
@@ -47,13 +46,7 @@ METRICS = ("miou", "accuracy", "score")
 def fixed_arch(space: SearchSpace, fusion: str, input_shape: list[int], data: str
                ) -> dict[str, Any]:
     """``arch.json`` of the paper's network with ``fusion`` everywhere (certain scores)."""
-    sample = space.paper_sample(fusion)
-    scores = {"op": {label: {"probs": [float(c == sample[label]) for c in info.candidates]}
-                     for label, info in space.choice_infos.items() if info.kind == "op"},
-              "connection": {}}
-    arch = derive_architecture(space, scores, 0.5, input_shape)
-    assert arch["sample"] == sample, "the paper's sample did not survive derive"
-    return {**arch, "data": data}
+    return {**fixed_architecture(space, space.paper_sample(fusion), input_shape), "data": data}
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -98,17 +91,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     """Mean ± sd over seeds per variant."""
     lines = ["| variant | seeds | params | " + " | ".join(METRICS) + " |",
              "| --- | --- | --- | " + " | ".join("---" for _ in METRICS) + " |"]
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault(r["variant"], []).append(r)
-    for variant, group in groups.items():
-        cells = []
-        for m in METRICS:
-            values = [r[m] for r in group]
-            sd = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.mean(values):.3f} ± {sd:.3f}")
+    for variant, group in group_rows(rows, lambda r: r["variant"]).items():
         lines.append(f"| {variant} | {len(group)} | {group[0]['params']:,} | "
-                     + " | ".join(cells) + " |")
+                     + " | ".join(mean_sd(r[m] for r in group) for m in METRICS) + " |")
     return "\n".join(lines)
 
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -34,7 +32,7 @@ from nasseg.export import load_trained
 from nasseg.space import SearchSpace, create_space
 from nasseg.spaces.inter_unet import VARIANTS
 from nasseg.training.trainer import TrainConfig, train_architecture
-from report import save_report
+from report import group_rows, mean_sd, save_report
 
 METRICS = ("dice_mean", "small_dice", "epochs_to_95", "seconds")
 
@@ -108,25 +106,14 @@ def run(datasets: list[str], backbones: list[str], variants: list[str], seeds: i
     return rows
 
 
-def _cell(values: list[float]) -> str:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return "–"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {sd:.3f}"
-
-
 def markdown(rows: list[dict[str, Any]]) -> str:
     """Mean ± sd over seeds per data set, backbone and variant."""
     lines = ["| data | backbone | variant | seeds | params | " + " | ".join(METRICS) + " |",
              "| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in METRICS) + " |"]
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault((r["data"], r["backbone"], r["variant"]), []).append(r)
+    groups = group_rows(rows, lambda r: (r["data"], r["backbone"], r["variant"]))
     for (data, backbone, variant), group in groups.items():
-        cells = [_cell([r[m] for r in group]) for m in METRICS]
         lines.append(f"| {data} | {backbone} | {variant} | {len(group)} | {group[0]['params']} | "
-                     + " | ".join(cells) + " |")
+                     + " | ".join(mean_sd(r[m] for r in group) for m in METRICS) + " |")
     return "\n".join(lines)
 
 

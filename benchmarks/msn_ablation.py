@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ from nasseg.searches.darts.run import start_search
 from nasseg.space import create_space
 from nasseg.spaces.msn import MSNSpace, gap_statistics, stats_sample
 from nasseg.training.trainer import TrainConfig, train_architecture
-from report import save_report
+from report import group_rows, mean_sd, save_report
 
 logger = logging.getLogger("msn_ablation")
 
@@ -142,19 +141,15 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     """Mean ± sd over seeds per variant."""
     lines = ["| variant | seeds | gaps (x1; x2) | " + " | ".join(METRICS) + " |",
              "| --- | --- | --- | " + " | ".join("---" for _ in METRICS) + " |"]
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault(r["variant"], []).append(r)
-    for variant, group in groups.items():
+    for variant, group in group_rows(rows, lambda r: r["variant"]).items():
         cells = []
         for m in METRICS:
             values = [r[m] for r in group]
             if m == "params":
                 cells.append(str(values[0]) if len(set(values)) == 1 else
                              f"{min(values)}-{max(values)}")
-                continue
-            sd = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.mean(values):.3f} ± {sd:.3f}")
+            else:
+                cells.append(mean_sd(values))
         gaps = " / ".join(f"{r['gaps']['x1']}; {r['gaps']['x2']}" for r in group)
         lines.append(f"| {variant} | {len(group)} | {gaps} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -1,15 +1,17 @@
-"""How every benchmark saves what it measured: ``NAME.json`` (settings and rows) and ``NAME.md``
-(the Markdown table), both in its output folder, and the table printed."""
+"""What every benchmark shares: how it saves what it measured (``NAME.json``: settings and rows;
+``NAME.md``: the Markdown table; the table printed) and how it summarizes rows over seeds."""
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Hashable, Iterable
 
 from nasseg.artifacts.files import write_json
 
-__all__ = ["save_report"]
+__all__ = ["save_report", "mean_sd", "group_rows"]
 
 
 def save_report(out: Path, name: str, args: argparse.Namespace, rows: list[dict[str, Any]],
@@ -20,3 +22,21 @@ def save_report(out: Path, name: str, args: argparse.Namespace, rows: list[dict[
     (out / f"{name}.md").write_text(table + "\n", encoding="utf-8")
     print(table)
     print(json.dumps({"written": str(out / f"{name}.json")}))
+
+
+def mean_sd(values: Iterable[float | None]) -> str:
+    """``mean ± sd`` of the values (sd 0 for one), ignoring None and NaN; ``-`` for none."""
+    kept = [v for v in values if v is not None and not math.isnan(v)]
+    if not kept:
+        return "-"
+    sd = statistics.stdev(kept) if len(kept) > 1 else 0.0
+    return f"{statistics.mean(kept):.3f} ± {sd:.3f}"
+
+
+def group_rows(rows: Iterable[dict[str, Any]], key: Callable[[dict[str, Any]], Hashable]
+               ) -> dict[Hashable, list[dict[str, Any]]]:
+    """Rows grouped by ``key(row)``, in the order the groups first appear."""
+    groups: dict[Hashable, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(key(r), []).append(r)
+    return groups

@@ -44,7 +44,7 @@ from nasseg.searches.darts.run import start_search
 from nasseg.searches.random_arch import random_architecture
 from nasseg.space import create_space
 from nasseg.training.trainer import TrainConfig, train_architecture
-from report import save_report
+from report import mean_sd, save_report
 
 #: The ablation variants of a space (knobs); a space without ablations has one variant.
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
@@ -151,12 +151,6 @@ def run_seed(args: argparse.Namespace, dev: Path, test: SegmentationData, seed: 
     return rows
 
 
-def _mean_sd(values: list[float]) -> str:
-    if len(values) < 2:
-        return f"{values[0]:.3f}" if values else "-"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
-
-
 def summarize(rows: list[dict[str, Any]], archs: dict[tuple, list[dict]]) -> str:
     """One line per method (and tau): mean ± sd over seeds; random as median and best."""
     lines = ["| method | tau | seeds | held-out Dice | val Dice | parameters | GFLOPs | "
@@ -169,10 +163,10 @@ def summarize(rows: list[dict[str, Any]], archs: dict[tuple, list[dict]]) -> str
         spread = [r["gates_decided"] for r in rs if r["gates_decided"] is not None]
         lines.append(
             f"| {method} | {'-' if tau is None else tau} | {len(rs)} | "
-            f"{_mean_sd([r['dice_test'] for r in rs])} | {_mean_sd([r['dice_val'] for r in rs])} | "
+            f"{mean_sd([r['dice_test'] for r in rs])} | {mean_sd([r['dice_val'] for r in rs])} | "
             f"{statistics.mean(r['params'] for r in rs):,.0f} | "
             f"{statistics.mean(r['flops'] for r in rs) / 1e9:.2f} | "
-            f"{_mean_sd(spread) if spread else '-'} | "
+            f"{mean_sd(spread) if spread else '-'} | "
             f"{statistics.mean(r['search_seconds'] for r in rs):.0f} | "
             f"{statistics.mean(r['train_seconds'] for r in rs):.0f} | "
             + " | ".join("-" if stab[k] is None else f"{stab[k]:.2f}"
@@ -183,7 +177,7 @@ def summarize(rows: list[dict[str, Any]], archs: dict[tuple, list[dict]]) -> str
                     for s in sorted({r["seed"] for r in randoms})]
         if per_seed:
             lines.append(f"| random ({label} of {len(randoms) // len(per_seed)}) | - | "
-                         f"{len(per_seed)} | {_mean_sd(per_seed)} | - | "
+                         f"{len(per_seed)} | {mean_sd(per_seed)} | - | "
                          f"{statistics.mean(r['params'] for r in randoms):,.0f} | "
                          f"{statistics.mean(r['flops'] for r in randoms) / 1e9:.2f} | - | 0 | "
                          f"{statistics.mean(r['train_seconds'] for r in randoms):.0f} | - | - |")

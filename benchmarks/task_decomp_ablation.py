@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import subprocess
 import sys
 import time
@@ -30,10 +29,10 @@ from typing import Any
 from nasseg.artifacts.arch_file import write_arch
 from nasseg.artifacts.files import read_json
 from nasseg.data import load_data
-from nasseg.derive.derive import derive_architecture, sample_scores
+from nasseg.derive.derive import fixed_architecture
 from nasseg.space import SearchSpace, create_space
 from nasseg.training.trainer import TrainConfig, train_architecture
-from report import save_report
+from report import group_rows, mean_sd, save_report
 
 VARIANTS = {
     "Base": {"w1": 0.0, "w2": 0.0, "w3": 0.0},
@@ -47,10 +46,8 @@ TUNED = ("w1", "w2", "w3")
 
 def fixed_arch(space: SearchSpace, sample: dict[str, Any], input_shape: list[int], data: str
                ) -> dict[str, Any]:
-    """``arch.json`` content of one network of ``space``: its sample given as certain scores."""
-    arch = derive_architecture(space, sample_scores(space, sample), 0.5, input_shape)
-    assert arch["sample"] == sample, "the sample did not survive derive"
-    return {**arch, "data": data}
+    """``arch.json`` content of one network of ``space``, naming its data set."""
+    return {**fixed_architecture(space, sample, input_shape), "data": data}
 
 
 def plain_unet_sample(space: SearchSpace) -> dict[str, Any]:
@@ -121,19 +118,12 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    """Mean ± sd over seeds per data set and variant."""
+    """Mean ± sd over seeds per data set and variant (``-``: a net without that head)."""
     lines = ["| data | variant | seeds | " + " | ".join(METRICS) + " |",
              "| --- | --- | --- | " + " | ".join("---" for _ in METRICS) + " |"]
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault((r["data"], r["variant"]), []).append(r)
-    for (data, variant), group in groups.items():
-        cells = []
-        for m in METRICS:
-            values = [r[m] for r in group if r[m] == r[m]]  # NaN: a net without that head
-            sd = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.mean(values):.3f} ± {sd:.3f}" if values else "-")
-        lines.append(f"| {data} | {variant} | {len(group)} | " + " | ".join(cells) + " |")
+    for (data, variant), group in group_rows(rows, lambda r: (r["data"], r["variant"])).items():
+        lines.append(f"| {data} | {variant} | {len(group)} | "
+                     + " | ".join(mean_sd(r[m] for r in group) for m in METRICS) + " |")
     return "\n".join(lines)
 
 

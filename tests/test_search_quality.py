@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from nasseg.derive import build_derived
@@ -72,3 +73,20 @@ def test_a_derived_nets_initial_weights_depend_on_the_seed_not_on_its_supernet(s
                              **arch["space_args"])
     for (name, a), (_, b) in zip(derived.state_dict().items(), alone.state_dict().items()):
         torch.testing.assert_close(a, b, msg=name)
+
+
+def test_a_given_network_becomes_an_arch_file_and_a_bad_one_is_refused():
+    from nasseg.derive import fixed_architecture
+    from nasseg.space import create_space
+
+    space = create_space("unet", features=4, levels=3)
+    plain = {**space.knob_values, **{label: info.candidates[0] if info.kind == "op" else [0]
+                                     for label, info in space.choice_infos.items()
+                                     if info.kind != "knob"}}
+    arch = fixed_architecture(space, plain, [1, 16, 16, 16])
+    assert arch["sample"] == plain and arch["params"] == arch["supernet_params"] - sum(
+        p.numel() for name, p in space.named_parameters() if "conv5" in name or "dil3" in name)
+    no_skip = {**plain, "skip0": []}
+    assert fixed_architecture(space, no_skip, [1, 16, 16, 16])["sample"] == no_skip
+    with pytest.raises(ValueError, match="not a network of this space"):
+        fixed_architecture(space, {**plain, "enc0_op": "conv7"}, [1, 16, 16, 16])

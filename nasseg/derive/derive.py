@@ -17,7 +17,7 @@ from nasseg.derive.cost import count_flops, count_parameters
 from nasseg.derive.draw import draw_architecture
 from nasseg.space import SearchSpace, create_space, space_name
 
-__all__ = ["derive_architecture", "derive_run", "check_tau", "sample_scores"]
+__all__ = ["derive_architecture", "derive_run", "check_tau", "sample_scores", "fixed_architecture"]
 
 
 def check_tau(tau: float) -> float:
@@ -87,6 +87,18 @@ def derive_architecture(space: SearchSpace, scores: Mapping[str, Any], tau: floa
                   "outputs": list(space.graph.outputs)},
         "layout": {n: list(p) for n, p in (space.node_positions() or {}).items()},
     }
+
+
+def fixed_architecture(space: SearchSpace, sample: Mapping[str, Any],
+                       input_shape: Sequence[int]) -> dict[str, Any]:
+    """The ``arch.json`` content of one given network of ``space`` (a paper's own, a hand-made
+    baseline), derived from :func:`sample_scores`; a sample derive would change (a pruned
+    node's choices, a dead input) is refused."""
+    arch = derive_architecture(space, sample_scores(space, sample), 0.5, input_shape)
+    if arch["sample"] != {**space.knob_values, **dict(sample)}:
+        raise ValueError("the sample is not a network of this space as derive builds it "
+                         "(a connection keeps a dead input, or a choice is missing)")
+    return arch
 
 
 def derive_run(run_dir: str | Path, tau: float | None = None, out: str | Path | None = None
