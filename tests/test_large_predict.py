@@ -87,3 +87,26 @@ def test_label_maps_written_as_tiled_tiff_or_png(tmp_path: Path) -> None:
     assert label_format(5000, 5000) == "tiff" and label_format(4000, 4000) == "png"
     with pytest.raises(ValueError, match="unknown label format"):
         label_format(10, 10, "jpeg")
+
+
+def test_evaluate_reads_tiled_tiff_label_maps(tmp_path: Path) -> None:
+    """The label maps streaming prediction writes above the PNG limit are scored like PNGs."""
+    from nasseg.evaluation.folders import evaluate_folders
+
+    rng = np.random.default_rng(0)
+    ref = rng.integers(0, 3, (300, 270)).astype(np.uint8)
+    pred = ref.copy()
+    pred[:30] = 0
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "ref").mkdir()
+    write_label_bands([pred[:150], pred[150:]], 270, 300, tmp_path / "pred" / "s", 3, fmt="tiff")
+    Image.fromarray(ref).save(tmp_path / "ref" / "s.png")
+    summary = evaluate_folders(tmp_path / "pred", tmp_path / "ref", 3)["per_case"]["s.png"]
+    tp = ((pred == 1) & (ref == 1)).sum()
+    assert summary["dice"]["1"] == pytest.approx(2 * tp / ((pred == 1).sum() + (ref == 1).sum()))
+    (tmp_path / "broken.tif").write_bytes(b"not a tiff")
+    from nasseg.data import DataError
+    from nasseg.data.formats import read_label_file
+
+    with pytest.raises(DataError, match="broken.tif: not a readable TIFF"):
+        read_label_file(tmp_path / "broken.tif")

@@ -300,6 +300,20 @@ def _is_png(path: Path) -> bool:
     return path.name.lower().endswith(".png")
 
 
+def _load_tiff_label(path: Path) -> np.ndarray:
+    """The full-resolution page of a (tiled) TIFF label map, as one 2D array."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            data = tif.pages[0].asarray()
+    except (tifffile.TiffFileError, OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable TIFF ({' '.join(str(exc).split())})") from None
+    if data.ndim != 2:
+        raise DataError(f"{path}: a label map must be one 2D page, got shape {data.shape}")
+    return data
+
+
 def _load_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...], np.ndarray, bool]:
     """(data as stored, spacing of the first 3 axes, affine, integer-typed?) of a NIfTI file."""
     import nibabel as nib
@@ -374,10 +388,13 @@ def _as_int_labels(arr: np.ndarray, path: Path) -> np.ndarray:
 
 
 def read_label_file(path: str | Path) -> tuple[np.ndarray, tuple[float, ...], np.ndarray | None]:
-    """One label file as (integer ``(*spatial)`` array, spacing, 4x4 affine or None for PNG)."""
+    """One label file as (integer ``(*spatial)`` array, spacing, 4x4 affine or None for PNG and
+    TIFF, the label maps of large images)."""
     path = Path(path)
     if _is_png(path):
         return _as_int_labels(_load_png(path, label=True), path), (1.0, 1.0), None
+    if path.name.lower().endswith((".tif", ".tiff")):
+        return _as_int_labels(_load_tiff_label(path), path), (1.0, 1.0), None
     data, spacing, affine, _ = _load_nifti(path)
     if data.ndim == 4:
         if data.shape[-1] != 1:

@@ -23,7 +23,7 @@ __all__ = ["EvaluationError", "LABEL_SUFFIXES", "evaluate_folders",
            "summarize_cases", "write_evaluation"]
 
 #: Label file kinds evaluated; other files in the folders (JSON, logs) are ignored.
-LABEL_SUFFIXES = (".nii.gz", ".nii", ".png")
+LABEL_SUFFIXES = (".nii.gz", ".nii", ".png", ".tif", ".tiff")
 _METRICS = ("dice", "iou", "hd95")
 _MEANS = ("mean_dice", "mean_iou", "mean_hd95", "pixel_accuracy")
 
@@ -52,6 +52,11 @@ def _read_labels(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
     if data.size and data.min() < 0:
         raise EvaluationError(f"{path}: label image holds negative labels")
     return data, spacing
+
+
+def _case_id(name: str) -> str:
+    """A label file's case: its name without the label suffix."""
+    return next(name[:-len(sfx)] for sfx in LABEL_SUFFIXES if name.lower().endswith(sfx))
 
 
 def _label_files(folder: str | os.PathLike[str], what: str) -> dict[str, Path]:
@@ -88,8 +93,12 @@ def evaluate_folders(pred_dir: str | os.PathLike[str], ref_dir: str | os.PathLik
     case: IoU of each class (background included), their mean, pixel accuracy and the BACH
     score (meaningful when the classes are ordered by severity).
     """
-    preds = _label_files(pred_dir, "prediction")
     refs = _label_files(ref_dir, "reference")
+    # a prediction pairs with the reference of its case, whatever the format (a large image's
+    # label map is written as TIFF where its reference may be a PNG): keyed by reference name
+    by_case = {_case_id(n): p for n, p in _label_files(pred_dir, "prediction").items()}
+    ref_names = {_case_id(n): n for n in refs}
+    preds = {ref_names.get(case, p.name): p for case, p in by_case.items()}
     missing_ref = sorted(set(preds) - set(refs))
     missing_pred = sorted(set(refs) - set(preds))
     if missing_ref or missing_pred:
