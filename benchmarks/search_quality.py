@@ -122,6 +122,7 @@ def run_seed(args: argparse.Namespace, dev: Path, test: SegmentationData, seed: 
         start = time.perf_counter()
         config = SearchConfig(epochs=args.search_epochs, warmup_epochs=args.warmup_epochs,
                               seed=seed, mode=args.mode, arch_lr=args.arch_lr,
+                              gates=args.gates,
                               steps_per_epoch=args.steps_per_epoch)
         start_search(folder / "search", args.space, str(dev), knobs, space_args, config,
                      show_progress=False)
@@ -199,6 +200,7 @@ def main() -> None:
     parser.add_argument("--search-epochs", type=int, default=25)
     parser.add_argument("--warmup-epochs", type=int, default=5)
     parser.add_argument("--mode", default="full")
+    parser.add_argument("--gates", default="sigmoid", choices=["sigmoid", "centred"])
     parser.add_argument("--arch-lr", type=float, default=None)
     parser.add_argument("--train-epochs", type=int, default=30)
     parser.add_argument("--train-budget", type=float, default=None, metavar="SECONDS",

@@ -580,3 +580,41 @@ def test_fast_conv_gradients_match_pytorch(dims):
     x = torch.randn(1, 2, *(4, 4, 2)[:dims], dtype=torch.double, requires_grad=True)
     assert torch.autograd.gradgradcheck(lambda x, w: conv._conv_forward(x, w, conv.bias),
                                         (x, conv.weight))
+
+
+# ----- centred gates --------------------------------------------------------------------------
+def test_centred_gates_keep_only_ratios_and_a_lone_input_on():
+    """Centred gates have no common level (a shift of a node's betas changes nothing), a node's
+    only input is always on and outside J, and the other gates still learn and binarize."""
+    space = create_space("uxnet", **TINY)
+    arch = relax(space, gates="centred")
+    lone = [lbl for lbl, n in arch.connection_sizes.items() if n == 1]
+    several = [lbl for lbl, n in arch.connection_sizes.items() if n > 1]
+    assert lone and several
+    with torch.no_grad():
+        for b in arch.beta.values():
+            b.copy_(torch.linspace(-1, 1, b.numel()))
+    before = {lbl: arch.gate_probs(lbl).clone() for lbl in several}
+    with torch.no_grad():
+        for b in arch.beta.values():
+            b.add_(3.0)
+    for lbl in several:
+        torch.testing.assert_close(arch.gate_probs(lbl), before[lbl])
+        assert arch.gate_probs(lbl).sum() > 0 and arch.gate_probs(lbl).std() > 0
+    assert all(float(arch.gate_probs(lbl).detach()) == 1.0 for lbl in lone)
+    arch.binarization_loss().backward()
+    assert all(arch.beta[lbl].grad is None for lbl in lone)
+    assert all(float(arch.beta[lbl].grad.abs().sum()) > 0 for lbl in several)
+    with pytest.raises(ValueError, match="gates must be one of"):
+        relax(create_space("uxnet", **TINY), gates="softmax")
+
+
+@pytest.mark.parametrize("mode", ["full", "binary"])
+def test_a_centred_gate_search_runs_and_derives(mode, small3d, tmp_path):
+    engine = _engine(small3d, tmp_path, mode, gates="centred")
+    engine.run()
+    scores = engine.arch.scores()["connection"]
+    assert all(p == [1.0] for lbl, p in ((k, v["probs"]) for k, v in scores.items())
+               if len(p) == 1)
+    arch = derive_architecture(engine.model, engine.arch.scores(), 0.6, [1, 16, 16, 16])
+    assert arch["params"] < arch["supernet_params"]

@@ -9,7 +9,7 @@ from nasseg.artifacts.run_folder import fresh_run_dir
 from nasseg.cli.errors import user_errors
 from nasseg.cli.options import (PatchSize, parse_assignments, relaunch_argv,
                                 steps_per_epoch_option, time_budget_option)
-from nasseg.searches.darts.relaxation import RELAXATIONS
+from nasseg.searches.darts.relaxation import GATE_FORMS, RELAXATIONS
 
 __all__ = ["search"]
 
@@ -51,6 +51,10 @@ DEFAULT_DATA = "demo3d"
 @click.option("--mode", type=click.Choice(list(RELAXATIONS)), default="full", show_default=True,
               help="Relaxation of the choices: " + ", ".join(
                   f"{name}: {r.title}" for name, r in RELAXATIONS.items()) + ".")
+@click.option("--gates", type=click.Choice(list(GATE_FORMS)), default="sigmoid",
+              show_default=True,
+              help="Connection gates: sigmoid(beta) each, or centred within a node (only "
+                   "their ratios are parameters; a node's only input is always on).")
 @click.option("--partial-k", type=click.IntRange(min=1), default=4, show_default=True,
               help="--mode partial: 1/K of the channels go through the candidate ops.")
 @click.option("--gumbel-temperature", type=(float, float), default=(5.0, 0.5),
@@ -72,7 +76,7 @@ DEFAULT_DATA = "demo3d"
 @time_budget_option
 @user_errors
 def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: int,
-           batch_size: int, order: str, arch_lr: float | None, seed: int,
+           batch_size: int, order: str, arch_lr: float | None, seed: int, gates: str,
            knob_items: tuple[str, ...], arg_items: tuple[str, ...], device: str, workers: int,
            deterministic: bool, resume: bool, nproc: int, mode: str, partial_k: int,
            gumbel_temperature: tuple[float, float], amp: bool, channels_last: bool,
@@ -109,7 +113,7 @@ def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: 
         epochs = 25 if epochs is None else epochs
         config = SearchConfig(epochs=epochs, warmup_epochs=min(warmup_epochs, epochs),
                               batch_size=batch_size, order=int(order), arch_lr=arch_lr,
-                              seed=seed, deterministic=deterministic,
+                              seed=seed, deterministic=deterministic, gates=gates,
                               device=device, mode=mode, partial_k=partial_k,
                               gumbel_temperature=gumbel_temperature, amp=amp,
                               channels_last=channels_last, compile=compile_,

@@ -6,7 +6,7 @@ from typing import Any
 
 from nasseg.runtime.settings import RunSettings
 from nasseg.searches.darts.budget import FITS, check_budget
-from nasseg.searches.darts.relaxation import RELAXATIONS, get_relaxation
+from nasseg.searches.darts.relaxation import GATE_FORMS, RELAXATIONS, get_relaxation
 
 __all__ = ["SearchConfig", "DARTS_ARCH_LR", "ARCH_TRAVEL", "MAX_AUTO_ARCH_LR"]
 
@@ -51,6 +51,9 @@ class SearchConfig(RunSettings):
         memory_budget: ``auto`` or a size (``20GB``): before the search, probe for the largest
             batch or patch (``fit``) whose steps fit; see :mod:`nasseg.searches.darts.budget`.
         fit: what the memory budget sizes: ``batch`` or ``patch``.
+        gates: how betas become connection gates, one of
+            :data:`~nasseg.searches.darts.relaxation.GATE_FORMS` (``sigmoid``, the default, or
+            ``centred``).
     """
 
     epochs: int = 20
@@ -66,6 +69,7 @@ class SearchConfig(RunSettings):
     gumbel_temperature: tuple[float, float] = (5.0, 0.5)
     memory_budget: str | None = None
     fit: str = "batch"
+    gates: str = "sigmoid"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -89,6 +93,8 @@ class SearchConfig(RunSettings):
             raise ValueError(f"second order needs a deterministic relaxation (mode "
                              f"{deterministic}), not mode {self.mode!r}: each loss of the "
                              "unrolled gradient would sample a different network")
+        if self.gates not in GATE_FORMS:
+            raise ValueError(f"gates must be one of {GATE_FORMS}, got {self.gates!r}")
         if self.fit not in FITS:
             raise ValueError(f"fit must be one of {FITS}, got {self.fit!r}")
         if self.memory_budget is not None:

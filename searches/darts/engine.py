@@ -109,7 +109,8 @@ class DartsSearch:
         self.data = data
         self.device = resolve_device(config.device)
         self.model = space
-        self.arch = relax(space, mode=config.mode, partial_k=config.partial_k)
+        self.arch = relax(space, mode=config.mode, partial_k=config.partial_k,
+                          gates=config.gates)
         self.arch.to(self.device)
         prepare_model(self.model, self.device, config.channels_last, config.compile)
         self.precision = Precision(self.device, config.amp)

@@ -453,7 +453,7 @@ class SamplingRelaxation(Relaxation, ABC):
 
     def sample_gates(self, label: str) -> Gates:
         """The inputs whose gate is drawn on (at least one), straight-through weights 1."""
-        beta = self.arch.beta[self.arch._key(label)]
+        beta = self.arch.gate_logits(label)
         soft, hard = self._draw_gates(beta)
         on = [i for i, h in enumerate(hard) if h]
         return Gates(on, {i: _straight_through(1.0, soft[i]) for i in on}

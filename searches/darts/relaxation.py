@@ -25,7 +25,16 @@ if TYPE_CHECKING:
     from nasseg.searches.darts.modes import OpSample
 
 __all__ = ["ArchParameters", "Gates", "MixedOp", "GatedSum", "Relaxation", "FullMixing",
-           "RELAXATIONS", "register_relaxation", "get_relaxation", "relax"]
+           "RELAXATIONS", "register_relaxation", "get_relaxation", "relax", "GATE_FORMS"]
+
+#: How a connection's betas become gates: ``sigmoid`` (each gate sigmoid(beta_i), as in
+#: UXNet) or ``centred`` (sigmoid(beta_i - mean beta) within a node, and a node's only input
+#: always on). Blocks that normalise their input make a node's output blind to a common scale
+#: of its gates, so the loss teaches only their ratios; centred gates have no common level to
+#: drift, and the binarization term acts on the ratios the loss does inform.
+GATE_FORMS = ("sigmoid", "centred")
+#: The logit that stands for "always on" (sigmoid(30) is 1 in float32).
+_ALWAYS_ON = 30.0
 
 
 class ArchParameters(nn.Module):
@@ -34,7 +43,8 @@ class ArchParameters(nn.Module):
     Choices that share a label share their parameters (and, in the sampling modes, one sample
     per forward). ``relaxation`` (the :class:`Relaxation` that :func:`relax` applied),
     ``partial_k`` and ``temperature`` (the Gumbel temperature, set by the engine every epoch)
-    are plain attributes, not state: the run's settings own them.
+    are plain attributes, not state: the run's settings own them; so is ``gate_form`` (one of
+    :data:`GATE_FORMS`).
     """
 
     def __init__(self) -> None:
@@ -46,6 +56,7 @@ class ArchParameters(nn.Module):
         self.relaxation: Relaxation = FullMixing(self)
         self.partial_k = 4
         self.temperature = 1.0
+        self.gate_form = "sigmoid"
         #: partial mode: op choices it cannot split over channels, which stay fully mixed
         self.fully_mixed: list[str] = []
         self._op_samples: dict[str, OpSample] = {}
@@ -78,9 +89,19 @@ class ArchParameters(nn.Module):
         """softmax(alpha) of an op choice."""
         return torch.softmax(self.alpha[self._key(label)], dim=0)
 
+    def gate_logits(self, label: str) -> torch.Tensor:
+        """The logits of a connection's gates: beta, or with ``centred`` gates beta less its
+        mean (and "always on" for a node's only input)."""
+        beta = self.beta[self._key(label)]
+        if self.gate_form == "sigmoid":
+            return beta
+        if beta.numel() == 1:
+            return beta * 0 + _ALWAYS_ON
+        return beta - beta.mean()
+
     def gate_probs(self, label: str) -> torch.Tensor:
-        """sigmoid(beta) of a connection choice."""
-        return torch.sigmoid(self.beta[self._key(label)])
+        """The gates of a connection choice: sigmoid of :meth:`gate_logits`."""
+        return torch.sigmoid(self.gate_logits(label))
 
     # ----- sampling modes (gumbel, binary) -----------------------------------------------------
     def resample(self) -> None:
@@ -105,10 +126,12 @@ class ArchParameters(nn.Module):
         return self._gate_samples[label]
 
     def binarization_loss(self) -> torch.Tensor:
-        """J = -mean((sigmoid(beta) - 0.5)^2): pushes every gate towards 0 or 1."""
-        if not len(self.beta):
+        """J = -mean((gate - 0.5)^2): pushes every gate that can move towards 0 or 1."""
+        labels = [lbl for lbl, n in self.connection_sizes.items()
+                  if n > 1 or self.gate_form == "sigmoid"]
+        if not labels:
             return torch.zeros(())
-        gates = torch.cat([torch.sigmoid(b) for b in self.beta.values()])
+        gates = torch.cat([self.gate_probs(lbl) for lbl in labels])
         return -((gates - 0.5) ** 2).mean()
 
     def scores(self) -> dict[str, Any]:
@@ -287,16 +310,20 @@ class FullMixing(Relaxation):
 
 
 def relax(model: nn.Module, arch: ArchParameters | None = None, mode: str = "full",
-          partial_k: int = 4) -> ArchParameters:
+          partial_k: int = 4, gates: str = "sigmoid") -> ArchParameters:
     """Replace the choices of ``model`` in place by those of the relaxation registered as
     ``mode``; return the architecture parameters.
 
-    ``partial_k``: the ``partial`` mode's channel groups. An op choice's candidates take as many
+    ``partial_k``: the ``partial`` mode's channel groups; ``gates``: one of
+    :data:`GATE_FORMS`. An op choice's candidates take as many
     tensors as the space's ``ChoiceInfo.inputs`` says (1 in a model that is not a nasseg space).
     """
     relaxation_type = get_relaxation(mode)
     arch = arch if arch is not None else ArchParameters()
+    if gates not in GATE_FORMS:
+        raise ValueError(f"gates must be one of {GATE_FORMS}, got {gates!r}")
     arch.partial_k = partial_k
+    arch.gate_form = gates
     relaxation = arch.relaxation = relaxation_type(arch)
     infos = getattr(model, "choice_infos", {})
     for parent in list(model.modules()):
