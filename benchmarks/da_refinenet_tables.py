@@ -30,7 +30,7 @@ from nasseg.searches.darts import SearchConfig
 from nasseg.searches.darts.run import start_search
 from nasseg.space import SearchSpace, create_space
 from nasseg.training.trainer import TrainConfig, train_architecture
-from report import group_rows, mean_sd, save_report
+from report import save_report, summary_table
 
 #: variant -> (knobs, fusion of every block; None: searched)
 VARIANTS: dict[str, tuple[dict[str, Any], str | None]] = {
@@ -89,12 +89,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     """Mean ± sd over seeds per variant."""
-    lines = ["| variant | seeds | params | " + " | ".join(METRICS) + " |",
-             "| --- | --- | --- | " + " | ".join("---" for _ in METRICS) + " |"]
-    for variant, group in group_rows(rows, lambda r: r["variant"]).items():
-        lines.append(f"| {variant} | {len(group)} | {group[0]['params']:,} | "
-                     + " | ".join(mean_sd(r[m] for r in group) for m in METRICS) + " |")
-    return "\n".join(lines)
+    return summary_table(rows, ["variant"], METRICS, {"params": lambda g: f"{g[0]['params']:,}"})
 
 
 def main() -> None:

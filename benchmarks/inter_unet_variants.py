@@ -32,7 +32,7 @@ from nasseg.export import load_trained
 from nasseg.space import SearchSpace, create_space
 from nasseg.spaces.inter_unet import VARIANTS
 from nasseg.training.trainer import TrainConfig, train_architecture
-from report import group_rows, mean_sd, save_report
+from report import save_report, summary_table
 
 METRICS = ("dice_mean", "small_dice", "epochs_to_95", "seconds")
 
@@ -108,13 +108,8 @@ def run(datasets: list[str], backbones: list[str], variants: list[str], seeds: i
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     """Mean ± sd over seeds per data set, backbone and variant."""
-    lines = ["| data | backbone | variant | seeds | params | " + " | ".join(METRICS) + " |",
-             "| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in METRICS) + " |"]
-    groups = group_rows(rows, lambda r: (r["data"], r["backbone"], r["variant"]))
-    for (data, backbone, variant), group in groups.items():
-        lines.append(f"| {data} | {backbone} | {variant} | {len(group)} | {group[0]['params']} | "
-                     + " | ".join(mean_sd(r[m] for r in group) for m in METRICS) + " |")
-    return "\n".join(lines)
+    return summary_table(rows, ["data", "backbone", "variant"], METRICS,
+                         {"params": lambda g: str(g[0]["params"])})
 
 
 def main() -> None:

@@ -39,7 +39,7 @@ from nasseg.searches.darts.run import start_search
 from nasseg.space import create_space
 from nasseg.spaces.msn import MSNSpace, gap_statistics, stats_sample
 from nasseg.training.trainer import TrainConfig, train_architecture
-from report import group_rows, mean_sd, save_report
+from report import save_report, summary_table
 
 logger = logging.getLogger("msn_ablation")
 
@@ -138,21 +138,16 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    """Mean ± sd over seeds per variant."""
-    lines = ["| variant | seeds | gaps (x1; x2) | " + " | ".join(METRICS) + " |",
-             "| --- | --- | --- | " + " | ".join("---" for _ in METRICS) + " |"]
-    for variant, group in group_rows(rows, lambda r: r["variant"]).items():
-        cells = []
-        for m in METRICS:
-            values = [r[m] for r in group]
-            if m == "params":
-                cells.append(str(values[0]) if len(set(values)) == 1 else
-                             f"{min(values)}-{max(values)}")
-            else:
-                cells.append(mean_sd(values))
-        gaps = " / ".join(f"{r['gaps']['x1']}; {r['gaps']['x2']}" for r in group)
-        lines.append(f"| {variant} | {len(group)} | {gaps} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    """Mean ± sd over seeds per variant; the gap layers of every seed."""
+    def params(group: list[dict[str, Any]]) -> str:
+        values = [r["params"] for r in group]
+        return str(values[0]) if len(set(values)) == 1 else f"{min(values)}-{max(values)}"
+
+    def gaps(group: list[dict[str, Any]]) -> str:
+        return " / ".join(f"{r['gaps']['x1']}; {r['gaps']['x2']}" for r in group)
+
+    return summary_table(rows, ["variant"], [m for m in METRICS if m != "params"],
+                         {"gaps (x1; x2)": gaps, "params": params})
 
 
 def main() -> None:

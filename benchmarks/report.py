@@ -7,11 +7,11 @@ import json
 import math
 import statistics
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterable
+from typing import Any, Callable, Hashable, Iterable, Mapping, Sequence
 
 from nasseg.artifacts.files import write_json
 
-__all__ = ["save_report", "mean_sd", "group_rows"]
+__all__ = ["save_report", "mean_sd", "group_rows", "summary_table"]
 
 
 def save_report(out: Path, name: str, args: argparse.Namespace, rows: list[dict[str, Any]],
@@ -40,3 +40,18 @@ def group_rows(rows: Iterable[dict[str, Any]], key: Callable[[dict[str, Any]], H
     for r in rows:
         groups.setdefault(key(r), []).append(r)
     return groups
+
+
+def summary_table(rows: Iterable[dict[str, Any]], group_by: Sequence[str],
+                  metrics: Sequence[str],
+                  extra: Mapping[str, Callable[[list[dict[str, Any]]], str]] | None = None) -> str:
+    """A Markdown table with one line per group of rows (``group_by`` columns): the number of
+    seeds, ``extra`` columns (name -> cell of the group) and ``mean ± sd`` of each metric."""
+    extra = dict(extra or {})
+    names = [*group_by, "seeds", *extra, *metrics]
+    lines = ["| " + " | ".join(names) + " |", "|" + " --- |" * len(names)]
+    for key, group in group_rows(rows, lambda r: tuple(r[k] for k in group_by)).items():
+        cells = [*map(str, key), str(len(group)), *(cell(group) for cell in extra.values()),
+                 *(mean_sd(r[m] for r in group) for m in metrics)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -32,7 +32,7 @@ from nasseg.data import load_data
 from nasseg.derive.derive import fixed_architecture
 from nasseg.space import SearchSpace, create_space
 from nasseg.training.trainer import TrainConfig, train_architecture
-from report import group_rows, mean_sd, save_report
+from report import save_report, summary_table
 
 VARIANTS = {
     "Base": {"w1": 0.0, "w2": 0.0, "w3": 0.0},
@@ -119,12 +119,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     """Mean ± sd over seeds per data set and variant (``-``: a net without that head)."""
-    lines = ["| data | variant | seeds | " + " | ".join(METRICS) + " |",
-             "| --- | --- | --- | " + " | ".join("---" for _ in METRICS) + " |"]
-    for (data, variant), group in group_rows(rows, lambda r: (r["data"], r["variant"])).items():
-        lines.append(f"| {data} | {variant} | {len(group)} | "
-                     + " | ".join(mean_sd(r[m] for r in group) for m in METRICS) + " |")
-    return "\n".join(lines)
+    return summary_table(rows, ["data", "variant"], METRICS)
 
 
 def main() -> None:
