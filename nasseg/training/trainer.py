@@ -156,6 +156,12 @@ class _Retrain:
     def _save(self, epochs_done: int) -> None:
         if not self.dist.is_main:
             return
+        # the cost card first: a checkpoint on disk always has the card of its epochs
+        write_json(self.run.cost, self.cost.card(
+            epochs_done, self.device, self.config,
+            {"amp_dtype": self.precision.name, "world_size": self.dist.world_size,
+             "rank_max_difference": self.rank_difference, "epochs_planned": self.config.epochs,
+             "time_budget": self.budget.to_dict() if self.budget else None}))
         with self.cost.phase("checkpoint"):
             save_torch(self.run.checkpoint, {
                 "epochs_done": epochs_done, "model": self.model.state_dict(),
@@ -163,11 +169,6 @@ class _Retrain:
                 "scaler": self.precision.state_dict(), "rng": rng_state(),
                 "best": self.best, "history": self.history, "epochs": self.config.epochs,
                 "budget": self.budget.to_dict() if self.budget else None})
-        write_json(self.run.cost, self.cost.card(
-            epochs_done, self.device, self.config,
-            {"amp_dtype": self.precision.name, "world_size": self.dist.world_size,
-             "rank_max_difference": self.rank_difference, "epochs_planned": self.config.epochs,
-             "time_budget": self.budget.to_dict() if self.budget else None}))
 
     def _replan(self, done: int, seconds: float) -> None:
         """Fit the remaining epochs to the time budget left (rank 0's timing decides)."""

@@ -428,9 +428,10 @@ class DartsSearch:
                     now = time.perf_counter()
                     self._replan(epoch + 1, summary.arch_loss is not None, now - last)
                     last = now
+                # the cost card first: a checkpoint on disk always has the card of its epochs
+                self._write_cost(epoch + 1)
                 with self.cost.phase("checkpoint"):
                     self._save(epoch + 1)
-                self._write_cost(epoch + 1)
                 if self.on_epoch is not None:
                     self.on_epoch(epoch, summary.val.get(self.model.selection_metric,
                                                          float("nan")))
