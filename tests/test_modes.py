@@ -99,7 +99,7 @@ def test_mode_moves_architecture_and_derives(mode, dims, small3d, small2d, tmp_p
     assert card["steps"] == {"weight": card["steps"]["weight"], "arch": card["steps"]["weight"]}
     assert card["steps"]["weight"] > 0 and card["peak_memory_mb"]["rss"] > 0
     assert set(card["seconds"]) == {"data", "weight_steps", "arch_steps", "validation",
-                                    "checkpoint"}
+                                    "checkpoint", "selection"}
     # every phase ran and was timed, and the phases fit in the search's wall time
     assert all(v > 0 for v in card["seconds"].values()), card["seconds"]
     assert sum(card["seconds"].values()) <= card["wall_seconds"]

@@ -9,7 +9,9 @@ from nasseg.artifacts.run_folder import fresh_run_dir
 from nasseg.cli.errors import user_errors
 from nasseg.cli.options import (PatchSize, parse_assignments, relaunch_argv,
                                 steps_per_epoch_option, time_budget_option)
+from nasseg.searches.darts.config import SELECTIONS
 from nasseg.searches.darts.relaxation import GATE_FORMS, RELAXATIONS
+from nasseg.searches.darts.selection import DEFAULT_TOLERANCE
 
 __all__ = ["search"]
 
@@ -55,6 +57,14 @@ DEFAULT_DATA = "demo3d"
               show_default=True,
               help="Connection gates: sigmoid(beta) each, or centred within a node (only "
                    "their ratios are parameters; a node's only input is always on).")
+@click.option("--select", type=click.Choice(list(SELECTIONS)), default="removal",
+              show_default=True,
+              help="How connections are chosen after the search: removal measures the Dice "
+                   "the supernet loses without each input (score drop/(drop+tolerance), kept "
+                   "at score >= tau); gates keeps each input whose gate >= tau.")
+@click.option("--select-tolerance", type=click.FloatRange(min=0, min_open=True),
+              default=DEFAULT_TOLERANCE, show_default=True,
+              help="--select removal: an input costing less Dice than this is switched off.")
 @click.option("--partial-k", type=click.IntRange(min=1), default=4, show_default=True,
               help="--mode partial: 1/K of the channels go through the candidate ops.")
 @click.option("--gumbel-temperature", type=(float, float), default=(5.0, 0.5),
@@ -81,7 +91,8 @@ def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: 
            deterministic: bool, resume: bool, nproc: int, mode: str, partial_k: int,
            gumbel_temperature: tuple[float, float], amp: bool, channels_last: bool,
            compile_: bool, patch_size: tuple[int, ...] | None, memory_budget: str | None,
-           fit: str, steps_per_epoch: int | None, time_budget: float | None) -> None:
+           fit: str, steps_per_epoch: int | None, time_budget: float | None, select: str,
+           select_tolerance: float) -> None:
     """Search an architecture of SPACE on DATA; derive it into RUN/arch.json."""
     import subprocess
     import sys
@@ -114,6 +125,7 @@ def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: 
         config = SearchConfig(epochs=epochs, warmup_epochs=min(warmup_epochs, epochs),
                               batch_size=batch_size, order=int(order), arch_lr=arch_lr,
                               seed=seed, deterministic=deterministic, gates=gates,
+                              select=select, select_tolerance=select_tolerance,
                               device=device, mode=mode, partial_k=partial_k,
                               gumbel_temperature=gumbel_temperature, amp=amp,
                               channels_last=channels_last, compile=compile_,

@@ -1,8 +1,9 @@
 """How decided a search is, and how alike the architectures of several searches are.
 
-``gate_spread`` reads ``arch_params.json`` scores: the share of gates a threshold anywhere in
-[0.3, 0.7] would not flip (a search whose gates sit near 0.5 has not decided; tau then picks
-the network). ``agreement`` reads several ``arch.json`` samples: how many kept connections
+``gate_spread`` reads ``arch_params.json`` scores: the share of connection scores (the gates,
+or a selection's scores, whichever derive thresholds) that a threshold anywhere in [0.3, 0.7]
+would not flip (a search whose scores sit near 0.5 has not decided; tau then picks the
+network). ``agreement`` reads several ``arch.json`` samples: how many kept connections
 and chosen ops they share (a search that finds a different network with every seed has
 found noise).
 """
@@ -15,7 +16,8 @@ __all__ = ["gate_spread", "agreement"]
 
 
 def gate_spread(scores: Mapping[str, Any], low: float = 0.3, high: float = 0.7) -> float | None:
-    """Share of the gates outside ``[low, high]`` (None for a space without gates)."""
+    """Share of the connection scores outside ``[low, high]`` (None for a space without
+    connection choices)."""
     gates = [p for entry in scores.get("connection", {}).values() for p in entry["probs"]]
     if not gates:
         return None

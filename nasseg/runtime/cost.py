@@ -61,7 +61,7 @@ class CostCard:
     search or a retrain, written to ``RUN/cost.json`` after every checkpoint. A resumed run
     appends a session; the top-level numbers add the sessions up."""
 
-    PHASES = ("data", "weight_steps", "arch_steps", "validation", "checkpoint")
+    PHASES = ("data", "weight_steps", "arch_steps", "validation", "checkpoint", "selection")
 
     def __init__(self) -> None:
         self.seconds = dict.fromkeys(self.PHASES, 0.0)
@@ -115,7 +115,7 @@ class CostCard:
             settings = dataclasses.asdict(settings)
         config = dict(settings)
         sessions = self.previous + [self.session(epochs_done, device)]
-        seconds = {k: sum(s["seconds"][k] for s in sessions) for k in self.PHASES}
+        seconds = {k: sum(s["seconds"].get(k, 0.0) for s in sessions) for k in self.PHASES}
         steps = {k: sum(s["steps"][k] for s in sessions) for k in ("weight", "arch")}
         cuda = [s["peak_memory_mb"]["cuda_allocated"] for s in sessions
                 if s["peak_memory_mb"]["cuda_allocated"] is not None]

@@ -7,8 +7,9 @@ from typing import Any
 from nasseg.runtime.settings import RunSettings
 from nasseg.searches.darts.budget import FITS, check_budget
 from nasseg.searches.darts.relaxation import GATE_FORMS, RELAXATIONS, get_relaxation
+from nasseg.searches.darts.selection import DEFAULT_TOLERANCE
 
-__all__ = ["SearchConfig", "DARTS_ARCH_LR", "ARCH_TRAVEL", "MAX_AUTO_ARCH_LR"]
+__all__ = ["SearchConfig", "DARTS_ARCH_LR", "ARCH_TRAVEL", "MAX_AUTO_ARCH_LR", "SELECTIONS"]
 
 #: DARTS's architecture learning rate (Liu et al. 2019), used as is for long searches.
 DARTS_ARCH_LR = 3e-4
@@ -16,6 +17,8 @@ DARTS_ARCH_LR = 3e-4
 ARCH_TRAVEL = 6.0
 #: The default lr never exceeds this, however short the search (a few steps would ask for more).
 MAX_AUTO_ARCH_LR = 0.05
+#: How connections are chosen after the search: measured removal, or gate thresholds.
+SELECTIONS = ("removal", "gates")
 #: Settings renamed since older ``run.json`` files were written: old key -> new key.
 _RENAMED = {"tau_gumbel": "gumbel_temperature"}
 
@@ -54,6 +57,11 @@ class SearchConfig(RunSettings):
         gates: how betas become connection gates, one of
             :data:`~nasseg.searches.darts.relaxation.GATE_FORMS` (``sigmoid``, the default, or
             ``centred``).
+        select: how connections are chosen after the last epoch, one of :data:`SELECTIONS`:
+            ``removal`` (the default) measures what the supernet loses without each input
+            (:mod:`nasseg.searches.darts.selection`); ``gates`` thresholds the gates.
+        select_tolerance: ``removal``: an input that costs less than this much of the
+            space's selection metric (Dice) is switched off.
     """
 
     epochs: int = 20
@@ -70,6 +78,8 @@ class SearchConfig(RunSettings):
     memory_budget: str | None = None
     fit: str = "batch"
     gates: str = "sigmoid"
+    select: str = "removal"
+    select_tolerance: float = DEFAULT_TOLERANCE
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -95,6 +105,10 @@ class SearchConfig(RunSettings):
                              "unrolled gradient would sample a different network")
         if self.gates not in GATE_FORMS:
             raise ValueError(f"gates must be one of {GATE_FORMS}, got {self.gates!r}")
+        if self.select not in SELECTIONS:
+            raise ValueError(f"select must be one of {SELECTIONS}, got {self.select!r}")
+        if not self.select_tolerance > 0:
+            raise ValueError(f"select_tolerance must be positive, got {self.select_tolerance}")
         if self.fit not in FITS:
             raise ValueError(f"fit must be one of {FITS}, got {self.fit!r}")
         if self.memory_budget is not None:

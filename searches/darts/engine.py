@@ -13,6 +13,9 @@ architecture moving only in the stages that search it (after the warm-up); the w
 segmentation loss alone). A space may take gradients of its own tensors inside its forward
 during the architecture step: the weights then have ``requires_grad=False`` but grad mode is on.
 
+After the last epoch the connections are selected by what the supernet loses without each
+input (``config.select``, :mod:`nasseg.searches.darts.selection`), not by their gates alone.
+
 ``config.mode`` picks the relaxation (full mixing or a memory-saving mode, see
 :mod:`nasseg.searches.darts.modes`); ``amp``, ``channels_last`` and ``compile`` are the GPU
 levers. Every run writes ``RUN/cost.json`` (see :mod:`nasseg.runtime.cost`): wall time
@@ -48,6 +51,7 @@ from nasseg.runtime.time_budget import TimeBudget
 from nasseg.searches.darts.config import SearchConfig
 from nasseg.searches.darts.modes import gumbel_temperature
 from nasseg.searches.darts.relaxation import ArchParameters, relax
+from nasseg.searches.darts.selection import RemovalSelection, select_by_removal
 from nasseg.space import GATE_REG, SearchSpace, TrainingStage, stage_schedule
 
 __all__ = ["DartsSearch", "EpochSummary", "search_split"]
@@ -366,10 +370,38 @@ class DartsSearch:
             "rng": rng_state(),
             "history": self.history,
         })
+        self._write_arch_params(epochs_done)
+
+    def _write_arch_params(self, epochs_done: int) -> None:
         write_json(self.run_folder.arch_params, {
             "epochs_done": epochs_done, "world_size": self.dist.world_size,
             "arch_lr": self.arch_opt.param_groups[0]["lr"] if self.arch_opt else None,
-            "rank_max_difference": self.rank_difference, **self.arch.scores()})
+            "rank_max_difference": self.rank_difference,
+            "selection": self.config.select if self.arch.selected else "gates",
+            **self.arch.scores()})
+
+    def select_connections(self) -> RemovalSelection | None:
+        """After the last epoch (``select="removal"``): score the connections by what the
+        supernet loses without each input, on the architecture half. None with
+        ``select="gates"``, or when no connection has several inputs."""
+        if self.config.select != "removal" or not any(
+                n > 1 for n in self.arch.connection_sizes.values()):
+            return None
+        cfg = self.config
+        loader = EpochLoader(self.data, self.split["arch"], cfg.batch_size, False, cfg.seed,
+                             cfg.num_workers, cfg.patch_size, self.view)
+
+        def metric() -> float:
+            return validate(self.model, loader.epoch(0), self.data.num_classes, self.device,
+                            self.precision.autocast()).selected
+
+        with self.cost.phase("selection"):
+            result = select_by_removal(self.arch, metric, cfg.select_tolerance, logger.info)
+        self.arch.selected = result.scores
+        write_json(self.run_folder.selection, result.to_dict())
+        self._write_arch_params(self.config.epochs)
+        self._write_cost(self.config.epochs)
+        return result
 
     def resume(self) -> None:
         """Load the folder's checkpoint: weights, architecture, both optimizers, RNG, history."""
@@ -436,6 +468,8 @@ class DartsSearch:
                     self.on_epoch(epoch, summary.val.get(self.model.selection_metric,
                                                          float("nan")))
                 epoch += 1
+            if self.dist.is_main:
+                self.select_connections()
         finally:
             log.close()
         # Every rank leaves the process group together; a rank exiting while Gloo's threads

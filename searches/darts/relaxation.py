@@ -59,6 +59,12 @@ class ArchParameters(nn.Module):
         self.gate_form = "sigmoid"
         #: partial mode: op choices it cannot split over channels, which stay fully mixed
         self.fully_mixed: list[str] = []
+        #: connection inputs switched off (gate 0) by a selection
+        self.removed: dict[str, set[int]] = {}
+        #: per connection label, the scores a selection gave its inputs (they replace the
+        #: gates in :meth:`scores`, so derive keeps what the selection measured)
+        self.selected: dict[str, list[float]] = {}
+
         self._op_samples: dict[str, OpSample] = {}
         self._gate_samples: dict[str, Gates] = {}
 
@@ -100,8 +106,15 @@ class ArchParameters(nn.Module):
         return beta - beta.mean()
 
     def gate_probs(self, label: str) -> torch.Tensor:
-        """The gates of a connection choice: sigmoid of :meth:`gate_logits`."""
-        return torch.sigmoid(self.gate_logits(label))
+        """The gates of a connection choice: sigmoid of :meth:`gate_logits`, 0 for an input in
+        :attr:`removed`."""
+        gates = torch.sigmoid(self.gate_logits(label))
+        off = self.removed.get(label)
+        if off:
+            keep = torch.ones_like(gates)
+            keep[sorted(off)] = 0.0
+            gates = gates * keep
+        return gates
 
     # ----- sampling modes (gumbel, binary) -----------------------------------------------------
     def resample(self) -> None:
@@ -135,14 +148,18 @@ class ArchParameters(nn.Module):
         return -((gates - 0.5) ** 2).mean()
 
     def scores(self) -> dict[str, Any]:
-        """JSON-ready op probabilities and gate probabilities, per label."""
+        """JSON-ready op probabilities and connection scores, per label: a connection's
+        ``probs`` are its gates, or after a selection the selection's scores (the gates are
+        then kept under ``gates``)."""
         with torch.no_grad():
-            return {
-                "op": {label: {"candidates": names, "probs": self.op_probs(label).tolist()}
-                       for label, names in self.op_candidates.items()},
-                "connection": {label: {"probs": self.gate_probs(label).tolist()}
-                               for label in self.connection_sizes},
-            }
+            ops = {label: {"candidates": names, "probs": self.op_probs(label).tolist()}
+                   for label, names in self.op_candidates.items()}
+            connections = {}
+            for label in self.connection_sizes:
+                gates = torch.sigmoid(self.gate_logits(label)).tolist()
+                connections[label] = ({"probs": self.selected[label], "gates": gates}
+                                      if label in self.selected else {"probs": gates})
+            return {"op": ops, "connection": connections}
 
     def labelled_state(self) -> dict[str, dict[str, torch.Tensor]]:
         """The parameters keyed by their real labels (for checkpoints and comparisons)."""

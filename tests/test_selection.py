@@ -1,0 +1,105 @@
+"""Connection selection by removal: inputs are kept for what the supernet loses without them."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nasseg.artifacts.files import read_json
+from nasseg.data import load_arrays
+from nasseg.derive import derive_architecture
+from nasseg.searches.darts import SearchConfig
+from nasseg.searches.darts.relaxation import ArchParameters
+from nasseg.searches.darts.selection import select_by_removal
+from test_modes import _engine
+
+
+def _arch() -> ArchParameters:
+    arch = ArchParameters()
+    arch.add_connection("a_in", 3)
+    arch.add_connection("b_in", 2)
+    arch.add_connection("lone_in", 1)
+    with torch.no_grad():  # gates that say the opposite of what the inputs are worth
+        arch.beta["a_in"].copy_(torch.tensor([-3.0, 3.0, 3.0]))
+        arch.beta["b_in"].copy_(torch.tensor([3.0, -3.0]))
+    return arch
+
+
+def _supernet_dice(arch: ArchParameters) -> float:
+    """a_in 0 is essential; a_in 1 and 2 carry the same thing (either will do); b_in 1 helps
+    a little; b_in 0 does nothing."""
+    off = {(label, i) for label, idx in arch.removed.items() for i in idx}
+    dice = 0.9
+    dice -= 0.5 * (("a_in", 0) in off)
+    dice -= 0.3 * (("a_in", 1) in off and ("a_in", 2) in off)
+    dice -= 0.04 * (("b_in", 1) in off)
+    dice += 0.002 * (("b_in", 0) in off)
+    return dice
+
+
+def test_removal_keeps_what_the_supernet_uses_whatever_the_gates_say():
+    arch = _arch()
+    gates_before = {label: arch.gate_probs(label).tolist() for label in arch.connection_sizes}
+    result = select_by_removal(arch, lambda: _supernet_dice(arch), tolerance=0.01)
+    a, b = result.scores["a_in"], result.scores["b_in"]
+    assert a[0] == pytest.approx(0.5 / 0.51)  # essential, though its gate was 0.05
+    assert sorted(a[1:]) == [0.0, pytest.approx(0.3 / 0.31)]  # one of two redundant inputs
+    assert b == [0.0, pytest.approx(0.04 / 0.05)]
+    assert result.scores["lone_in"] == [1.0]
+    assert result.full_dice == pytest.approx(0.9)
+    assert result.final_dice == pytest.approx(0.902)  # b_in 0 and one of a_in 1/2 went
+    # each of the 5 inputs alone, then the two greedy ones not measured alone already
+    assert result.evaluations == 1 + 5 + 3
+    # the inputs that went stay off; the scores replace the gates, which are kept beside them
+    assert arch.removed["b_in"] == {0} and len(arch.removed["a_in"]) == 1
+    assert float(arch.gate_probs("b_in").detach()[0]) == 0.0
+    arch.selected = result.scores
+    scores = arch.scores()["connection"]
+    assert scores["a_in"]["probs"] == a and scores["a_in"]["gates"] == gates_before["a_in"]
+
+
+def test_a_node_keeps_its_last_input_and_tolerance_must_be_positive():
+    arch = ArchParameters()
+    arch.add_connection("x_in", 2)
+    result = select_by_removal(arch, lambda: 0.5, tolerance=0.01)  # nothing matters
+    assert sorted(result.scores["x_in"]) == [0.0, 0.0] and len(arch.removed["x_in"]) == 1
+    assert sum("switched_off" in entry for entry in result.log) == 1
+    with pytest.raises(ValueError, match="positive"):
+        select_by_removal(arch, lambda: 0.5, tolerance=0.0)
+
+
+def test_removed_inputs_are_switched_off_in_the_forward(small3d, tmp_path):
+    engine = _engine(small3d, tmp_path, "full", epochs=1)
+    label = next(lbl for lbl, n in engine.arch.connection_sizes.items() if n > 1)
+    engine.arch.removed[label] = {0}
+    assert engine.arch.gate_probs(label)[0] == 0 and engine.arch.gate_probs(label)[1] > 0
+
+
+@pytest.mark.parametrize("select", ["removal", "gates"])
+def test_search_selects_connections_and_derive_follows(select, small3d, tmp_path):
+    engine = _engine(small3d, tmp_path, "full", epochs=2, select=select)
+    engine.run()
+    run = engine.run_folder
+    params = read_json(run.arch_params)
+    assert params["selection"] == select
+    assert run.selection.exists() == (select == "removal")
+    dataset = load_arrays(small3d)
+    if select == "removal":
+        record = read_json(run.selection)
+        assert record["evaluations"] > sum(n > 1 for n in engine.arch.connection_sizes.values())
+        for label, entry in params["connection"].items():
+            assert entry["probs"] == record["scores"][label]
+            assert len(entry["gates"]) == len(entry["probs"])
+        assert read_json(run.cost)["seconds"]["selection"] > 0
+    arch = derive_architecture(engine.model, params, 0.6,
+                               [dataset.in_channels, *dataset.patch_size])
+    for label, choice in arch["choices"].items():
+        if choice["kind"] == "connection":
+            assert all(choice["scores"][i] >= 0.6 for i in choice["kept"]
+                       if len(choice["kept"]) > 1), label
+
+
+def test_bad_selection_settings_are_refused():
+    with pytest.raises(ValueError, match="select must be one of"):
+        SearchConfig(select="magnitude")
+    with pytest.raises(ValueError, match="select_tolerance"):
+        SearchConfig(select_tolerance=-1)
