@@ -54,6 +54,20 @@ def test_derive_at_two_taus_keeps_different_connections(search_run, tmp_path):
     assert a["sample"] != b["sample"] and b["params"] <= a["params"]
 
 
+def test_derive_builds_the_searched_architecture_wider(search_run, tmp_path):
+    searched = read_json(search_run / "arch.json")
+    result = _invoke("derive", search_run, "--space-arg", "features=8", "--out",
+                     tmp_path / "wide.json")
+    assert result.exit_code == 0, result.output
+    wide = read_json(tmp_path / "wide.json")
+    assert wide["sample"] == searched["sample"] and wide["space_args"]["features"] == 8
+    assert wide["params"] > 2 * searched["params"]
+    result = CliRunner().invoke(cli, ["derive", str(search_run), "--space-arg", "featurez=8",
+                                      "--out", str(tmp_path / "bad.json")])
+    assert result.exit_code == 1 and "cannot be built with" in result.output
+    assert "featurez" in result.output and not (tmp_path / "bad.json").exists()
+
+
 def test_train_beats_chance(demo3d_subset, tmp_path):
     search = tmp_path / "search"
     result = _invoke("search", "--space", "unet", "--data", demo3d_subset, "--out", search,
@@ -76,6 +90,7 @@ def test_train_beats_chance(demo3d_subset, tmp_path):
     (["search", "--space", "unet", "--set", "upsample=sideways"], "knob 'upsample' takes one of"),
     (["search", "--set", "sbb=sometimes"], "knob 'sbb' takes one of"),
     (["search", "--set", "depth=3"], "has no knob 'depth'"),
+    (["search", "--space-arg", "features=wide"], "cannot be built with"),
     (["derive", "not_a_run", "--tau", "0.5"], "not_a_run/run.json: missing"),
     (["derive", "not_a_run", "--tau", "1.5"], "tau must lie in (0, 1)"),
     (["train", "nothing.json"], "nothing.json: no such architecture file"),

@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from nasseg.cli.errors import user_errors
+from nasseg.cli.options import parse_assignments
 
 __all__ = ["derive"]
 
@@ -17,14 +18,18 @@ __all__ = ["derive"]
                    "[default: the space's own].")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Where to write the architecture [default: RUN/arch.json].")
+@click.option("--space-arg", "arg_items", multiple=True, metavar="NAME=VALUE",
+              help="Build the derived network with this constructor argument instead of the "
+                   "search's, e.g. features=16 to train it wider than it was searched "
+                   "(repeatable).")
 @user_errors
-def derive(run: Path, tau: float | None, out: Path | None) -> None:
+def derive(run: Path, tau: float | None, out: Path | None, arg_items: tuple[str, ...]) -> None:
     """Derive the discrete architecture of the search in RUN."""
     from nasseg.derive import check_tau, derive_run
 
     if tau is not None:
         check_tau(tau)
-    path, arch = derive_run(run, tau, out)
+    path, arch = derive_run(run, tau, out, parse_assignments(arg_items, "--space-arg"))
     kept = sum(len(c["kept"]) for c in arch["choices"].values() if c["kind"] == "connection")
     total = sum(len(c["sources"]) for c in arch["choices"].values() if c["kind"] == "connection")
     click.echo(f"derived at tau {arch['tau']}: {path}")

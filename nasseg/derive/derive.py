@@ -101,18 +101,21 @@ def fixed_architecture(space: SearchSpace, sample: Mapping[str, Any],
     return arch
 
 
-def derive_run(run_dir: str | Path, tau: float | None = None, out: str | Path | None = None
-               ) -> tuple[Path, dict[str, Any]]:
+def derive_run(run_dir: str | Path, tau: float | None = None, out: str | Path | None = None,
+               space_args: Mapping[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
     """Derive from a search run folder; write ``arch.json`` (default ``RUN/arch.json``) and its
     picture beside it (same name, ``.svg``).
 
-    ``tau`` defaults to the space's own default. Returns the written path and its content.
+    ``tau`` defaults to the space's own default. ``space_args`` replace constructor arguments
+    of the searched space (``features=16``: the same architecture, built wider than it was
+    searched). Returns the written path and its content.
     """
     run = RunFolder(Path(run_dir))
     run.require(run.config, run.arch_params)
     config = read_json(run.config, "run description")
     scores = read_json(run.arch_params, "architecture parameter file")
-    space = create_space(config["space"], knobs=config["knobs"], **config["space_args"])
+    space = create_space(config["space"], knobs=config["knobs"],
+                         **{**config["space_args"], **dict(space_args or {})})
     tau = space.default_tau if tau is None else tau
     arch = derive_architecture(space, scores, tau, config["input_shape"])
     target = Path(out) if out is not None else run.arch

@@ -89,11 +89,18 @@ def space_name(space: SearchSpace | type[SearchSpace]) -> str:
 def create_space(name: str, knobs: Mapping[str, Any] | None = None, **kwargs: Any) -> SearchSpace:
     """Build the space ``name`` with constructor ``kwargs`` and the knob values ``knobs``.
 
-    An unknown knob name raises :class:`KnobError` with the space's knob names.
+    An unknown knob name raises :class:`KnobError` with the space's knob names; an argument
+    the constructor does not take, or a value of the wrong type, a ``ValueError`` naming the
+    arguments.
     """
     cls = get_space_class(name)
     with fixed_knobs(knobs or {}):
-        space = cls(**kwargs)
+        try:
+            space = cls(**kwargs)
+        except TypeError as exc:  # a value of the wrong type, e.g. features=abc
+            raise ValueError(f"space {name!r} cannot be built with "
+                             f"{', '.join(f'{k}={v!r}' for k, v in kwargs.items())}: {exc}"
+                             ) from exc
     unknown = sorted(set(knobs or {}) - set(space.knob_specs))
     if unknown:
         known = ", ".join(sorted(space.knob_specs)) or "none"
