@@ -224,9 +224,9 @@ def main() -> None:
     dev, test = split_held_out(args.data, args.test_fraction, args.out)
     rows: list[dict[str, Any]] = []
     archs: dict[tuple, list[dict]] = {}
-    for seed in range(args.seeds):
+    for seed in range(args.seeds):  # the report is rewritten after every seed
         rows += run_seed(args, dev, test, seed, archs)
-    save_report(args.out, "search_quality", args, rows, summarize(rows, archs))
+        save_report(args.out, "search_quality", args, rows, summarize(rows, archs))
 
 
 if __name__ == "__main__":
