@@ -80,8 +80,8 @@ def build_space(case: dict[str, Any]):
     if case["kind"] == "cell":
         return _cell_space_class()(channels=case["channels"], num_classes=2)
     from nasseg.space import create_space
-    return create_space("uxnet", in_channels=1, num_classes=3, spatial_dims=3,
-                        features=case["features"], levels=case["levels"])
+    return create_space("uxnet", knobs={"sbb": True}, in_channels=1, num_classes=3,  # ops too
+                        spatial_dims=3, features=case["features"], levels=case["levels"])
 
 
 def make_batches(case: dict[str, Any], n: int, seed: int) -> list[dict[str, torch.Tensor]]:

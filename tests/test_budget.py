@@ -19,8 +19,8 @@ from nasseg.space import create_space
 
 def _supernet_builder(features: int):
     """Builds a fresh two-level UXNet supernet for small3d (1 channel, 3 classes) per call."""
-    return lambda: create_space("uxnet", in_channels=1, num_classes=3, spatial_dims=3,
-                                features=features, levels=2)
+    return lambda: create_space("uxnet", knobs={"sbb": True}, in_channels=1, num_classes=3,
+                                spatial_dims=3, features=features, levels=2)
 
 
 def test_memory_sizes_parse_in_decimal_and_binary_units():

@@ -33,6 +33,8 @@ from nasseg.space import SearchSpace, create_space
 
 MODES = tuple(RELAXATIONS)
 TINY = {"features": 4, "levels": 2}
+#: UXNet with its block ops searched as well (``sbb`` defaults to fixed 3x3x3 blocks)
+OPS = {"sbb": True}
 
 
 class Cell(SearchSpace):
@@ -59,7 +61,7 @@ def _engine(data: Path, tmp_path: Path, mode: str, on_epoch=None, **config) -> D
     run.path.mkdir(parents=True, exist_ok=True)
     cfg = SearchConfig(**{"epochs": 2, "warmup_epochs": 0, "device": "cpu", "mode": mode,
                           "arch_lr": 3e-2, "arch_weight_decay": 0.0, **config})
-    space = create_space("uxnet", in_channels=dataset.in_channels,
+    space = create_space("uxnet", knobs=OPS, in_channels=dataset.in_channels,
                          num_classes=dataset.num_classes, spatial_dims=dataset.spatial_dims,
                          **TINY)
     return DartsSearch(space, dataset, run, cfg, show_progress=False, on_epoch=on_epoch)
@@ -85,7 +87,7 @@ def test_mode_moves_architecture_and_derives(mode, dims, small3d, small2d, tmp_p
 
     # derive and freeze: only the architecture parameters matter, the full-width ops return
     dataset = load_arrays(data)
-    space = create_space("uxnet", in_channels=dataset.in_channels,
+    space = create_space("uxnet", knobs=OPS, in_channels=dataset.in_channels,
                          num_classes=dataset.num_classes, spatial_dims=dims, **TINY)
     scores = read_json(engine.run_folder.arch_params)
     arch = derive_architecture(space, scores, space.default_tau,
@@ -228,7 +230,8 @@ def test_partial_mixed_op_keeps_shape_and_bypasses_three_quarters(dims):
 
 
 def test_partial_mode_runs_channel_changing_choices_on_a_quarter_of_the_channels():
-    space = create_space("uxnet", in_channels=1, num_classes=3, spatial_dims=3, **TINY)
+    space = create_space("uxnet", knobs=OPS, in_channels=1, num_classes=3, spatial_dims=3,
+                         **TINY)
     arch = relax(space, mode="partial")
     assert arch.fully_mixed == []
     partial = {n: m for n, m in space.named_modules() if isinstance(m, PartialMixedOp)}
@@ -362,7 +365,8 @@ def test_binary_second_path_runs_without_autograd_and_changes_no_gradient():
 @pytest.mark.parametrize("mode", ["gumbel", "binary"])
 def test_sampled_gates_align_only_the_inputs_they_keep(mode):
     torch.manual_seed(0)
-    space = create_space("uxnet", in_channels=1, num_classes=3, spatial_dims=3, **TINY)
+    space = create_space("uxnet", knobs=OPS, in_channels=1, num_classes=3, spatial_dims=3,
+                         **TINY)
     arch = relax(space, mode=mode)
     conn = space.aggregate["N1_0"]
     assert isinstance(conn, SampledConnection)
@@ -425,7 +429,7 @@ def _supernet_step_memory(mode: str, small3d, tmp_path) -> int:
     dataset = load_arrays(small3d)
     run = RunFolder(tmp_path / mode)
     run.path.mkdir(parents=True)
-    space = create_space("uxnet", in_channels=1, num_classes=dataset.num_classes,
+    space = create_space("uxnet", knobs=OPS, in_channels=1, num_classes=dataset.num_classes,
                          spatial_dims=3, features=8, levels=3)
     engine = DartsSearch(space, dataset, run, SearchConfig(device="cpu", mode=mode),
                          show_progress=False)
@@ -586,7 +590,7 @@ def test_fast_conv_gradients_match_pytorch(dims):
 def test_centred_gates_keep_only_ratios_and_a_lone_input_on():
     """Centred gates have no common level (a shift of a node's betas changes nothing), a node's
     only input is always on and outside J, and the other gates still learn and binarize."""
-    space = create_space("uxnet", **TINY)
+    space = create_space("uxnet", knobs=OPS, **TINY)
     arch = relax(space, gates="centred")
     lone = [lbl for lbl, n in arch.connection_sizes.items() if n == 1]
     several = [lbl for lbl, n in arch.connection_sizes.items() if n > 1]
@@ -606,7 +610,7 @@ def test_centred_gates_keep_only_ratios_and_a_lone_input_on():
     assert all(arch.beta[lbl].grad is None for lbl in lone)
     assert all(float(arch.beta[lbl].grad.abs().sum()) > 0 for lbl in several)
     with pytest.raises(ValueError, match="gates must be one of"):
-        relax(create_space("uxnet", **TINY), gates="softmax")
+        relax(create_space("uxnet", knobs=OPS, **TINY), gates="softmax")
 
 
 @pytest.mark.parametrize("mode", ["full", "binary"])

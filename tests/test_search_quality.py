@@ -44,7 +44,8 @@ def test_gate_spread_counts_the_decided_gates():
 
 
 def test_agreement_of_identical_and_of_disjoint_architectures(small3d, tmp_path):
-    a = random_architecture("uxnet", str(small3d), 0, tmp_path / "a.json", space_args=ARGS)[1]
+    a = random_architecture("uxnet", str(small3d), 0, tmp_path / "a.json", {"sbb": True},
+                            space_args=ARGS)[1]
     assert agreement([a, a]) == {"connections_jaccard": 1.0, "ops_agree": 1.0}
     assert agreement([a]) == {"connections_jaccard": None, "ops_agree": None}
     b = json.loads(json.dumps(a))

@@ -14,7 +14,7 @@ from nasseg.space.graph import SpaceGraph
 
 def _space(**kw):
     args = {"in_channels": 1, "num_classes": 3, "spatial_dims": 3, "features": 2, "levels": 3}
-    knobs = kw.pop("knobs", None)
+    knobs = {"sbb": True, **kw.pop("knobs", {})}  # the paper's space: block ops searched too
     return create_space("uxnet", knobs=knobs, **{**args, **kw})
 
 
