@@ -64,7 +64,6 @@ class ArchParameters(nn.Module):
         #: per connection label, the scores a selection gave its inputs (they replace the
         #: gates in :meth:`scores`, so derive keeps what the selection measured)
         self.selected: dict[str, list[float]] = {}
-
         self._op_samples: dict[str, OpSample] = {}
         self._gate_samples: dict[str, Gates] = {}
 
