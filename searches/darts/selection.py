@@ -95,10 +95,9 @@ def select_by_removal(arch: ArchParameters, dice: Callable[[], float],
             with _switched_off(arch, edge):
                 known = dice()
             result.evaluations += 1
-        value = known
-        result.log.append({"edge": list(edge), "phase": phase, "dice_without": value,
-                           "drop": reference - value})
-        return value
+        result.log.append({"edge": list(edge), "phase": phase, "dice_without": known,
+                           "drop": reference - known})
+        return known
 
     say(f"selection: supernet Dice {result.full_dice:.4f}; measuring {len(removable)} inputs")
     drops = {edge: result.full_dice - measure(edge, "alone", result.full_dice)
