@@ -4,13 +4,15 @@
     python benchmarks/search_quality.py --quick            # a smoke run: minutes on 2 CPU cores
 
 For a space and a data set, over ``--seeds`` seeds, every method's network is retrained from
-scratch with ONE budget (``--train-epochs`` or ``--train-budget`` wall time) and scored on
+scratch with ONE budget (``--train-epochs`` of ``--train-steps`` steps, or ``--train-budget``
+wall time) and scored on
 held-out cases that neither the search nor the retrain's epoch selection saw (the last
 ``--test-fraction`` of the cases):
 
 * each variant of the space (UXNet: its ablations UNet / SBB only / MSSA only / both), searched
   with the same settings and derived at every ``--taus`` value where it has gates;
-* ``random``: ``--random`` architectures drawn from the full space per seed
+* ``random``: ``--random`` architectures drawn per seed from the space as ``nasseg search``
+  searches it by default, or from ``--random-variant``
   (:mod:`nasseg.searches.random_arch`), reported as their median and their best;
 * the search's decisiveness (share of gates outside [0.3, 0.7]) and, over seeds, its stability
   (Jaccard index of kept connections, share of op choices alike).
@@ -22,8 +24,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
+import os
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +45,11 @@ from nasseg.export import load_trained
 from nasseg.inference import network_predict_fn, sliding_window_predict
 from nasseg.inference.predict import PredictionPlan
 from nasseg.searches.darts import SearchConfig
+from nasseg.searches.darts.config import SEARCH_STEPS_PER_EPOCH
 from nasseg.searches.darts.run import start_search
 from nasseg.searches.random_arch import random_architecture
 from nasseg.space import create_space
-from nasseg.training.trainer import TrainConfig, train_architecture
+from nasseg.training.trainer import TRAIN_STEPS_PER_EPOCH, TrainConfig, train_architecture
 from report import mean_sd, save_report
 
 #: The ablation variants of a space (knobs); a space without ablations has one variant.
@@ -91,7 +97,7 @@ def held_out_dice(train_dir: Path, test: SegmentationData) -> float:
 def retrain(arch_path: Path, out: Path, test: SegmentationData, args: argparse.Namespace,
             seed: int) -> dict[str, Any]:
     config = TrainConfig(epochs=args.train_epochs, time_budget=args.train_budget, seed=seed,
-                         steps_per_epoch=args.steps_per_epoch)
+                         steps_per_epoch=args.train_steps)
     start = time.perf_counter()
     metrics = train_architecture(arch_path, out, None, config)
     return {"dice_test": held_out_dice(out, test), "dice_val": metrics["dice_mean"],
@@ -99,11 +105,14 @@ def retrain(arch_path: Path, out: Path, test: SegmentationData, args: argparse.N
             "flops": metrics["flops"], "train_seconds": round(time.perf_counter() - start, 1)}
 
 
-def run_seed(args: argparse.Namespace, dev: Path, test: SegmentationData, seed: int,
-             archs: dict[tuple, list[dict]]) -> list[dict[str, Any]]:
-    """Every method's runs with one seed; each derived ``arch.json`` is added to ``archs``
-    under ``(method, tau)`` for the stability measure."""
-    rows = []
+def run_seed(args: argparse.Namespace, dev: Path, test: SegmentationData, seed: int
+             ) -> tuple[list[dict[str, Any]], dict[tuple, dict]]:
+    """Every method's runs with one seed, and each derived ``arch.json`` under
+    ``(method, tau)`` for the stability measure."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # also in a worker process
+    if args.jobs > 1:  # seeds run side by side: share the cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.jobs))
+    rows, archs = [], {}
     space_args = {"features": args.features, "levels": args.levels}
     variants = VARIANTS.get(args.space, {"searched": {}})
     for name in args.variants or list(variants):
@@ -114,7 +123,7 @@ def run_seed(args: argparse.Namespace, dev: Path, test: SegmentationData, seed: 
             # nothing to search (every ablation off): the fixed network, trained alike
             arch_path, arch = random_architecture(args.space, str(dev), 0,
                                                   folder / "arch-fixed.json", knobs, space_args)
-            archs.setdefault((name, None), []).append(arch)
+            archs[(name, None)] = arch
             row = retrain(arch_path, folder / "train-fixed", test, args, seed)
             rows.append({"method": name, "tau": None, "seed": seed, "search_seconds": 0.0,
                          "gates_decided": None, "sample": arch["sample"], **row})
@@ -123,33 +132,37 @@ def run_seed(args: argparse.Namespace, dev: Path, test: SegmentationData, seed: 
         config = SearchConfig(epochs=args.search_epochs, warmup_epochs=args.warmup_epochs,
                               seed=seed, mode=args.mode, arch_lr=args.arch_lr,
                               gates=args.gates,
-                              steps_per_epoch=args.steps_per_epoch)
+                              steps_per_epoch=args.search_steps)
         start_search(folder / "search", args.space, str(dev), knobs, space_args, config,
                      show_progress=False)
         search_s = round(time.perf_counter() - start, 1)
         scores = read_json(folder / "search" / "arch_params.json", "architecture parameters")
         spread = gate_spread(scores)
         taus = args.taus if scores.get("connection") else [None]
+        trained: dict[str, dict[str, Any]] = {}  # taus that derive the same net share a retrain
         for tau in taus:
             tag = "fixed" if tau is None else f"tau{tau}"
             arch_path, arch = derive_run(folder / "search", tau, folder / f"arch-{tag}.json")
-            archs.setdefault((name, tau), []).append(arch)
-            row = retrain(arch_path, folder / f"train-{tag}", test, args, seed)
+            archs[(name, tau)] = arch
+            net = json.dumps(arch["sample"], sort_keys=True)
+            if net not in trained:
+                trained[net] = retrain(arch_path, folder / f"train-{tag}", test, args, seed)
+            row = trained[net]
             rows.append({"method": name, "tau": tau, "seed": seed, "search_seconds": search_s,
                          "gates_decided": spread, "sample": arch["sample"], **row})
             logging.info("seed %d %s %s: held-out Dice %.3f, %d params", seed, name, tag,
                          row["dice_test"], row["params"])
-    full_knobs = dict(variants.get(FULL.get(args.space, ""), {}), **args.knob)
+    random_knobs = dict(variants.get(args.random_variant, {}), **args.knob)
     for k in range(args.random):
         folder = args.out / f"seed{seed}" / f"random{k}"
         arch_path, arch = random_architecture(args.space, str(dev), seed * 1000 + k,
-                                              folder / "arch.json", full_knobs, space_args)
+                                              folder / "arch.json", random_knobs, space_args)
         row = retrain(arch_path, folder / "train", test, args, seed)
         rows.append({"method": "random", "tau": None, "seed": seed, "sample": arch["sample"],
                      "search_seconds": 0.0, "gates_decided": None, **row})
         logging.info("seed %d random %d: held-out Dice %.3f, %d params", seed, k,
                      row["dice_test"], row["params"])
-    return rows
+    return rows, archs
 
 
 def summarize(rows: list[dict[str, Any]], archs: dict[tuple, list[dict]]) -> str:
@@ -185,18 +198,28 @@ def summarize(rows: list[dict[str, Any]], archs: dict[tuple, list[dict]]) -> str
     return "\n".join(lines)
 
 
+def steps(text: str) -> int | None:
+    """Steps per epoch: a number, or ``pass`` for one pass over the cases."""
+    return None if text == "pass" else int(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--space", default="uxnet")
     parser.add_argument("--data", default="demo3d")
     parser.add_argument("--out", type=Path, default=Path("bench/search_quality"))
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="Seeds run side by side in this many processes (threads shared).")
     parser.add_argument("--variants", nargs="+", default=None,
                         help="Variants to run [default: all of the space's].")
     parser.add_argument("--knob", nargs="*", default=[], metavar="LABEL=VALUE",
                         help="Knobs fixed for every variant (e.g. gate_reg=1).")
     parser.add_argument("--taus", nargs="+", type=float, default=[0.6, 0.75, 0.9])
     parser.add_argument("--random", type=int, default=4, help="Random architectures per seed.")
+    parser.add_argument("--random-variant", default=None,
+                        help="The variant random architectures are drawn from [default: the "
+                             "space as `nasseg search` searches it].")
     parser.add_argument("--search-epochs", type=int, default=25)
     parser.add_argument("--warmup-epochs", type=int, default=5)
     parser.add_argument("--mode", default="full")
@@ -205,7 +228,10 @@ def main() -> None:
     parser.add_argument("--train-epochs", type=int, default=30)
     parser.add_argument("--train-budget", type=float, default=None, metavar="SECONDS",
                         help="Retrain by wall time instead of epochs (the same for every net).")
-    parser.add_argument("--steps-per-epoch", type=int, default=None)
+    parser.add_argument("--search-steps", type=steps, default=SEARCH_STEPS_PER_EPOCH,
+                        help="Weight steps per search epoch, or 'pass' [default: %(default)s].")
+    parser.add_argument("--train-steps", type=steps, default=TRAIN_STEPS_PER_EPOCH,
+                        help="Steps per retrain epoch, or 'pass' [default: %(default)s].")
     parser.add_argument("--features", type=int, default=8)
     parser.add_argument("--levels", type=int, default=3)
     parser.add_argument("--test-fraction", type=float, default=0.2)
@@ -224,9 +250,14 @@ def main() -> None:
     dev, test = split_held_out(args.data, args.test_fraction, args.out)
     rows: list[dict[str, Any]] = []
     archs: dict[tuple, list[dict]] = {}
-    for seed in range(args.seeds):  # the report is rewritten after every seed
-        rows += run_seed(args, dev, test, seed, archs)
-        save_report(args.out, "search_quality", args, rows, summarize(rows, archs))
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        runs = [pool.submit(run_seed, args, dev, test, seed) for seed in range(args.seeds)]
+        for done in as_completed(runs):  # the report is rewritten after every seed
+            seed_rows, seed_archs = done.result()
+            rows += seed_rows
+            for key, arch in seed_archs.items():
+                archs.setdefault(key, []).append(arch)
+            save_report(args.out, "search_quality", args, rows, summarize(rows, archs))
 
 
 if __name__ == "__main__":

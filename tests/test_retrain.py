@@ -98,3 +98,32 @@ def test_an_epoch_can_be_set_in_steps_for_search_and_retrain(small3d, tmp_path):
                                       "--steps-per-epoch", "5"])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "t" / "cost.json").read_text())["steps"]["weight"] == 10
+
+
+def test_by_default_an_epoch_is_a_fixed_number_of_steps_whatever_the_data_size(arch_file,
+                                                                               tmp_path):
+    """small3d's search half is 5 cases (2 steps a pass), yet a default search epoch is
+    SEARCH_STEPS_PER_EPOCH steps, a default retrain epoch TRAIN_STEPS_PER_EPOCH; 'pass' asks
+    for one pass over the cases."""
+    from nasseg.searches.darts.config import SEARCH_STEPS_PER_EPOCH
+    from nasseg.training.trainer import TRAIN_STEPS_PER_EPOCH
+
+    searched = json.loads((arch_file.parent / "cost.json").read_text())["steps"]
+    assert searched == {"weight": 2 * SEARCH_STEPS_PER_EPOCH, "arch": SEARCH_STEPS_PER_EPOCH}
+    for steps, expected in ((None, TRAIN_STEPS_PER_EPOCH), ("pass", 5)):
+        out = tmp_path / f"t-{steps}"
+        result = CliRunner().invoke(cli, ["train", str(arch_file), "--out", str(out),
+                                          "--epochs", "1", "--device", "cpu",
+                                          *(["--steps-per-epoch", steps] if steps else [])])
+        assert result.exit_code == 0, result.output
+        assert json.loads((out / "cost.json").read_text())["steps"]["weight"] == expected
+        assert json.loads((out / "run.json").read_text())["train"]["steps_per_epoch"] == (
+            TRAIN_STEPS_PER_EPOCH if steps is None else None)
+
+
+@pytest.mark.parametrize("value", ["0", "many"])
+def test_a_bad_steps_per_epoch_is_a_usage_error(value, tmp_path):
+    result = CliRunner().invoke(cli, ["search", "--out", str(tmp_path / "s"),
+                                      "--steps-per-epoch", value])
+    assert result.exit_code == 2 and "positive number of steps or 'pass'" in result.output
+    assert not (tmp_path / "s").exists()

@@ -7,7 +7,8 @@ import click
 
 from nasseg.space.knobs import parse_knob_value
 
-__all__ = ["parse_assignments", "PatchSize", "Duration", "relaunch_argv", "steps_per_epoch_option",
+__all__ = ["parse_assignments", "PatchSize", "Duration", "relaunch_argv", "StepsPerEpoch",
+           "steps_per_epoch_option",
            "time_budget_option"]
 
 
@@ -22,12 +23,35 @@ def parse_assignments(items: Sequence[str], option: str) -> dict[str, Any]:
     return values
 
 
-#: ``--steps-per-epoch`` of ``search`` and ``train``: an epoch's length set in steps, so a small
-#: data set gets as much training per epoch as a large one.
-steps_per_epoch_option = click.option(
-    "--steps-per-epoch", type=click.IntRange(min=1), default=None,
-    help="Weight steps per epoch, whatever the data set's size (more passes over the cases "
-         "when needed) [default: one pass over the cases].")
+class StepsPerEpoch(click.ParamType):
+    """Steps per epoch: a positive number, or ``pass`` (None) for one pass over the cases."""
+
+    name = "steps"
+
+    def get_metavar(self, param: Any, ctx: Any = None) -> str:
+        return "N|pass"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | None:
+        if value is None or isinstance(value, int) and value >= 1:
+            return value
+        if str(value).strip().lower() == "pass":
+            return None
+        try:
+            steps = int(value)
+        except ValueError:
+            steps = 0
+        if steps < 1:
+            self.fail(f"expected a positive number of steps or 'pass', got {value!r}", param, ctx)
+        return steps
+
+
+def steps_per_epoch_option(default: int) -> Any:
+    """``--steps-per-epoch`` of ``search`` and ``train``: an epoch's length set in steps, so a
+    small data set gets as much training per epoch as a large one."""
+    return click.option(
+        "--steps-per-epoch", type=StepsPerEpoch(), default=default, show_default=True,
+        help="Weight steps per epoch, whatever the data set's size (more passes over the "
+             "cases when needed); 'pass': one pass over the cases.")
 
 
 class Duration(click.ParamType):

@@ -9,7 +9,7 @@ from nasseg.artifacts.run_folder import fresh_run_dir
 from nasseg.cli.errors import user_errors
 from nasseg.cli.options import (PatchSize, parse_assignments, relaunch_argv,
                                 steps_per_epoch_option, time_budget_option)
-from nasseg.searches.darts.config import SELECTIONS
+from nasseg.searches.darts.config import SEARCH_STEPS_PER_EPOCH, SELECTIONS
 from nasseg.searches.darts.relaxation import GATE_FORMS, RELAXATIONS
 from nasseg.searches.darts.selection import DEFAULT_TOLERANCE
 
@@ -82,7 +82,7 @@ DEFAULT_DATA = "demo3d"
                    "fit this much memory (e.g. 20GB; auto: 90% of the GPU, 80% of free RAM).")
 @click.option("--fit", type=click.Choice(["batch", "patch"]), default="batch", show_default=True,
               help="--memory-budget: size the batch (patch kept) or the patch (batch kept).")
-@steps_per_epoch_option
+@steps_per_epoch_option(SEARCH_STEPS_PER_EPOCH)
 @time_budget_option
 @user_errors
 def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: int,

@@ -10,6 +10,7 @@ import click
 from nasseg.cli.errors import user_errors
 from nasseg.cli.options import (PatchSize, relaunch_argv, steps_per_epoch_option,
                                 time_budget_option)
+from nasseg.training.trainer import TRAIN_STEPS_PER_EPOCH
 
 __all__ = ["train"]
 
@@ -30,7 +31,7 @@ __all__ = ["train"]
 @click.option("--deterministic", is_flag=True)
 @click.option("--patch-size", type=PatchSize(), default=None,
               help="Training patch size, e.g. 96x96x64 [default: the data set's].")
-@steps_per_epoch_option
+@steps_per_epoch_option(TRAIN_STEPS_PER_EPOCH)
 @click.option("--amp", is_flag=True,
               help="Mixed precision: bf16 autocast (fp16 + GradScaler on GPUs without bf16).")
 @click.option("--channels-last", is_flag=True,

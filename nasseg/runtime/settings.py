@@ -19,7 +19,9 @@ class RunSettings:
         num_workers: DataLoader worker processes (patch reading and augmentation).
         patch_size: the crop size of training patches; None takes the data set's own.
         steps_per_epoch: weight steps in an epoch, whatever the data set's size (further passes
-            over the cases when needed, as nnU-Net fixes 250); None: one pass over the cases.
+            over the cases when needed, as nnU-Net fixes 250), so a small data set gets as much
+            training as a large one; None: one pass over the cases. Searches and retrains set
+            their own default (``SearchConfig``, ``TrainConfig``).
         amp: mixed precision (autocast bf16 where the GPU supports it, else fp16 with a
             GradScaler; bf16 autocast on CPU).
         channels_last: channels-last memory format (``channels_last_3d`` for 3D) for the

@@ -9,7 +9,8 @@ from nasseg.searches.darts.budget import FITS, check_budget
 from nasseg.searches.darts.relaxation import GATE_FORMS, RELAXATIONS, get_relaxation
 from nasseg.searches.darts.selection import DEFAULT_TOLERANCE
 
-__all__ = ["SearchConfig", "DARTS_ARCH_LR", "ARCH_TRAVEL", "MAX_AUTO_ARCH_LR", "SELECTIONS"]
+__all__ = ["SearchConfig", "DARTS_ARCH_LR", "ARCH_TRAVEL", "MAX_AUTO_ARCH_LR", "SELECTIONS",
+           "SEARCH_STEPS_PER_EPOCH"]
 
 #: DARTS's architecture learning rate (Liu et al. 2019), used as is for long searches.
 DARTS_ARCH_LR = 3e-4
@@ -17,6 +18,9 @@ DARTS_ARCH_LR = 3e-4
 ARCH_TRAVEL = 6.0
 #: The default lr never exceeds this, however short the search (a few steps would ask for more).
 MAX_AUTO_ARCH_LR = 0.05
+#: Weight steps (and as many architecture steps) of a search epoch, whatever the data set's size:
+#: one pass of demo3d's weight half (16 cases, batch 2), where the default search was measured.
+SEARCH_STEPS_PER_EPOCH = 8
 #: How connections are chosen after the search: measured removal, or gate thresholds.
 SELECTIONS = ("removal", "gates")
 #: Settings renamed since older ``run.json`` files were written: old key -> new key.
@@ -62,6 +66,9 @@ class SearchConfig(RunSettings):
             (:mod:`nasseg.searches.darts.selection`); ``gates`` thresholds the gates.
         select_tolerance: ``removal``: an input that costs less than this much of the
             space's selection metric (Dice) is switched off.
+        steps_per_epoch: weight steps (and as many architecture steps) per epoch, default
+            :data:`SEARCH_STEPS_PER_EPOCH` whatever the data set's size; None: one pass over
+            the weight half.
     """
 
     epochs: int = 20
@@ -80,6 +87,7 @@ class SearchConfig(RunSettings):
     gates: str = "sigmoid"
     select: str = "removal"
     select_tolerance: float = DEFAULT_TOLERANCE
+    steps_per_epoch: int | None = SEARCH_STEPS_PER_EPOCH
 
     def __post_init__(self) -> None:
         super().__post_init__()
