@@ -52,7 +52,8 @@ def test_two_process_retrain_keeps_ranks_identical(small3d, tmp_path):
                            "features=2", "--space-arg", "levels=2", "--device", "cpu"],
                    check=True, capture_output=True, cwd=tmp_path, env=env, timeout=300)
     done = subprocess.run(base + ["train", str(search / "arch.json"), "--out", str(tmp_path / "t"),
-                                  "--epochs", "2", "--device", "cpu", "--nproc", "2"],
+                                  "--epochs", "2", "--steps-per-epoch", "2", "--device", "cpu",
+                                  "--nproc", "2"],
                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("training finished") == 1  # only rank 0 reports and writes

@@ -36,7 +36,7 @@ def trained(small3d, tmp_path_factory):
                                  "--space-arg", "features=2"])
     assert result.exit_code == 0, result.output
     result = runner.invoke(cli, ["train", str(root / "s" / "arch.json"), "--out", str(root / "t"),
-                                 "--epochs", "1", "--device", "cpu"])
+                                 "--epochs", "1", "--steps-per-epoch", "2", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     return root / "t"
 

@@ -134,7 +134,7 @@ def workflow(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     _ok("search", "--space", SPACE, "--data", data, "--out", root / "search", "--epochs", 5,
         "--warmup-epochs", 2, "--arch-lr", 0.05, "--device", "cpu", "--seed", 1)
     _ok("train", root / "search" / "arch.json", "--out", root / "train", "--epochs", 5,
-        "--device", "cpu")
+        "--steps-per-epoch", 2, "--device", "cpu")
     return {"root": root, "data": data, "search": root / "search", "train": root / "train"}
 
 
@@ -252,6 +252,6 @@ def test_the_space_searches_and_trains_on_large_images_read_by_region(tmp_path):
     _ok("search", "--space", SPACE, "--data", data, "--out", tmp_path / "s", "--epochs", 3,
         "--warmup-epochs", 1, "--device", "cpu")
     _ok("train", tmp_path / "s" / "arch.json", "--out", tmp_path / "t", "--epochs", 2,
-        "--device", "cpu")
+        "--steps-per-epoch", 2, "--device", "cpu")
     metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())
     assert metrics["num_val_cases"] == 1 and 0.0 <= metrics["dice_mean"] <= 1.0

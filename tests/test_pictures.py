@@ -13,7 +13,7 @@ from nasseg.artifacts.pictures import _figure, write_png
 from nasseg.cli import cli
 
 TINY = ["--space", "unet", "--space-arg", "features=2", "--space-arg", "levels=2",
-        "--device", "cpu"]
+        "--device", "cpu", "--steps-per-epoch", "2"]
 
 
 def _check_png(path: Path) -> None:
@@ -44,7 +44,8 @@ def test_search_and_retrain_draw_their_progress(small3d, tmp_path):
 
     train = tmp_path / "train"
     trained = CliRunner().invoke(cli, ["train", str(run / "arch.json"), "--out", str(train),
-                                       "--epochs", "2", "--device", "cpu"])
+                                       "--epochs", "2", "--steps-per-epoch", "2", "--device",
+                                       "cpu"])
     assert trained.exit_code == 0, trained.output
     _check_png(train / "progress.png")
     assert f"picture: {train / 'progress.png'}" in trained.output

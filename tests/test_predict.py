@@ -14,7 +14,7 @@ from test_real_data import make_msd, make_nnunet, make_png
 from nasseg.cli import cli
 
 TINY = ["--space", "unet", "--space-arg", "features=2", "--space-arg", "levels=2",
-        "--device", "cpu"]
+        "--device", "cpu", "--steps-per-epoch", "2"]
 
 
 def _ok(*args):
@@ -31,7 +31,7 @@ def trained_msd(tmp_path_factory):
     _ok("search", "--data", data, "--out", root / "search", "--epochs", 1, "--warmup-epochs", 0,
         *TINY)
     _ok("train", root / "search" / "arch.json", "--out", root / "train", "--epochs", 2,
-        "--device", "cpu")
+        "--steps-per-epoch", 2, "--device", "cpu")
     return data, root / "train"
 
 
@@ -68,7 +68,7 @@ def test_2d_png_set_end_to_end(tmp_path):
     _ok("search", "--data", data, "--out", tmp_path / "s", "--epochs", 1, "--warmup-epochs", 0,
         *TINY)
     _ok("train", tmp_path / "s" / "arch.json", "--out", tmp_path / "t", "--epochs", 1,
-        "--device", "cpu")
+        "--steps-per-epoch", 2, "--device", "cpu")
     _ok("predict", tmp_path / "t", "--input", data / "imagesTr", "--output", tmp_path / "p")
     for ref in (data / "labelsTr").glob("*.png"):
         pred = np.asarray(Image.open(tmp_path / "p" / f"{ref.stem}.png"))

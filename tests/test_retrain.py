@@ -30,7 +30,8 @@ def arch_file(small3d, tmp_path_factory) -> Path:
 
 def _train_cmd(arch: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "nasseg.cli", "train", str(arch), "--out", str(out),
-            "--epochs", "5", "--seed", "2", "--deterministic", "--device", "cpu", *extra]
+            "--epochs", "5", "--steps-per-epoch", "2", "--seed", "2", "--deterministic",
+            "--device", "cpu", *extra]
 
 
 def test_killed_retrain_resumes_to_the_same_weights(arch_file, tmp_path):

@@ -239,7 +239,7 @@ def test_search_derive_train_through_the_cli_reports_class_and_scene_metrics(tmp
     assert arch["sample"]["sync"] == "both" and arch["sample"]["seg_dec"] in ("upconv", "aspp")
     ok("derive", tmp_path / "s", "--tau", 0.5, "--out", tmp_path / "s" / "arch-0.5.json")
     ok("train", tmp_path / "s" / "arch-0.5.json", "--out", tmp_path / "t", "--epochs", 3,
-       "--device", "cpu")
+       "--steps-per-epoch", 2, "--device", "cpu")
     metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())
     assert [s["name"] for s in metrics["stages"]] == ["class", "sync", "scene"]
     assert [s["lr_scale"] for s in metrics["stages"]] == [1.0, 0.5, 0.2]

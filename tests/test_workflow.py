@@ -10,7 +10,8 @@ from click.testing import CliRunner
 from nasseg.artifacts.files import read_json
 from nasseg.cli import cli
 
-SMALL = ["--space-arg", "features=4", "--space-arg", "levels=2", "--device", "cpu"]
+SMALL = ["--space-arg", "features=4", "--space-arg", "levels=2", "--device", "cpu",
+         "--steps-per-epoch", "2"]
 
 
 def _invoke(*args: str):
