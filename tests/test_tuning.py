@@ -172,7 +172,9 @@ def test_two_worker_processes_share_one_journal(tmp_path, small3d):
     """Two processes on one journal file run exactly N trials together: none lost, none twice."""
     n = 6
     go = tmp_path / "go"
-    args = [*TINY_ARGS, "--data", str(small3d), "--trials", str(n), "--out", "study"]
+    # no pruner: every trial must complete, so a lost or doubled trial shows in the states
+    args = [*TINY_ARGS, "--data", str(small3d), "--trials", str(n), "--out", "study",
+            "--pruner", "none"]
     workers = [subprocess.Popen([sys.executable, "-c", _BARRIER_WORKER, str(go), *args],
                                 cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True) for _ in range(2)]
