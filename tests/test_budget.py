@@ -80,8 +80,8 @@ def _search(data, out, *options):
     """``nasseg search`` of a small UXNet (features 4, 2 levels) for one epoch on CPU."""
     return CliRunner().invoke(cli, [
         "search", "--data", str(data), "--out", str(out), "--epochs", "1", "--warmup-epochs",
-        "0", "--device", "cpu", "--space-arg", "features=4", "--space-arg", "levels=2",
-        *options])
+        "0", "--steps-per-epoch", "2", "--device", "cpu", "--space-arg", "features=4",
+        "--space-arg", "levels=2", *options])
 
 
 def test_cli_search_fits_the_batch_to_the_budget(small3d, tmp_path):

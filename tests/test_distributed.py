@@ -22,8 +22,8 @@ def test_two_process_search_keeps_ranks_identical(small3d, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "nasseg.cli", "search", "--space", "unet", "--data", str(small3d),
            "--out", str(out), "--epochs", "2", "--warmup-epochs", "0", "--arch-lr", "0.01",
-           "--space-arg", "features=2", "--space-arg", "levels=2", "--device", "cpu",
-           "--nproc", "2"]
+           "--space-arg", "features=2", "--space-arg", "levels=2", "--steps-per-epoch", "2",
+           "--device", "cpu", "--nproc", "2"]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -48,8 +48,9 @@ def test_two_process_retrain_keeps_ranks_identical(small3d, tmp_path):
     search = tmp_path / "s"
     base = [sys.executable, "-m", "nasseg.cli"]
     subprocess.run(base + ["search", "--space", "unet", "--data", str(small3d), "--out",
-                           str(search), "--epochs", "1", "--warmup-epochs", "0", "--space-arg",
-                           "features=2", "--space-arg", "levels=2", "--device", "cpu"],
+                           str(search), "--epochs", "1", "--warmup-epochs", "0",
+                           "--steps-per-epoch", "2", "--space-arg", "features=2",
+                           "--space-arg", "levels=2", "--device", "cpu"],
                    check=True, capture_output=True, cwd=tmp_path, env=env, timeout=300)
     done = subprocess.run(base + ["train", str(search / "arch.json"), "--out", str(tmp_path / "t"),
                                   "--epochs", "2", "--steps-per-epoch", "2", "--device", "cpu",

@@ -120,8 +120,9 @@ def test_nan_loss_stops_the_run_and_keeps_the_checkpoint(small3d, tmp_path):
 
 def _search_cmd(data: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "nasseg.cli", "search", "--data", str(data), "--out", str(out),
-            "--epochs", "4", "--warmup-epochs", "1", "--seed", "3", "--deterministic",
-            "--device", "cpu", "--space-arg", "features=4", "--space-arg", "levels=2", *extra]
+            "--epochs", "4", "--warmup-epochs", "1", "--steps-per-epoch", "4", "--seed", "3",
+            "--deterministic", "--device", "cpu", "--space-arg", "features=4", "--space-arg",
+            "levels=2", *extra]
 
 
 def test_killed_search_resumes_to_the_same_architecture(small3d, tmp_path):

@@ -32,8 +32,8 @@ def trained(small3d, tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     runner = CliRunner()
     result = runner.invoke(cli, ["search", "--data", str(small3d), "--out", str(root / "s"),
-                                 "--epochs", "1", "--warmup-epochs", "0", "--device", "cpu",
-                                 "--space-arg", "features=2"])
+                                 "--epochs", "1", "--warmup-epochs", "0", "--steps-per-epoch", "2",
+                                 "--device", "cpu", "--space-arg", "features=2"])
     assert result.exit_code == 0, result.output
     result = runner.invoke(cli, ["train", str(root / "s" / "arch.json"), "--out", str(root / "t"),
                                  "--epochs", "1", "--steps-per-epoch", "2", "--device", "cpu"])

@@ -31,7 +31,7 @@ def _search(data: Path, tmp_path: Path, device: str, mode: str = "full", epochs:
     run = RunFolder(tmp_path / "run")
     run.path.mkdir(parents=True, exist_ok=True)
     config = SearchConfig(epochs=epochs, warmup_epochs=0, device=device, mode=mode,
-                          arch_lr=3e-2, arch_weight_decay=0.0, **options)
+                          steps_per_epoch=2, arch_lr=3e-2, arch_weight_decay=0.0, **options)
     space = create_space("uxnet", knobs={"sbb": True}, in_channels=1, num_classes=3,
                          spatial_dims=3, features=4, levels=2)
     return DartsSearch(space, dataset, run, config, show_progress=False)

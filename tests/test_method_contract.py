@@ -132,7 +132,8 @@ def workflow(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("contract")
     data = make_png(root)
     _ok("search", "--space", SPACE, "--data", data, "--out", root / "search", "--epochs", 5,
-        "--warmup-epochs", 2, "--arch-lr", 0.05, "--device", "cpu", "--seed", 1)
+        "--warmup-epochs", 2, "--steps-per-epoch", 2, "--arch-lr", 0.05, "--device", "cpu",
+        "--seed", 1)
     _ok("train", root / "search" / "arch.json", "--out", root / "train", "--epochs", 5,
         "--steps-per-epoch", 2, "--device", "cpu")
     return {"root": root, "data": data, "search": root / "search", "train": root / "train"}
@@ -250,7 +251,7 @@ def test_export_takes_both_inputs_and_runs_without_nasseg(workflow, fmt, tmp_pat
 def test_the_space_searches_and_trains_on_large_images_read_by_region(tmp_path):
     data = _large_image_folder(tmp_path, n=4, shape=(120, 110))
     _ok("search", "--space", SPACE, "--data", data, "--out", tmp_path / "s", "--epochs", 3,
-        "--warmup-epochs", 1, "--device", "cpu")
+        "--warmup-epochs", 1, "--steps-per-epoch", 2, "--device", "cpu")
     _ok("train", tmp_path / "s" / "arch.json", "--out", tmp_path / "t", "--epochs", 2,
         "--steps-per-epoch", 2, "--device", "cpu")
     metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())

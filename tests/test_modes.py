@@ -532,8 +532,8 @@ def test_cli_search_mode_partial_writes_the_cost_card(small3d, tmp_path):
     out = tmp_path / "run"
     result = CliRunner().invoke(cli, [
         "search", "--data", str(small3d), "--out", str(out), "--epochs", "1",
-        "--warmup-epochs", "0", "--device", "cpu", "--space-arg", "features=4",
-        "--space-arg", "levels=2", "--mode", "partial", "--partial-k", "2"])
+        "--warmup-epochs", "0", "--steps-per-epoch", "2", "--device", "cpu", "--space-arg",
+        "features=4", "--space-arg", "levels=2", "--mode", "partial", "--partial-k", "2"])
     assert result.exit_code == 0, result.output
     card = json.loads((out / "cost.json").read_text())
     assert card["mode"] == "partial" and card["partial_k"] == 2

@@ -39,7 +39,8 @@ def test_readme_space_searches_from_python(example_module, small2d):
 
     run = start_search(example_module / "runs" / "tiny", "my_spaces:TinySpace", str(small2d),
                        knobs={"width": 2}, space_args={},
-                       config=SearchConfig(epochs=1, warmup_epochs=0, device="cpu"))
+                       config=SearchConfig(epochs=1, warmup_epochs=0, device="cpu",
+                                           steps_per_epoch=2))
     arch = read_arch(run.arch_path)
     assert arch["space"] == "my_spaces:TinySpace" and arch["sample"]["width"] == 2
     assert set(arch["sample"]) == {"width", "gate_reg", "skip", "deep_op"}
@@ -52,7 +53,7 @@ def test_readme_space_searches_from_the_cli(example_module, small2d):
     env = {**os.environ, "PYTHONPATH": str(example_module)}
     cmd = [sys.executable, "-m", "nasseg.cli", "search", "--space", "my_spaces:TinySpace",
            "--data", str(small2d), "--set", "width=2", "--epochs", "1", "--warmup-epochs", "0",
-           "--out", "runs/cli", "--device", "cpu"]
+           "--steps-per-epoch", "2", "--out", "runs/cli", "--device", "cpu"]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=example_module)
     assert result.returncode == 0, result.stderr
     derive = subprocess.run([sys.executable, "-m", "nasseg.cli", "derive", "runs/cli",
@@ -72,7 +73,8 @@ def test_readme_method_contract_example_searches_trains_and_exports(tmp_path, mo
     folder = _module(tmp_path, monkeypatch, "fusion_space", "method-contract-example")
     run = start_search(folder / "s", "fusion_space:FusionSpace", str(small2d), knobs={},
                        space_args={"features": 4},
-                       config=SearchConfig(epochs=3, warmup_epochs=1, device="cpu"))
+                       config=SearchConfig(epochs=3, warmup_epochs=1, device="cpu",
+                                           steps_per_epoch=2))
     arch = read_arch(run.arch_path)
     assert arch["sample"]["fuse"] in ("add", "gate")
     net = build_derived(arch)

@@ -102,7 +102,8 @@ def test_a_space_may_take_gradients_inside_its_forward(small2d, tmp_path):
     data = load_data(str(small2d))
     space = _GradientInForward()
     engine = DartsSearch(space, data, RunFolder(tmp_path), SearchConfig(
-        epochs=1, warmup_epochs=0, device="cpu", arch_lr=0.05), show_progress=False)
+        epochs=1, warmup_epochs=0, device="cpu", arch_lr=0.05, steps_per_epoch=2),
+        show_progress=False)
     engine.run()
     assert engine.cost.steps["arch"] > 0 and engine.cost.steps["weight"] > 0
     assert len(space.seen_gradients) > 2 * engine.cost.steps["weight"]

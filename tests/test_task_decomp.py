@@ -233,8 +233,9 @@ def test_search_derive_train_through_the_cli_reports_class_and_scene_metrics(tmp
         return result
 
     ok("search", "--space", "task_decomp", "--data", "demo2d", "--out", tmp_path / "s",
-       "--epochs", 3, "--warmup-epochs", 1, "--space-arg", "features=4", "--arch-lr", 0.05,
-       "--set", "presence=soft_max", "--set", "sync=both", "--device", "cpu", "--seed", 0)
+       "--epochs", 3, "--warmup-epochs", 1, "--steps-per-epoch", 2, "--space-arg", "features=4",
+       "--arch-lr", 0.05, "--set", "presence=soft_max", "--set", "sync=both", "--device", "cpu",
+       "--seed", 0)
     arch = json.loads((tmp_path / "s" / "arch.json").read_text())
     assert arch["sample"]["sync"] == "both" and arch["sample"]["seg_dec"] in ("upconv", "aspp")
     ok("derive", tmp_path / "s", "--tau", 0.5, "--out", tmp_path / "s" / "arch-0.5.json")

@@ -34,8 +34,10 @@ from nasseg.spaces.unet import UNetSpace
 from test_method_contract import PixelAccuracy
 
 TINY = {"features": 2, "levels": 2}
+SHORT = {"search_steps": 2, "train_steps": 2}  # steps per epoch of a smoke trial
 TINY_ARGS = ["--space", "unet", "--space-arg", "features=2", "--space-arg", "levels=2",
-             "--search-epochs", "1", "--train-epochs", "1", "--device", "cpu"]
+             "--search-epochs", "1", "--train-epochs", "1", "--search-steps", "2",
+             "--train-steps", "2", "--device", "cpu"]
 
 
 class _KnobSpace(SearchSpace):
@@ -55,7 +57,7 @@ class _KnobSpace(SearchSpace):
 
 def _config(out: Path, data: Path, trials: int, **kwargs) -> TuneConfig:
     return TuneConfig(out=out, trials=trials, space="unet", data=str(data), space_args=TINY,
-                      search_epochs=1, train_epochs=1, device="cpu", **kwargs)
+                      search_epochs=1, train_epochs=1, device="cpu", **{**SHORT, **kwargs})
 
 
 def _journal_study(out: Path, name: str) -> optuna.Study:
@@ -266,7 +268,9 @@ def test_study_resumes_under_the_same_name(tmp_path, small3d):
     with pytest.raises(ValueError, match="other settings.*train_epochs"):
         run_study(TuneConfig(out=out, trials=4, space="unet", data=str(small3d), space_args=TINY,
                              search_epochs=1, train_epochs=2, device="cpu",
-                             study_name="resumable"))
+                             study_name="resumable", **SHORT))
+    with pytest.raises(ValueError, match="other settings.*search_steps: study 2, now 16"):
+        run_study(_config(out, small3d, 4, study_name="resumable", seed=5, search_steps=16))
 
 
 def test_a_pruner_that_prunes_stops_trials(tmp_path, small3d):
@@ -289,7 +293,7 @@ def test_retrain_only_trials_and_two_objectives(tmp_path, small3d):
     assert searched.best["best"]["best_arch"] == str(arch.resolve())
 
     latency = run_study(TuneConfig(out=tmp_path / "latency", trials=2, arch=arch, train_epochs=2,
-                                   device="cpu", objectives=("dice", "latency"),
+                                   train_steps=2, device="cpu", objectives=("dice", "latency"),
                                    sampler="nsga2"))
     trials = latency.study.get_trials()
     assert latency.study.directions == [optuna.study.StudyDirection.MAXIMIZE,
@@ -312,7 +316,8 @@ def test_retrain_only_trials_and_two_objectives(tmp_path, small3d):
                 and p.suffix == ".png"]  # no temp files left
 
     params = run_study(TuneConfig(out=tmp_path / "params", trials=2, arch=arch, train_epochs=1,
-                                  device="cpu", objectives=("dice", "params"), seed=1))
+                                  train_steps=2, device="cpu", objectives=("dice", "params"),
+                                  seed=1))
     for t in params.study.get_trials():
         derived = json.loads(Path(t.user_attrs["arch"]).read_text())
         assert derived["sample"]["upsample"] == t.params["upsample"]
@@ -339,7 +344,8 @@ def test_a_space_metric_is_the_objective(tmp_path, small3d):
 
     result = run_study(TuneConfig(out=tmp_path / "acc", trials=2, space=space, data=str(small3d),
                                   space_args=TINY, search_epochs=1, train_epochs=2,
-                                  device="cpu", pruner="none", objectives=("pixel_acc",)))
+                                  device="cpu", pruner="none", objectives=("pixel_acc",),
+                                  **SHORT))
     assert result.best["objectives"] == ["pixel_acc"]
     assert result.best["directions"] == ["maximize"]
     for t in result.study.get_trials():

@@ -126,7 +126,8 @@ def _search(tmp_path, data, *args):
     out = tmp_path / "run"
     result = CliRunner().invoke(cli, ["search", "--space", "uxnet", "--data", str(data), "--out",
                                       str(out), "--epochs", "2", "--warmup-epochs", "1",
-                                      "--device", "cpu", "--space-arg", "features=2", *args])
+                                      "--steps-per-epoch", "2", "--device", "cpu",
+                                      "--space-arg", "features=2", *args])
     assert result.exit_code == 0, result.output
     return out
 

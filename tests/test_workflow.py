@@ -72,9 +72,8 @@ def test_derive_builds_the_searched_architecture_wider(search_run, tmp_path):
 def test_train_beats_chance(demo3d_subset, tmp_path):
     search = tmp_path / "search"
     result = _invoke("search", "--space", "unet", "--data", demo3d_subset, "--out", search,
-                     "--epochs", 1,
-                     "--warmup-epochs", 0, "--space-arg", "features=8", "--space-arg", "levels=2",
-                     "--device", "cpu")
+                     "--epochs", 1, "--warmup-epochs", 0, "--steps-per-epoch", 2, "--space-arg",
+                     "features=8", "--space-arg", "levels=2", "--device", "cpu")
     assert result.exit_code == 0, result.output
     out = tmp_path / "train"
     # 10 epochs of the default 32 steps: 320 steps, 20 passes over the 16 training cases

@@ -8,7 +8,9 @@ from pathlib import Path
 import click
 
 from nasseg.cli.errors import user_errors
-from nasseg.cli.options import parse_assignments
+from nasseg.cli.options import StepsPerEpoch, parse_assignments
+from nasseg.searches.darts.config import SEARCH_STEPS_PER_EPOCH
+from nasseg.training.trainer import TRAIN_STEPS_PER_EPOCH
 
 __all__ = ["tune"]
 
@@ -38,6 +40,11 @@ DEFAULT_DATA = "demo3d"
               help="Weight-only epochs of a trial's search [default: a fifth of the search].")
 @click.option("--train-epochs", type=click.IntRange(min=1), default=10, show_default=True,
               help="Retrain budget of a trial.")
+@click.option("--search-steps", type=StepsPerEpoch(), default=SEARCH_STEPS_PER_EPOCH,
+              show_default=True, help="Weight steps per search epoch of a trial ('pass': one "
+                                      "pass over the cases).")
+@click.option("--train-steps", type=StepsPerEpoch(), default=TRAIN_STEPS_PER_EPOCH,
+              show_default=True, help="Steps per retrain epoch of a trial ('pass': one pass).")
 @click.option("--arch", type=click.Path(path_type=Path), default=None,
               help="Do not search: retrain this arch.json with each trial's knob values.")
 @click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]), default="median",
@@ -66,7 +73,8 @@ DEFAULT_DATA = "demo3d"
 @user_errors
 def tune(space: str | None, data: str | None, trials: int, storage: str | None,
          study_name: str | None, out: Path | None, search_epochs: int,
-         warmup_epochs: int | None, train_epochs: int, arch: Path | None, pruner: str,
+         warmup_epochs: int | None, train_epochs: int, search_steps: int | None,
+         train_steps: int | None, arch: Path | None, pruner: str,
          sampler: str, seed: int, objectives: str, knob_items: tuple[str, ...],
          arg_items: tuple[str, ...], batch_size: int, device: str, heartbeat: int,
          grace_period: int | None, max_retry: int) -> None:
@@ -95,8 +103,9 @@ def tune(space: str | None, data: str | None, trials: int, storage: str | None,
         fixed_knobs=parse_assignments(knob_items, "--set"),
         space_args=parse_assignments(arg_items, "--space-arg"), storage=storage,
         study_name=study_name, search_epochs=search_epochs, warmup_epochs=warmup_epochs,
-        train_epochs=train_epochs, batch_size=batch_size, seed=seed, device=device,
-        pruner=pruner, sampler=sampler, objectives=tuple(objectives.split(",")),
+        train_epochs=train_epochs, search_steps=search_steps, train_steps=train_steps,
+        batch_size=batch_size, seed=seed, device=device, pruner=pruner, sampler=sampler,
+        objectives=tuple(objectives.split(",")),
         heartbeat_interval=heartbeat, grace_period=grace_period, max_retry=max_retry)
     click.echo(f"tuning into {out} (study {config.name!r}, {trials} trials in total)", err=True)
     result = run_study(config)

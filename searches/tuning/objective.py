@@ -86,6 +86,7 @@ class TrialSetup:
         conditions: the ``active_if`` of the tuned knobs that have one.
         arch: retrain-only trials: the base ``arch.json`` content (its path in ``arch_path``).
         search_epochs, warmup_epochs, train_epochs, batch_size, seed, device: the budgets.
+        search_steps, train_steps: steps per search and retrain epoch (None: one pass).
         objectives: a quality (``dice`` or a validation value), optionally then a cost.
         reported: the value the pruner sees every epoch (the space's selection metric).
     """
@@ -102,6 +103,8 @@ class TrialSetup:
     search_epochs: int = 10
     warmup_epochs: int = 2
     train_epochs: int = 10
+    search_steps: int | None = None
+    train_steps: int | None = None
     batch_size: int = 2
     seed: int = 0
     device: str = "auto"
@@ -198,7 +201,8 @@ def run_trial(trial: optuna.Trial, setup: TrialSetup) -> float | Sequence[float]
     if setup.arch is None:
         config = SearchConfig(epochs=setup.search_epochs,
                               warmup_epochs=min(setup.warmup_epochs, setup.search_epochs),
-                              batch_size=setup.batch_size, seed=setup.seed, device=setup.device)
+                              steps_per_epoch=setup.search_steps, batch_size=setup.batch_size,
+                              seed=setup.seed, device=setup.device)
         result = start_search(folder / "search", setup.space, setup.data, knobs,
                               setup.space_args, config, show_progress=False,
                               on_epoch=reporter.at(0))
@@ -215,8 +219,8 @@ def run_trial(trial: optuna.Trial, setup: TrialSetup) -> float | Sequence[float]
     trial.set_user_attr("params", int(arch["params"]))
     trial.set_user_attr("flops", int(arch["flops"]))
 
-    train = TrainConfig(epochs=setup.train_epochs, batch_size=setup.batch_size, seed=setup.seed,
-                        device=setup.device)
+    train = TrainConfig(epochs=setup.train_epochs, steps_per_epoch=setup.train_steps,
+                        batch_size=setup.batch_size, seed=setup.seed, device=setup.device)
     metrics = train_architecture(arch_path, folder / "train", setup.data, train,
                                  on_epoch=reporter.at(offset))
     quality = setup.objectives[0]

@@ -36,12 +36,14 @@ from optuna.trial import FrozenTrial, TrialState
 from nasseg.artifacts.arch_file import read_arch, write_arch
 from nasseg.artifacts.files import atomic_path, write_json
 from nasseg.artifacts.pictures import STUDY_PICTURES, draw_study
+from nasseg.searches.darts.config import SEARCH_STEPS_PER_EPOCH
 from nasseg.searches.tuning.objective import (COSTS, TrialSetup, direction, run_trial,
                                              validation_names)
 from nasseg.searches.tuning.storage import StudyStorage, open_storage
 from nasseg.searches.tuning.suggest import (INACTIVE_ATTR, describe_distribution, knob_distribution,
                                             tunable_knobs)
 from nasseg.searches.tuning.workers import WORKER_ATTR, on_this_host, this_worker, worker_alive
+from nasseg.training.trainer import TRAIN_STEPS_PER_EPOCH
 
 __all__ = ["TuneConfig", "TuneResult", "run_study", "prepare_setup", "make_sampler", "make_pruner",
            "trial_rows", "format_table", "write_results", "counted_trials", "PRUNERS", "SAMPLERS"]
@@ -67,6 +69,8 @@ class TuneConfig:
         storage: None (``out/study.journal``), a journal file path or a database URL.
         study_name: the study to create, join or resume (default: ``out``'s folder name).
         search_epochs, warmup_epochs, train_epochs, batch_size, seed, device: trial budgets.
+        search_steps, train_steps: steps per search and retrain epoch (None: one pass over the
+            cases), so trials on small and large data sets get the same budget.
         pruner: ``median``, ``hyperband``, ``none`` or an Optuna pruner.
         sampler: ``tpe``, ``random``, ``nsga2`` or an Optuna sampler.
         objectives: a quality, maximized (``dice`` or a validation value of the space, such as
@@ -88,6 +92,8 @@ class TuneConfig:
     search_epochs: int = 10
     warmup_epochs: int | None = None
     train_epochs: int = 10
+    search_steps: int | None = SEARCH_STEPS_PER_EPOCH
+    train_steps: int | None = TRAIN_STEPS_PER_EPOCH
     batch_size: int = 2
     seed: int = 0
     device: str = "auto"
@@ -202,7 +208,8 @@ def prepare_setup(config: TuneConfig) -> TrialSetup:
                       arch_path=None if config.arch is None else Path(config.arch).resolve(),
                       search_epochs=config.search_epochs,
                       warmup_epochs=min(warmup, config.search_epochs),
-                      train_epochs=config.train_epochs, batch_size=config.batch_size,
+                      train_epochs=config.train_epochs, search_steps=config.search_steps,
+                      train_steps=config.train_steps, batch_size=config.batch_size,
                       seed=config.seed, device=config.device, objectives=config.objectives,
                       reported=space.selection_metric)
 
@@ -220,7 +227,9 @@ def _settings(setup: TrialSetup) -> dict[str, Any]:
                   for label, m in sorted(setup.tuned.items())},
         "search_epochs": None if setup.arch is not None else setup.search_epochs,
         "warmup_epochs": None if setup.arch is not None else setup.warmup_epochs,
-        "train_epochs": setup.train_epochs, "batch_size": setup.batch_size, "seed": setup.seed,
+        "search_steps": None if setup.arch is not None else setup.search_steps,
+        "train_epochs": setup.train_epochs, "train_steps": setup.train_steps,
+        "batch_size": setup.batch_size, "seed": setup.seed,
         "objectives": list(setup.objectives),
     }
 
