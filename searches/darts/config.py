@@ -22,7 +22,7 @@ MAX_AUTO_ARCH_LR = 0.05
 #: one pass of demo3d's weight half (16 cases, batch 2), where the main job was timed and its net
 #: measured. 16 trained more reliable supernets in the README's held-out benchmark, at twice the
 #: search time.
-SEARCH_STEPS_PER_EPOCH = 8
+SEARCH_STEPS_PER_EPOCH = 16
 #: How connections are chosen after the search: measured removal, or gate thresholds.
 SELECTIONS = ("removal", "gates")
 #: Settings renamed since older ``run.json`` files were written: old key -> new key.
