@@ -395,7 +395,9 @@ class DartsSearch:
             return validate(self.model, loader.epoch(0), self.data.num_classes, self.device,
                             self.precision.autocast()).selected
 
-        with self.cost.phase("selection"):
+        # Each switched-off input changes the traced graph: a compiled network runs the
+        # evaluations it has no graph for eagerly instead of recompiling for every one.
+        with self.cost.phase("selection"), torch.compiler.set_stance("eager_on_recompile"):
             result = select_by_removal(self.arch, metric, cfg.select_tolerance, logger.info)
         self.arch.selected = result.scores
         write_json(self.run_folder.selection, result.to_dict())
