@@ -209,6 +209,8 @@ def main() -> None:
     parser.add_argument("--data", default="demo3d")
     parser.add_argument("--out", type=Path, default=Path("bench/search_quality"))
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="Seeds run from this one on (to split a benchmark across runs).")
     parser.add_argument("--jobs", type=int, default=1,
                         help="Seeds run side by side in this many processes (threads shared).")
     parser.add_argument("--variants", nargs="+", default=None,
@@ -251,7 +253,8 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     archs: dict[tuple, list[dict]] = {}
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        runs = [pool.submit(run_seed, args, dev, test, seed) for seed in range(args.seeds)]
+        seeds = range(args.first_seed, args.first_seed + args.seeds)
+        runs = [pool.submit(run_seed, args, dev, test, seed) for seed in seeds]
         for done in as_completed(runs):  # the report is rewritten after every seed
             seed_rows, seed_archs = done.result()
             rows += seed_rows
