@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from nasseg.artifacts.files import read_json, write_json
+from nasseg.artifacts.files import read_json
 from nasseg.cli import cli
 
 SMALL = ["--space-arg", "features=4", "--space-arg", "levels=2", "--device", "cpu",
@@ -68,67 +67,6 @@ def test_derive_builds_the_searched_architecture_wider(search_run, tmp_path):
                                       "--out", str(tmp_path / "bad.json")])
     assert result.exit_code == 1 and "cannot be built with" in result.output
     assert "featurez" in result.output and not (tmp_path / "bad.json").exists()
-
-
-def _copy_with_scores(run: Path, to: Path, probs) -> Path:
-    """A copy of ``run`` whose k-th connection's scores are ``probs(k, n)`` (n inputs)."""
-    shutil.copytree(run, to, ignore=shutil.ignore_patterns("checkpoint.pt", "tensorboard"))
-    scores = read_json(to / "arch_params.json")
-    for k, entry in enumerate(scores["connection"].values()):
-        entry["probs"] = probs(k, len(entry["probs"]))
-    write_json(to / "arch_params.json", scores)
-    return to
-
-
-def _alternate(k: int, n: int) -> list[float]:
-    return [0.9 if (k + i) % 2 else 0.0 for i in range(n)]
-
-
-def test_several_runs_derive_their_consensus(search_run, tmp_path):
-    """The consensus keeps what most runs kept: an input one run scores 0.9 and another 0
-    averages 0.45 and goes at tau 0.6; one both score 0.9 stays."""
-    a = _copy_with_scores(search_run, tmp_path / "a", lambda k, n: [0.9] * n)
-    b = _copy_with_scores(search_run, tmp_path / "b", _alternate)
-    expected = _copy_with_scores(search_run, tmp_path / "expected", _alternate)
-    scores = read_json(b / "arch_params.json")
-    ops_a = scores["op"]["enc0_op"]["probs"]
-    scores["op"]["enc0_op"]["probs"] = ops_a[::-1]
-    write_json(b / "arch_params.json", scores)
-    assert _invoke("derive", a, b, "--tau", 0.6, "--out", tmp_path / "both.json").exit_code == 0
-    assert _invoke("derive", expected, "--tau", 0.6).exit_code == 0
-    both, single = read_json(tmp_path / "both.json"), read_json(expected / "arch.json")
-    connections = [c for c in both["choices"].values() if c["kind"] == "connection"]
-    assert [c["kept"] for c in connections] == [
-        c["kept"] for c in single["choices"].values() if c["kind"] == "connection"]
-    for k, choice in enumerate(connections):
-        assert choice["scores"] == pytest.approx([0.9 if p else 0.45
-                                                  for p in _alternate(k, len(choice["sources"]))])
-    kept = lambda arch: sum(len(c["kept"]) for c in arch["choices"].values()  # noqa: E731
-                            if c["kind"] == "connection")
-    inputs = sum(len(c["sources"]) for c in connections)
-    assert kept(both) < inputs
-    assert _invoke("derive", a, b, "--tau", 0.4, "--out", tmp_path / "low.json").exit_code == 0
-    assert kept(read_json(tmp_path / "low.json")) == inputs      # 0.45 >= 0.4: a mean, not AND
-    assert both["choices"]["enc0_op"]["scores"] == pytest.approx(
-        [(p + q) / 2 for p, q in zip(ops_a, ops_a[::-1])])
-    assert both["consensus_of"] == ["a", "b"]   # relative to the file, like its data
-    assert _invoke("derive", a, a, "--tau", 0.6, "--out", tmp_path / "aa.json").exit_code == 0
-    assert _invoke("derive", a, "--tau", 0.6).exit_code == 0
-    assert read_json(tmp_path / "aa.json")["sample"] == read_json(a / "arch.json")["sample"]
-
-
-def test_a_consensus_of_different_spaces_or_without_out_is_refused(search_run, tmp_path):
-    other = _copy_with_scores(search_run, tmp_path / "other", _alternate)
-    config = read_json(other / "run.json")
-    config["space_args"]["features"] += 1
-    write_json(other / "run.json", config)
-    result = CliRunner().invoke(cli, ["derive", str(search_run), str(other), "--out",
-                                      str(tmp_path / "c.json")])
-    assert result.exit_code == 1 and not (tmp_path / "c.json").exists()
-    assert f"{other / 'run.json'}: space_args" in result.output
-    assert "a consensus needs searches of one space" in result.output
-    result = CliRunner().invoke(cli, ["derive", str(search_run), str(search_run)])
-    assert result.exit_code == 1 and "needs --out" in result.output
 
 
 def test_train_beats_chance(demo3d_subset, tmp_path):

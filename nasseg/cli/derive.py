@@ -12,32 +12,27 @@ __all__ = ["derive"]
 
 
 @click.command()
-@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("run", type=click.Path(path_type=Path))
 @click.option("--tau", type=float, default=None,
               help="Keep connections whose gate sigmoid(beta) >= tau, in (0, 1) "
                    "[default: the space's own].")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Where to write the architecture [default: RUN/arch.json; required for "
-                   "several runs].")
+              help="Where to write the architecture [default: RUN/arch.json].")
 @click.option("--space-arg", "arg_items", multiple=True, metavar="NAME=VALUE",
               help="Build the derived network with this constructor argument instead of the "
                    "search's, e.g. features=16 to train it wider than it was searched "
                    "(repeatable).")
 @user_errors
-def derive(runs: tuple[Path, ...], tau: float | None, out: Path | None,
-           arg_items: tuple[str, ...]) -> None:
-    """Derive the discrete architecture of the search in RUN, or the consensus of several
-    searches of one space (RUN RUN ...: their mean scores, thresholded alike)."""
+def derive(run: Path, tau: float | None, out: Path | None, arg_items: tuple[str, ...]) -> None:
+    """Derive the discrete architecture of the search in RUN."""
     from nasseg.derive import check_tau, derive_run
 
     if tau is not None:
         check_tau(tau)
-    path, arch = derive_run(runs[0] if len(runs) == 1 else runs, tau, out,
-                            parse_assignments(arg_items, "--space-arg"))
+    path, arch = derive_run(run, tau, out, parse_assignments(arg_items, "--space-arg"))
     kept = sum(len(c["kept"]) for c in arch["choices"].values() if c["kind"] == "connection")
     total = sum(len(c["sources"]) for c in arch["choices"].values() if c["kind"] == "connection")
-    source = f"the consensus of {len(runs)} runs " if len(runs) > 1 else ""
-    click.echo(f"derived {source}at tau {arch['tau']}: {path}")
+    click.echo(f"derived at tau {arch['tau']}: {path}")
     click.echo(f"  {kept}/{total} connections kept; {arch['params']:,} parameters "
                f"(supernet {arch['supernet_params']:,}); {arch['flops'] / 1e9:.3f} GFLOPs")
     click.echo(f"  picture: {path.with_suffix('.svg')}")

@@ -3,14 +3,9 @@
 Op choices take their argmax; connection choices keep the candidates whose gate
 sigmoid(beta) >= tau, then nodes nothing live consumes are removed (every live node keeps at
 least one input). Knobs keep their run values.
-
-Several searches of one space (seeds, folds) derive their consensus: the mean of their scores,
-thresholded alike, keeps what most of them found (an input kept with score 0.9 by two runs of
-three averages 0.6) and drops what one seed's supernet alone relied on.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -22,8 +17,7 @@ from nasseg.derive.cost import count_flops, count_parameters
 from nasseg.derive.draw import draw_architecture
 from nasseg.space import SearchSpace, create_space, space_name
 
-__all__ = ["derive_architecture", "derive_run", "check_tau", "sample_scores", "fixed_architecture",
-           "mean_scores"]
+__all__ = ["derive_architecture", "derive_run", "check_tau", "sample_scores", "fixed_architecture"]
 
 
 def check_tau(tau: float) -> float:
@@ -107,72 +101,26 @@ def fixed_architecture(space: SearchSpace, sample: Mapping[str, Any],
     return arch
 
 
-def mean_scores(all_scores: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The element-wise mean of several ``arch_params.json`` score sets of one space: op
-    probabilities and connection scores (the consensus of several searches)."""
-    def mean(kind: str, label: str) -> list[float]:
-        rows = [scores[kind][label]["probs"] for scores in all_scores]
-        return [sum(column) / len(rows) for column in zip(*rows)]
-
-    first = all_scores[0]
-    return {"op": {label: {"candidates": entry["candidates"], "probs": mean("op", label)}
-                   for label, entry in first.get("op", {}).items()},
-            "connection": {label: {"probs": mean("connection", label)}
-                           for label in first.get("connection", {})}}
-
-
-def _read_run(run_dir: str | Path) -> tuple[RunFolder, dict[str, Any], dict[str, Any]]:
-    run = RunFolder(Path(run_dir))
-    run.require(run.config, run.arch_params)
-    return (run, read_json(run.config, "run description"),
-            read_json(run.arch_params, "architecture parameter file"))
-
-
-def _consensus(runs: Sequence[tuple[RunFolder, dict[str, Any], dict[str, Any]]]
-               ) -> dict[str, Any]:
-    """The mean scores of ``runs``, refused (naming the run) unless they searched one space
-    alike: the same space, knobs, constructor arguments and selection."""
-    _, first, first_scores = runs[0]
-    for run, config, scores in runs[1:]:
-        for key in ("space", "knobs", "space_args"):
-            if config[key] != first[key]:
-                raise ValueError(f"{run.config}: {key} {config[key]} differ from the first "
-                                 f"run's {first[key]}; a consensus needs searches of one space")
-        if scores.get("selection") != first_scores.get("selection"):
-            raise ValueError(f"{run.arch_params}: scores from selection "
-                             f"{scores.get('selection')!r}, the first run's from "
-                             f"{first_scores.get('selection')!r}; their scores do not average")
-    return mean_scores([scores for _, _, scores in runs])
-
-
-def derive_run(run_dir: str | Path | Sequence[str | Path], tau: float | None = None,
-               out: str | Path | None = None, space_args: Mapping[str, Any] | None = None
-               ) -> tuple[Path, dict[str, Any]]:
-    """Derive from a search run folder, or the consensus of several (their mean scores); write
-    ``arch.json`` (default ``RUN/arch.json``; ``out`` is required for several runs) and its
+def derive_run(run_dir: str | Path, tau: float | None = None, out: str | Path | None = None,
+               space_args: Mapping[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
+    """Derive from a search run folder; write ``arch.json`` (default ``RUN/arch.json``) and its
     picture beside it (same name, ``.svg``).
 
     ``tau`` defaults to the space's own default. ``space_args`` replace constructor arguments
     of the searched space (``features=16``: the same architecture, built wider than it was
     searched). Returns the written path and its content.
     """
-    several = not isinstance(run_dir, (str, Path))
-    runs = [_read_run(r) for r in (run_dir if several else [run_dir])]
-    if several and out is None:
-        raise ValueError("deriving the consensus of several runs needs --out (where it goes)")
-    run, config, scores = runs[0]
+    run = RunFolder(Path(run_dir))
+    run.require(run.config, run.arch_params)
+    config = read_json(run.config, "run description")
+    scores = read_json(run.arch_params, "architecture parameter file")
     space = create_space(config["space"], knobs=config["knobs"],
                          **{**config["space_args"], **dict(space_args or {})})
     tau = space.default_tau if tau is None else tau
-    arch = derive_architecture(space, _consensus(runs) if several else scores, tau,
-                               config["input_shape"])
+    arch = derive_architecture(space, scores, tau, config["input_shape"])
     target = Path(out) if out is not None else run.arch
     arch["data"] = locate_data_spec(config["data"], run.path)
     arch["epochs_searched"] = scores.get("epochs_done")
-    if several:
-        # relative to the file, like its data: no absolute path of the machine
-        arch["consensus_of"] = [os.path.relpath(r.path.resolve(), target.parent.resolve())
-                                for r, _, _ in runs]
     write_arch(target, arch)
     draw_architecture(arch, target.with_suffix(".svg"))
     return target, arch
