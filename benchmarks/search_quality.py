@@ -38,7 +38,7 @@ import torch
 from nasseg.artifacts.files import read_json
 from nasseg.data import SegmentationData, load_data, save_arrays
 from nasseg.derive import derive_run
-from nasseg.derive.compare import agreement, gate_spread
+from nasseg.derive.compare import agreement, gate_spread, kept_by_all
 from nasseg.evaluation.folders import summarize_cases
 from nasseg.evaluation.metrics import case_metrics
 from nasseg.export import load_trained
@@ -195,6 +195,10 @@ def summarize(rows: list[dict[str, Any]], archs: dict[tuple, list[dict]]) -> str
                          f"{statistics.mean(r['params'] for r in randoms):,.0f} | "
                          f"{statistics.mean(r['flops'] for r in randoms) / 1e9:.2f} | - | 0 | "
                          f"{statistics.mean(r['train_seconds'] for r in randoms):.0f} | - | - |")
+    common = [f"- {method}, tau {tau}: {', '.join(kept_by_all(found)) or 'none'}"
+              for (method, tau), found in archs.items() if tau is not None and len(found) > 1]
+    if common:
+        lines += ["", "Connections kept at every seed:", *common]
     return "\n".join(lines)
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nasseg.derive import build_derived
-from nasseg.derive.compare import agreement, gate_spread
+from nasseg.derive.compare import agreement, gate_spread, kept_by_all
 from nasseg.searches.random_arch import random_architecture
 
 ARGS = {"features": 4, "levels": 3}
@@ -55,6 +55,18 @@ def test_agreement_of_identical_and_of_disjoint_architectures(small3d, tmp_path)
         elif entry["kind"] == "op":
             entry["chosen"] = next(c for c in entry["candidates"] if c != entry["chosen"])
     assert agreement([a, b]) == {"connections_jaccard": 0.0, "ops_agree": 0.0}
+    assert kept_by_all([a, b]) == []
+
+
+def test_kept_by_all_names_the_connections_every_seed_keeps(small3d, tmp_path):
+    a = random_architecture("uxnet", str(small3d), 0, tmp_path / "a.json", space_args=ARGS)[1]
+    named = [f"{e['sources'][i]} -> {e['node']}" for e in a["choices"].values()
+             if e["kind"] == "connection" for i in e["kept"]]
+    assert kept_by_all([a, a]) == named and kept_by_all([]) == []
+    b = json.loads(json.dumps(a))
+    dropped = next(e for e in b["choices"].values() if e["kind"] == "connection" and e["kept"])
+    gone = f"{dropped['sources'][dropped['kept'].pop(0)]} -> {dropped['node']}"
+    assert kept_by_all([a, b]) == [edge for edge in named if edge != gone]
 
 
 def test_a_derived_nets_initial_weights_depend_on_the_seed_not_on_its_supernet(small3d, tmp_path):

@@ -5,14 +5,14 @@ or a selection's scores, whichever derive thresholds) that a threshold anywhere 
 would not flip (a search whose scores sit near 0.5 has not decided; tau then picks the
 network). ``agreement`` reads several ``arch.json`` samples: how many kept connections
 and chosen ops they share (a search that finds a different network with every seed has
-found noise).
+found noise); ``kept_by_all`` names the connections they all keep (what the seeds agree on).
 """
 from __future__ import annotations
 
 from itertools import combinations
 from typing import Any, Mapping, Sequence
 
-__all__ = ["gate_spread", "agreement"]
+__all__ = ["gate_spread", "agreement", "kept_by_all"]
 
 
 def gate_spread(scores: Mapping[str, Any], low: float = 0.3, high: float = 0.7) -> float | None:
@@ -50,3 +50,13 @@ def agreement(archs: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
             ops.append(sum(oa[k] == ob[k] for k in common) / len(common))
     return {"connections_jaccard": sum(jaccard) / len(jaccard) if jaccard else None,
             "ops_agree": sum(ops) / len(ops) if ops else None}
+
+
+def kept_by_all(archs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The connections every one of ``archs`` keeps, as ``"source -> node"``, in space order."""
+    if not archs:
+        return []
+    common = set.intersection(*(_kept_edges(a) for a in archs))
+    choices = archs[0]["choices"]
+    return [f"{choices[label]['sources'][i]} -> {choices[label].get('node', label)}"
+            for label, i in sorted(common, key=lambda e: (list(choices).index(e[0]), e[1]))]
