@@ -57,6 +57,6 @@ def kept_by_all(archs: Sequence[Mapping[str, Any]]) -> list[str]:
     if not archs:
         return []
     common = set.intersection(*(_kept_edges(a) for a in archs))
-    choices = archs[0]["choices"]
-    return [f"{choices[label]['sources'][i]} -> {choices[label].get('node', label)}"
-            for label, i in sorted(common, key=lambda e: (list(choices).index(e[0]), e[1]))]
+    return [f"{entry['sources'][i]} -> {entry.get('node', label)}"
+            for label, entry in archs[0]["choices"].items() if entry["kind"] == "connection"
+            for i in entry["kept"] if (label, int(i)) in common]
