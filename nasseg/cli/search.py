@@ -65,6 +65,10 @@ DEFAULT_DATA = "demo3d"
 @click.option("--select-tolerance", type=click.FloatRange(min=0, min_open=True),
               default=DEFAULT_TOLERANCE, show_default=True,
               help="--select removal: an input costing less Dice than this is switched off.")
+@click.option("--path-dropout", type=click.FloatRange(min=0, max=1, max_open=True), default=0.0,
+              show_default=True,
+              help="Weight steps switch each input of a connection off with this probability "
+                   "(linear from 0 in the first epoch; a connection keeps one input).")
 @click.option("--partial-k", type=click.IntRange(min=1), default=4, show_default=True,
               help="--mode partial: 1/K of the channels go through the candidate ops.")
 @click.option("--gumbel-temperature", type=(float, float), default=(5.0, 0.5),
@@ -92,7 +96,7 @@ def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: 
            gumbel_temperature: tuple[float, float], amp: bool, channels_last: bool,
            compile_: bool, patch_size: tuple[int, ...] | None, memory_budget: str | None,
            fit: str, steps_per_epoch: int | None, time_budget: float | None, select: str,
-           select_tolerance: float) -> None:
+           select_tolerance: float, path_dropout: float) -> None:
     """Search an architecture of SPACE on DATA; derive it into RUN/arch.json."""
     import subprocess
     import sys
@@ -126,6 +130,7 @@ def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: 
                               batch_size=batch_size, order=int(order), arch_lr=arch_lr,
                               seed=seed, deterministic=deterministic, gates=gates,
                               select=select, select_tolerance=select_tolerance,
+                              path_dropout=path_dropout,
                               device=device, mode=mode, partial_k=partial_k,
                               gumbel_temperature=gumbel_temperature, amp=amp,
                               channels_last=channels_last, compile=compile_,

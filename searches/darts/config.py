@@ -71,6 +71,9 @@ class SearchConfig(RunSettings):
         steps_per_epoch: weight steps (and as many architecture steps) per epoch, default
             :data:`SEARCH_STEPS_PER_EPOCH` whatever the data set's size; None: one pass over
             the weight half.
+        path_dropout: the probability, reached in the last epoch (linear from 0), that a weight
+            step switches off an input of a connection with several
+            (:mod:`nasseg.searches.darts.path_dropout`); 0: never.
     """
 
     epochs: int = 20
@@ -90,6 +93,7 @@ class SearchConfig(RunSettings):
     select: str = "removal"
     select_tolerance: float = DEFAULT_TOLERANCE
     steps_per_epoch: int | None = SEARCH_STEPS_PER_EPOCH
+    path_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -119,6 +123,8 @@ class SearchConfig(RunSettings):
             raise ValueError(f"select must be one of {SELECTIONS}, got {self.select!r}")
         if not self.select_tolerance > 0:
             raise ValueError(f"select_tolerance must be positive, got {self.select_tolerance}")
+        if not 0 <= self.path_dropout < 1:
+            raise ValueError(f"path_dropout must be in [0, 1), got {self.path_dropout}")
         if self.fit not in FITS:
             raise ValueError(f"fit must be one of {FITS}, got {self.fit!r}")
         if self.memory_budget is not None:

@@ -15,6 +15,8 @@ during the architecture step: the weights then have ``requires_grad=False`` but 
 
 After the last epoch the connections are selected by what the supernet loses without each
 input (``config.select``, :mod:`nasseg.searches.darts.selection`), not by their gates alone.
+``config.path_dropout`` switches random inputs off in the weight steps
+(:mod:`nasseg.searches.darts.path_dropout`).
 
 ``config.mode`` picks the relaxation (full mixing or a memory-saving mode, see
 :mod:`nasseg.searches.darts.modes`); ``amp``, ``channels_last`` and ``compile`` are the GPU
@@ -50,6 +52,7 @@ from nasseg.runtime.staging import StagedWeights
 from nasseg.runtime.time_budget import TimeBudget
 from nasseg.searches.darts.config import SearchConfig
 from nasseg.searches.darts.modes import gumbel_temperature
+from nasseg.searches.darts.path_dropout import dropout_rate, dropped_inputs
 from nasseg.searches.darts.relaxation import ArchParameters, relax
 from nasseg.searches.darts.selection import RemovalSelection, select_by_removal
 from nasseg.space import GATE_REG, SearchSpace, TrainingStage, stage_schedule
@@ -251,7 +254,10 @@ class DartsSearch:
 
     def _weight_step(self, batch: dict, epoch: int, step: int) -> float:
         trainable = self.staged.trainable()
-        with _grad_enabled(self.arch_params, False):
+        cfg = self.config
+        dropped = dropped_inputs(self.arch, dropout_rate(cfg.path_dropout, epoch, cfg.epochs),
+                                 f"{cfg.seed}/{epoch}/{step}/{self.dist.rank}")
+        with _grad_enabled(self.arch_params, False), self.arch.switched_off(dropped):
             loss = self._loss(batch, "weight", epoch, step)
             self.weight_opt.zero_grad(set_to_none=True)
             self.precision.backward(loss)

@@ -14,8 +14,10 @@ their gradients alone.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence, TypeVar
+from typing import (TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator, Mapping, Sequence,
+                    TypeVar)
 
 import torch
 from nni.nas.nn.pytorch import InputChoice, LayerChoice
@@ -24,7 +26,7 @@ from torch import nn
 if TYPE_CHECKING:
     from nasseg.searches.darts.modes import OpSample
 
-__all__ = ["ArchParameters", "Gates", "MixedOp", "GatedSum", "Relaxation", "FullMixing",
+__all__ = ["ArchParameters", "Edge", "Gates", "MixedOp", "GatedSum", "Relaxation", "FullMixing",
            "RELAXATIONS", "register_relaxation", "get_relaxation", "relax", "GATE_FORMS"]
 
 #: How a connection's betas become gates: ``sigmoid`` (each gate sigmoid(beta_i), as in
@@ -35,6 +37,8 @@ __all__ = ["ArchParameters", "Gates", "MixedOp", "GatedSum", "Relaxation", "Full
 GATE_FORMS = ("sigmoid", "centred")
 #: The logit that stands for "always on" (sigmoid(30) is 1 in float32).
 _ALWAYS_ON = 30.0
+#: One input of a connection choice: its label and the input's position.
+Edge = tuple[str, int]
 
 
 class ArchParameters(nn.Module):
@@ -114,6 +118,19 @@ class ArchParameters(nn.Module):
             keep[sorted(off)] = 0.0
             gates = gates * keep
         return gates
+
+    @contextmanager
+    def switched_off(self, edges: Iterable[Edge]) -> Iterator[None]:
+        """Switch ``edges`` off (gate 0) inside the block; afterwards exactly the inputs that
+        were off before are off again."""
+        added = [(label, i) for label, i in edges if i not in self.removed.get(label, ())]
+        for label, i in added:
+            self.removed.setdefault(label, set()).add(i)
+        try:
+            yield
+        finally:
+            for label, i in added:
+                self.removed[label].discard(i)
 
     # ----- sampling modes (gumbel, binary) -----------------------------------------------------
     def resample(self) -> None:

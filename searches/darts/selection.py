@@ -24,19 +24,15 @@ tolerance. Single-input connections score 1: such a node lives or dies by its co
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-from nasseg.searches.darts.relaxation import ArchParameters
+from nasseg.searches.darts.relaxation import ArchParameters, Edge
 
 __all__ = ["RemovalSelection", "select_by_removal", "DEFAULT_TOLERANCE"]
 
 #: An input whose removal costs the supernet less Dice than this is switched off.
 DEFAULT_TOLERANCE = 0.01
-
-Edge = tuple[str, int]
-
 
 @dataclass
 class RemovalSelection:
@@ -56,16 +52,6 @@ class RemovalSelection:
         return {"method": "removal", "tolerance": self.tolerance, "full_dice": self.full_dice,
                 "final_dice": self.final_dice, "evaluations": self.evaluations,
                 "scores": self.scores, "log": self.log}
-
-
-@contextmanager
-def _switched_off(arch: ArchParameters, edge: Edge) -> Iterator[None]:
-    label, i = edge
-    arch.removed.setdefault(label, set()).add(i)
-    try:
-        yield
-    finally:
-        arch.removed[label].discard(i)
 
 
 def _score(drop: float, tolerance: float) -> float:
@@ -92,7 +78,7 @@ def select_by_removal(arch: ArchParameters, dice: Callable[[], float],
 
     def measure(edge: Edge, phase: str, reference: float, known: float | None = None) -> float:
         if known is None:
-            with _switched_off(arch, edge):
+            with arch.switched_off([edge]):
                 known = dice()
             result.evaluations += 1
         result.log.append({"edge": list(edge), "phase": phase, "dice_without": known,
