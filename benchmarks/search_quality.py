@@ -131,7 +131,7 @@ def run_seed(args: argparse.Namespace, dev: Path, test: SegmentationData, seed: 
         start = time.perf_counter()
         config = SearchConfig(epochs=args.search_epochs, warmup_epochs=args.warmup_epochs,
                               seed=seed, mode=args.mode, arch_lr=args.arch_lr,
-                              gates=args.gates,
+                              gates=args.gates, path_dropout=args.path_dropout,
                               steps_per_epoch=args.search_steps)
         start_search(folder / "search", args.space, str(dev), knobs, space_args, config,
                      show_progress=False)
@@ -231,6 +231,8 @@ def main() -> None:
     parser.add_argument("--mode", default="full")
     parser.add_argument("--gates", default="sigmoid", choices=["sigmoid", "centred"])
     parser.add_argument("--arch-lr", type=float, default=None)
+    parser.add_argument("--path-dropout", type=float, default=0.0,
+                        help="Searches drop connection inputs in weight steps (see nasseg search).")
     parser.add_argument("--train-epochs", type=int, default=30)
     parser.add_argument("--train-budget", type=float, default=None, metavar="SECONDS",
                         help="Retrain by wall time instead of epochs (the same for every net).")
