@@ -54,9 +54,12 @@ def test_switched_off_restores_exactly_what_was_off():
     assert arch.removed["two_in"] == {1} and not arch.removed["three_in"]
 
 
-def test_config_checks_the_rate():
+def test_config_checks_the_rate_and_the_mode():
     with pytest.raises(ValueError, match="path_dropout"):
         SearchConfig(path_dropout=1.0)
+    with pytest.raises(ValueError, match="already samples"):
+        SearchConfig(path_dropout=0.2, mode="gumbel")
+    assert SearchConfig(path_dropout=0.2, mode="partial").path_dropout == 0.2
 
 
 def test_only_weight_steps_see_inputs_dropped(small3d, tmp_path):

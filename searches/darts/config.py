@@ -125,6 +125,9 @@ class SearchConfig(RunSettings):
             raise ValueError(f"select_tolerance must be positive, got {self.select_tolerance}")
         if not 0 <= self.path_dropout < 1:
             raise ValueError(f"path_dropout must be in [0, 1), got {self.path_dropout}")
+        if self.path_dropout and relaxation.samples:
+            raise ValueError(f"path dropout needs a mode that mixes every input; mode "
+                             f"{self.mode!r} already samples the inputs of each forward")
         if self.fit not in FITS:
             raise ValueError(f"fit must be one of {FITS}, got {self.fit!r}")
         if self.memory_budget is not None:

@@ -34,6 +34,7 @@ __all__ = ["RemovalSelection", "select_by_removal", "DEFAULT_TOLERANCE"]
 #: An input whose removal costs the supernet less Dice than this is switched off.
 DEFAULT_TOLERANCE = 0.01
 
+
 @dataclass
 class RemovalSelection:
     """What :func:`select_by_removal` measured and decided (``selection.json``)."""
