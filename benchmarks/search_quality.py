@@ -29,21 +29,27 @@ import os
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from nasseg.artifacts.files import read_json
-from nasseg.data import SegmentationData, load_data, save_arrays
+from nasseg.cli.options import parse_patch_size
+from nasseg.data import DataError, SegmentationData, load_data, save_arrays
+from nasseg.data.formats import RawDataset, read_label, read_spacing
+from nasseg.data.h5cache import build_cache
+from nasseg.data.large_images import is_large_image_folder
+from nasseg.data.source import verified_folder
 from nasseg.derive import derive_run
 from nasseg.derive.compare import agreement, gate_spread, kept_by_all
 from nasseg.evaluation.folders import summarize_cases
 from nasseg.evaluation.metrics import case_metrics
 from nasseg.export import load_trained
 from nasseg.inference import network_predict_fn, sliding_window_predict
-from nasseg.inference.predict import PredictionPlan
+from nasseg.inference.predict import PredictionPlan, predict_case
+from nasseg.runtime.device import resolve_device
 from nasseg.searches.darts import SearchConfig
 from nasseg.searches.darts.config import SEARCH_STEPS_PER_EPOCH
 from nasseg.searches.darts.run import start_search
@@ -60,52 +66,83 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
 FULL = {"uxnet": "SBB + MSSA"}
 
 
-def split_held_out(data: str, fraction: float, out: Path) -> tuple[Path, SegmentationData]:
-    """The development cases as an array file (search and retrain see only these) and the
-    held-out cases in memory."""
-    full = load_data(data)
-    n_test = max(1, round(full.num_cases * fraction))
-    n_dev = full.num_cases - n_test
+#: Held-out cases: an in-memory part of an array set, or the raw cases of a data set folder.
+HeldOut = SegmentationData | RawDataset
 
-    def part(sl: slice, name: str) -> SegmentationData:
-        pick = lambda a: None if a is None else np.ascontiguousarray(a[sl])  # noqa: E731
-        return SegmentationData(name, pick(full.images), pick(full.labels), full.class_names,
-                                pick(full.presence), pick(full.scene), full.scene_names)
 
-    dev_path = out / f"{Path(data).stem}-dev.npz"
-    save_arrays(part(slice(0, n_dev), f"{full.name}-dev"), dev_path)
-    return dev_path, part(slice(n_dev, None), f"{full.name}-test")
+def split_held_out(data: str, fraction: float, out: Path) -> tuple[str, HeldOut]:
+    """The development cases as a data file (search and retrain see only these) and the
+    held-out cases: the last ``fraction`` of the set, at least one.
+
+    A data set folder's development cases are preprocessed on their own (spacing and CT
+    statistics from them alone, as a user's training set would be); its held-out cases stay
+    raw files, which :func:`held_out_scores` segments as ``nasseg predict`` would."""
+    if Path(data).is_dir() and not is_large_image_folder(Path(data)):
+        full: SegmentationData | RawDataset = verified_folder(Path(data))
+        num_cases = len(full.cases)
+    else:
+        full = load_data(data)
+        if not isinstance(full, SegmentationData):
+            raise DataError(f"{data}: held-out cases are split from demo sets, .npz files and "
+                            "folders of images and labels only")
+        num_cases = full.num_cases
+    n_test = max(1, round(num_cases * fraction))
+    n_dev = num_cases - n_test
+    if n_dev < 2:
+        raise DataError(f"{data}: {num_cases} cases leave {n_dev} for the search after "
+                        f"holding out {n_test}; it needs at least 2 (a weight and an "
+                        "architecture half)")
+    stem = out / Path(data).stem
+    if isinstance(full, RawDataset):
+        dev = build_cache(replace(full, cases=full.cases[:n_dev]), f"{stem}-dev.h5",
+                          show_progress=False)
+        return str(dev.path), replace(full, cases=full.cases[n_dev:])
+    save_arrays(full.subset(range(n_dev)), f"{stem}-dev.npz")
+    return f"{stem}-dev.npz", full.subset(range(n_dev, num_cases))
 
 
 @torch.no_grad()
-def held_out_dice(train_dir: Path, test: SegmentationData) -> float:
-    """Mean foreground Dice of the trained network on the held-out cases (sliding window)."""
+def held_out_scores(train_dir: Path, test: HeldOut) -> dict[str, Any]:
+    """Dice of the trained network on the held-out cases, whole cases by sliding window (raw
+    cases on their own grid, through the training set's preprocessing): the mean foreground
+    Dice, its mean per class, and each case's mean."""
     model, state = load_trained(train_dir)
     plan = PredictionPlan.from_dict(state["plan"])
-    model.eval()
-    predict_fn = network_predict_fn(model)
+    device = resolve_device("auto")
+    model.to(device).eval()
     per_case = {}
-    for i in range(test.num_cases):
-        case = test.case(i)
-        probs = sliding_window_predict(predict_fn, torch.from_numpy(np.asarray(case.image)),
-                                       plan.patch_size, view=model.data_view())
-        per_case[case.case_id] = case_metrics(probs.argmax(0).numpy(), case.label,
-                                              test.num_classes, class_names=test.class_names)
-    return float(summarize_cases(per_case, test.class_names)["mean_dice"])
+    if isinstance(test, RawDataset):
+        for raw in test.cases:
+            label = predict_case(model, plan, raw, test.folder, device=device)
+            per_case[raw.case_id] = case_metrics(label, read_label(raw), len(test.class_names),
+                                                 spacing=read_spacing(raw),
+                                                 class_names=test.class_names)
+    else:
+        predict_fn = network_predict_fn(model)
+        for i in range(test.num_cases):
+            case = test.case(i)
+            probs = sliding_window_predict(predict_fn, torch.from_numpy(case.image).to(device),
+                                           plan.patch_size, view=model.data_view())
+            per_case[case.case_id] = case_metrics(probs.argmax(0).cpu().numpy(), case.label,
+                                                  len(test.class_names),
+                                                  class_names=test.class_names)
+    summary = summarize_cases(per_case, test.class_names)
+    return {"dice_test": float(summary["mean_dice"]), "dice_test_classes": summary["dice"],
+            "dice_test_cases": {case: m["mean_dice"] for case, m in per_case.items()}}
 
 
-def retrain(arch_path: Path, out: Path, test: SegmentationData, args: argparse.Namespace,
+def retrain(arch_path: Path, out: Path, test: HeldOut, args: argparse.Namespace,
             seed: int) -> dict[str, Any]:
     config = TrainConfig(epochs=args.train_epochs, time_budget=args.train_budget, seed=seed,
-                         steps_per_epoch=args.train_steps)
+                         steps_per_epoch=args.train_steps, patch_size=args.patch_size)
     start = time.perf_counter()
     metrics = train_architecture(arch_path, out, None, config)
-    return {"dice_test": held_out_dice(out, test), "dice_val": metrics["dice_mean"],
+    return {**held_out_scores(out, test), "dice_val": metrics["dice_mean"],
             "train_epochs": metrics["epochs"], "params": metrics["params"],
             "flops": metrics["flops"], "train_seconds": round(time.perf_counter() - start, 1)}
 
 
-def run_seed(args: argparse.Namespace, dev: Path, test: SegmentationData, seed: int
+def run_seed(args: argparse.Namespace, dev: str, test: HeldOut, seed: int
              ) -> tuple[list[dict[str, Any]], dict[tuple, dict]]:
     """Every method's runs with one seed, and each derived ``arch.json`` under
     ``(method, tau)`` for the stability measure."""
@@ -121,7 +158,7 @@ def run_seed(args: argparse.Namespace, dev: Path, test: SegmentationData, seed: 
         supernet = create_space(args.space, knobs=knobs, **space_args)
         if all(info.kind == "knob" for info in supernet.choice_infos.values()):
             # nothing to search (every ablation off): the fixed network, trained alike
-            arch_path, arch = random_architecture(args.space, str(dev), 0,
+            arch_path, arch = random_architecture(args.space, dev, 0,
                                                   folder / "arch-fixed.json", knobs, space_args)
             archs[(name, None)] = arch
             row = retrain(arch_path, folder / "train-fixed", test, args, seed)
@@ -132,8 +169,8 @@ def run_seed(args: argparse.Namespace, dev: Path, test: SegmentationData, seed: 
         config = SearchConfig(epochs=args.search_epochs, warmup_epochs=args.warmup_epochs,
                               seed=seed, mode=args.mode, arch_lr=args.arch_lr,
                               gates=args.gates, path_dropout=args.path_dropout,
-                              steps_per_epoch=args.search_steps)
-        start_search(folder / "search", args.space, str(dev), knobs, space_args, config,
+                              steps_per_epoch=args.search_steps, patch_size=args.patch_size)
+        start_search(folder / "search", args.space, dev, knobs, space_args, config,
                      show_progress=False)
         search_s = round(time.perf_counter() - start, 1)
         scores = read_json(folder / "search" / "arch_params.json", "architecture parameters")
@@ -155,7 +192,7 @@ def run_seed(args: argparse.Namespace, dev: Path, test: SegmentationData, seed: 
     random_knobs = dict(variants.get(args.random_variant, {}), **args.knob)
     for k in range(args.random):
         folder = args.out / f"seed{seed}" / f"random{k}"
-        arch_path, arch = random_architecture(args.space, str(dev), seed * 1000 + k,
+        arch_path, arch = random_architecture(args.space, dev, seed * 1000 + k,
                                               folder / "arch.json", random_knobs, space_args)
         row = retrain(arch_path, folder / "train", test, args, seed)
         rows.append({"method": "random", "tau": None, "seed": seed, "sample": arch["sample"],
@@ -240,6 +277,9 @@ def main() -> None:
                         help="Weight steps per search epoch, or 'pass' [default: %(default)s].")
     parser.add_argument("--train-steps", type=steps, default=TRAIN_STEPS_PER_EPOCH,
                         help="Steps per retrain epoch, or 'pass' [default: %(default)s].")
+    parser.add_argument("--patch-size", type=parse_patch_size, default=None, metavar="SIZE",
+                        help="Patch size of every search and retrain, e.g. 96x96x64 "
+                             "[default: the data set's].")
     parser.add_argument("--features", type=int, default=8)
     parser.add_argument("--levels", type=int, default=3)
     parser.add_argument("--test-fraction", type=float, default=0.2)
@@ -255,7 +295,10 @@ def main() -> None:
                                           else None)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
-    dev, test = split_held_out(args.data, args.test_fraction, args.out)
+    try:
+        dev, test = split_held_out(args.data, args.test_fraction, args.out)
+    except DataError as exc:
+        raise SystemExit(f"error: {exc}") from None
     rows: list[dict[str, Any]] = []
     archs: dict[tuple, list[dict]] = {}
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:

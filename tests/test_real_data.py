@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -21,8 +22,9 @@ from torch.utils.data import DataLoader, Dataset
 from nasseg.data.arrays import DataError
 from nasseg.data.cases import CaseSet
 from nasseg.data.formats import read_dataset, read_image, read_label
-from nasseg.data.h5cache import CACHE_DIRNAME, H5CaseSet, load_folder
+from nasseg.data.h5cache import CACHE_DIRNAME, H5CaseSet, build_cache, load_folder
 from nasseg.data.preprocess import META_KEYS, crop_to_nonzero, resample, restore_label
+from nasseg.data.source import load_data
 from nasseg.data.verify import verify_dataset
 
 SHAPES = [(20, 22, 9), (21, 22, 9), (20, 23, 8), (21, 21, 9)]
@@ -290,6 +292,26 @@ def test_case_set_pickles_and_works_in_workers(msd_cached: H5CaseSet) -> None:
         np.testing.assert_array_equal(got.numpy(), want)
     msd_cached.close()
     np.testing.assert_array_equal(msd_cached.case(0).image, expected[0])
+
+
+def test_a_part_of_a_folder_is_preprocessed_alone_and_loads_by_its_path(
+        sets: dict[str, Path], msd_cached: H5CaseSet, tmp_path: Path) -> None:
+    ds = read_dataset(sets["msd"])
+    part = build_cache(replace(ds, cases=ds.cases[:3]), tmp_path / "part.h5", show_progress=False)
+    again = load_data(str(tmp_path / "part.h5"))
+    assert isinstance(again, H5CaseSet) and again.case_ids == part.case_ids == [
+        "case_000", "case_001", "case_002"]
+    # its own statistics: without case 3's foreground the CT clip and z-score change
+    assert again.target_spacing == msd_cached.target_spacing
+    assert again.ct_stats["0"] != msd_cached.ct_stats["0"]
+    fg = np.concatenate([_case_arrays(i)[0][..., 0][_case_arrays(i)[1] > 0] for i in range(3)])
+    assert again.ct_stats["0"]["lower"] == pytest.approx(np.percentile(fg.astype(np.float64), 0.5))
+    np.testing.assert_array_equal(again.case(1).label, msd_cached.case(1).label)
+    (tmp_path / "bad.h5").write_bytes(b"not hdf5")
+    with pytest.raises(DataError, match=r"bad\.h5: not a readable nasseg cache"):
+        load_data(str(tmp_path / "bad.h5"))
+    with pytest.raises(DataError, match=r"missing\.h5: file not found"):
+        load_data(str(tmp_path / "missing.h5"))
 
 
 def test_png_set_channels_presence_scenes(sets: dict[str, Path], tmp_path: Path) -> None:

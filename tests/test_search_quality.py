@@ -3,15 +3,28 @@ search's gates are, and how alike the architectures of several searches are."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from nasseg.data import DataError, load_data
+from nasseg.data.formats import RawDataset
+from nasseg.evaluation.folders import evaluate_folders
+from nasseg.inference.predict import predict_path
 from nasseg.derive import build_derived
 from nasseg.derive.compare import agreement, gate_spread, kept_by_all
 from nasseg.searches.random_arch import random_architecture
+from nasseg.training.trainer import TrainConfig, train_architecture
 
 ARGS = {"features": 4, "levels": 3}
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+from search_quality import held_out_scores, split_held_out  # noqa: E402  (a script beside its report module)
+from test_real_data import make_msd  # noqa: E402
 
 
 def _kept(arch):
@@ -103,3 +116,50 @@ def test_a_given_network_becomes_an_arch_file_and_a_bad_one_is_refused():
     assert fixed_architecture(space, no_skip, [1, 16, 16, 16])["sample"] == no_skip
     with pytest.raises(ValueError, match="not a network of this space"):
         fixed_architecture(space, {**plain, "enc0_op": "conv7"}, [1, 16, 16, 16])
+
+
+def test_the_held_out_split_of_a_folder_and_of_an_array_set(small3d, tmp_path):
+    folder = make_msd(tmp_path)  # 4 cases of different shapes and spacings
+    dev, test = split_held_out(str(folder), 0.2, tmp_path / "out")
+    assert dev == str(tmp_path / "out" / "Task01_Toy-dev.h5")
+    assert load_data(dev).case_ids == ["case_000", "case_001", "case_002"]
+    assert isinstance(test, RawDataset) and [c.case_id for c in test.cases] == ["case_003"]
+    dev, test = split_held_out(str(small3d), 0.25, tmp_path / "arrays")
+    assert dev == str(tmp_path / "arrays" / "small3d-dev.npz")
+    assert (load_data(dev).num_cases, test.num_cases) == (9, 3)
+    assert (test.images == load_data(str(small3d)).images[9:]).all()
+    with pytest.raises(DataError, match="4 cases leave 1 for the search"):
+        split_held_out(str(folder), 0.75, tmp_path / "few")
+
+
+def test_held_out_raw_cases_are_scored_as_predict_and_evaluate_would(tmp_path):
+    """The benchmark's score of a held-out raw case is what `nasseg predict` then `nasseg
+    evaluate` give a user: the case segmented through the training set's preprocessing and
+    compared with its label file on its own grid."""
+    folder = make_msd(tmp_path)
+    dev, test = split_held_out(str(folder), 0.25, tmp_path / "out")
+    arch_path, _ = random_architecture("uxnet", dev, 0, tmp_path / "arch.json",
+                                       {"sbb": False, "mssa": False}, ARGS)
+    train_architecture(arch_path, tmp_path / "train", None,
+                       TrainConfig(epochs=1, steps_per_epoch=2, seed=0))
+    raw = test.cases[0]
+    predict_path(tmp_path / "train", raw.image_files[0], tmp_path / "pred")
+    (tmp_path / "ref").mkdir()
+    shutil.copy(raw.label_file, tmp_path / "ref")
+    user = evaluate_folders(tmp_path / "pred", tmp_path / "ref", class_names=test.class_names)
+    assert user["summary"]["mean_dice"] > 0  # a net that segments something, not all background
+    scores = held_out_scores(tmp_path / "train", test)
+    assert scores["dice_test"] == pytest.approx(user["summary"]["mean_dice"], abs=1e-6)
+    assert scores["dice_test_classes"] == pytest.approx(user["summary"]["dice"], abs=1e-6)
+    assert list(scores["dice_test_cases"]) == ["case_003"]
+
+
+def test_the_benchmark_refuses_a_set_too_small_to_split_in_one_line(tmp_path):
+    folder = make_msd(tmp_path)
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "search_quality.py"), "--data",
+                           str(folder), "--test-fraction", "0.75", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr  # after preprocessing's log
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: {folder}: 4 cases leave 1 for the search after holding out 3; it needs at "
+        "least 2 (a weight and an architecture half)")

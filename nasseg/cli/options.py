@@ -7,9 +7,8 @@ import click
 
 from nasseg.space.knobs import parse_knob_value
 
-__all__ = ["parse_assignments", "PatchSize", "Duration", "relaunch_argv", "StepsPerEpoch",
-           "steps_per_epoch_option",
-           "time_budget_option"]
+__all__ = ["parse_assignments", "parse_patch_size", "PatchSize", "Duration", "relaunch_argv",
+           "StepsPerEpoch", "steps_per_epoch_option", "time_budget_option"]
 
 
 def parse_assignments(items: Sequence[str], option: str) -> dict[str, Any]:
@@ -89,6 +88,17 @@ def relaunch_argv(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def parse_patch_size(text: str) -> tuple[int, ...]:
+    """``96x96x64`` (or with commas) as one positive size per axis; ValueError otherwise."""
+    try:
+        sizes = tuple(int(v) for v in str(text).replace(",", "x").split("x"))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"expected sizes such as 96x96x64, got {text!r}")
+    return sizes
+
+
 class PatchSize(click.ParamType):
     """A patch size written ``96x96x64`` (or with commas): one positive size per axis."""
 
@@ -98,9 +108,6 @@ class PatchSize(click.ParamType):
         if isinstance(value, tuple):
             return value
         try:
-            sizes = tuple(int(v) for v in str(value).replace(",", "x").split("x"))
-        except ValueError:
-            sizes = ()
-        if not sizes or min(sizes) < 1:
-            self.fail(f"expected sizes such as 96x96x64, got {value!r}", param, ctx)
-        return sizes
+            return parse_patch_size(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)

@@ -45,7 +45,8 @@ from nasseg.data.preprocess import (
     resolve_target_spacing,
 )
 
-__all__ = ["FORMAT_VERSION", "CACHE_DIRNAME", "H5CaseSet", "load_folder", "cache_path"]
+__all__ = ["FORMAT_VERSION", "CACHE_DIRNAME", "H5CaseSet", "load_folder", "build_cache",
+           "cache_path"]
 
 FORMAT_VERSION = 1
 CACHE_DIRNAME = ".nasseg_cache"
@@ -156,6 +157,16 @@ def _build(ds: RawDataset, path: Path, target_spacing: Sequence[float] | None, s
             "fingerprint": path.stem,
             "format_version": FORMAT_VERSION,
         })
+
+
+def build_cache(ds: RawDataset, path: str | Path, target_spacing: Sequence[float] | None = None,
+                show_progress: bool | None = None) -> H5CaseSet:
+    """Preprocess the cases ``ds`` lists (a whole folder or a chosen part of it) into the cache
+    file ``path``, with spacing and CT statistics from those cases alone, and open it."""
+    path = Path(path)
+    show = sys.stderr.isatty() if show_progress is None else show_progress
+    _build(ds, path, target_spacing, show)
+    return H5CaseSet(path, ds.folder)
 
 
 def _readable(path: Path) -> bool:

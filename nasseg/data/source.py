@@ -1,4 +1,5 @@
-"""Resolve a ``--data`` argument: a demo name, a nasseg ``.npz`` file, or a data set folder.
+"""Resolve a ``--data`` argument: a demo name, a nasseg ``.npz`` file, a preprocessed ``.h5``
+cache, or a data set folder.
 
 A folder (Medical Segmentation Decathlon or nnU-Net v2 raw layout) is verified first; every
 problem found is reported at once, and nothing is cached until the data is clean.
@@ -11,9 +12,10 @@ from pathlib import Path
 from nasseg.data.arrays import DataError, load_arrays
 from nasseg.data.cases import CaseSet
 from nasseg.data.demo import DEMO_SETS, make_demo
+from nasseg.data.formats import RawDataset, read_dataset
 
-__all__ = ["load_data", "resolve_data_spec", "record_data_spec", "locate_data_spec",
-           "DataProblems"]
+__all__ = ["load_data", "verified_folder", "resolve_data_spec", "record_data_spec",
+           "locate_data_spec", "DataProblems"]
 
 
 class DataProblems(DataError):
@@ -47,6 +49,17 @@ def locate_data_spec(recorded: str, folder: str | os.PathLike[str]) -> str:
     return str(path if path.is_absolute() else (Path(folder) / path).resolve())
 
 
+def verified_folder(path: Path) -> RawDataset:
+    """The data set folder ``path`` as its ``dataset.json`` describes it, once every case has
+    passed verification (:class:`DataProblems` lists every problem otherwise)."""
+    from nasseg.data.verify import verify_dataset
+
+    problems = verify_dataset(path)
+    if problems:
+        raise DataProblems(path, problems)
+    return read_dataset(path)
+
+
 def load_data(spec: str) -> CaseSet:
     """Load the data set ``spec`` names; raise :class:`DataError` naming the problem."""
     if spec in DEMO_SETS:
@@ -54,18 +67,21 @@ def load_data(spec: str) -> CaseSet:
     path = Path(spec)
     if path.suffix == ".npz":
         return load_arrays(path)
+    if path.suffix == ".h5":
+        from nasseg.data.h5cache import H5CaseSet
+
+        if not path.is_file():
+            raise DataError(f"{path}: file not found")
+        return H5CaseSet(path)
     if path.is_dir():
         from nasseg.data.large_images import LargeImageSet, is_large_image_folder
 
         if is_large_image_folder(path):
             return LargeImageSet.from_folder(path)
         from nasseg.data.h5cache import load_folder
-        from nasseg.data.verify import verify_dataset
 
-        problems = verify_dataset(path)
-        if problems:
-            raise DataProblems(path, problems)
+        verified_folder(path)
         return load_folder(path)
     raise DataError(f"{spec}: not a demo data set ({', '.join(DEMO_SETS)}), a .npz array file, "
-                    "or a data set folder with a dataset.json (images and labels, or large "
-                    "images)")
+                    "a preprocessed .h5 cache, or a data set folder with a dataset.json "
+                    "(images and labels, or large images)")

@@ -31,8 +31,8 @@ from nasseg.inference.large import predict_large_image, write_label_bands
 from nasseg.inference.sliding_window import network_predict_fn, sliding_window_predict
 from nasseg.runtime.device import resolve_device
 
-__all__ = ["PredictionPlan", "discover_inputs", "discover_large_images", "predict_path",
-           "write_label"]
+__all__ = ["PredictionPlan", "discover_inputs", "discover_large_images", "predict_case",
+           "predict_path", "write_label"]
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
@@ -183,6 +183,29 @@ def _predict_large(model: Any, plan: PredictionPlan, inputs: str | Path, out_dir
     return written
 
 
+def predict_case(model: Any, plan: PredictionPlan, raw: RawCase, folder: Path,
+                 overlap: float = 0.5, mirror: bool = False,
+                 device: torch.device | str = "cpu") -> np.ndarray:
+    """The label map of one input case on its own grid: preprocessed as the training data was
+    (``plan``), segmented by sliding window with ``model`` (in eval mode, on ``device``) and put
+    back where the crop and resampling took it from."""
+    n = len(raw.image_files)
+    if n not in (1, len(plan.channel_kinds)):  # one file per channel, or one multi-channel file
+        raise DataError(f"{raw.image_files[0]}: case {raw.case_id} has {n} channel file(s), "
+                        f"the network takes {len(plan.channel_kinds)}")
+    ds = RawDataset(name="predict", folder=folder, format="nnunetv2",
+                    class_names=plan.class_names, channel_kinds=plan.channel_kinds,
+                    spatial_dims=len(plan.patch_size), file_ending=_ending(raw.image_files[0]),
+                    cases=[raw])
+    spacing = plan.target_spacing or read_spacing(raw)
+    prepared = prepare_case(ds, raw, spacing)
+    image, _ = normalise(prepared.image, plan.channel_kinds, plan.ct_stats)
+    probs = sliding_window_predict(network_predict_fn(model), torch.from_numpy(image).to(device),
+                                   plan.patch_size, overlap=overlap, mirror=mirror,
+                                   view=model.data_view())
+    return restore_label(probs.argmax(0).cpu().numpy().astype(np.int64), prepared.meta)
+
+
 def predict_path(trained: str | Path, inputs: str | Path, output: str | Path, overlap: float = 0.5,
                  mirror: bool = False, device: str = "auto",
                  progress: Callable[[str], None] | None = None,
@@ -203,28 +226,13 @@ def predict_path(trained: str | Path, inputs: str | Path, output: str | Path, ov
         out_dir.mkdir(parents=True, exist_ok=True)
         return _predict_large(model, plan, inputs, out_dir, overlap, mirror, dev, label_format,
                               progress)
-    predict_fn = network_predict_fn(model)
     cases = discover_inputs(inputs)
     out_dir = Path(output)
     out_dir.mkdir(parents=True, exist_ok=True)
     folder = Path(inputs) if Path(inputs).is_dir() else Path(inputs).parent
     written = []
     for raw in cases:
-        n = len(raw.image_files)
-        if n not in (1, len(plan.channel_kinds)):  # one file per channel, or one multi-channel file
-            raise DataError(f"{raw.image_files[0]}: case {raw.case_id} has {n} channel file(s), "
-                            f"the network takes {len(plan.channel_kinds)}")
-        ds = RawDataset(name="predict", folder=folder, format="nnunetv2",
-                        class_names=plan.class_names, channel_kinds=plan.channel_kinds,
-                        spatial_dims=len(plan.patch_size), file_ending=_ending(raw.image_files[0]),
-                        cases=[raw])
-        spacing = plan.target_spacing or read_spacing(raw)
-        prepared = prepare_case(ds, raw, spacing)
-        image, _ = normalise(prepared.image, plan.channel_kinds, plan.ct_stats)
-        probs = sliding_window_predict(predict_fn, torch.from_numpy(image).to(dev),
-                                       plan.patch_size, overlap=overlap, mirror=mirror,
-                                       view=model.data_view())
-        label = restore_label(probs.argmax(0).cpu().numpy().astype(np.int64), prepared.meta)
+        label = predict_case(model, plan, raw, folder, overlap, mirror, dev)
         target = out_dir / f"{raw.case_id}{_ending(raw.image_files[0])}"
         written.append(write_label(label, target, raw.image_files[0]))
         if progress:
