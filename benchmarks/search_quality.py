@@ -164,6 +164,8 @@ def run_seed(args: argparse.Namespace, dev: str, test: HeldOut, seed: int
             row = retrain(arch_path, folder / "train-fixed", test, args, seed)
             rows.append({"method": name, "tau": None, "seed": seed, "search_seconds": 0.0,
                          "gates_decided": None, "sample": arch["sample"], **row})
+            logging.info("seed %d %s: held-out Dice %.3f, %d params", seed, name,
+                         row["dice_test"], row["params"])
             continue
         start = time.perf_counter()
         config = SearchConfig(epochs=args.search_epochs, warmup_epochs=args.warmup_epochs,

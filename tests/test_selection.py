@@ -1,6 +1,9 @@
 """Connection selection by removal: inputs are kept for what the supernet loses without them."""
 from __future__ import annotations
 
+import logging
+import math
+
 import pytest
 import torch
 
@@ -9,7 +12,7 @@ from nasseg.data import load_arrays
 from nasseg.derive import derive_architecture
 from nasseg.searches.darts import SearchConfig
 from nasseg.searches.darts.relaxation import ArchParameters
-from nasseg.searches.darts.selection import select_by_removal
+from nasseg.searches.darts.selection import select_by_removal, unlearned_classes
 from test_modes import _engine
 
 
@@ -57,6 +60,26 @@ def test_removal_keeps_what_the_supernet_uses_whatever_the_gates_say():
     assert scores["a_in"]["probs"] == a and scores["a_in"]["gates"] == gates_before["a_in"]
 
 
+def test_a_full_dice_measured_already_is_not_measured_again():
+    calls = []
+
+    def dice() -> float:
+        calls.append(1)
+        return _supernet_dice(arch)
+
+    arch = _arch()
+    given = select_by_removal(arch, dice, tolerance=0.01, full_dice=0.9)
+    assert len(calls) == given.evaluations - 1 == 8  # the 5 inputs alone, 3 greedy
+    measured = _arch()
+    assert given.scores == select_by_removal(measured, lambda: _supernet_dice(measured),
+                                             tolerance=0.01).scores
+
+
+def test_a_class_below_the_floor_is_unlearned_and_an_absent_one_is_not_judged():
+    assert unlearned_classes({"bright": 0.04, "textured": 0.52, "absent": math.nan}) == ["bright"]
+    assert unlearned_classes({"bright": 0.1, "textured": 0.9}) == []
+
+
 def test_a_node_keeps_its_last_input_and_tolerance_must_be_positive():
     arch = ArchParameters()
     arch.add_connection("x_in", 2)
@@ -75,9 +98,10 @@ def test_removed_inputs_are_switched_off_in_the_forward(small3d, tmp_path):
 
 
 @pytest.mark.parametrize("select", ["removal", "gates"])
-def test_search_selects_connections_and_derive_follows(select, small3d, tmp_path):
+def test_search_selects_connections_and_derive_follows(select, small3d, tmp_path, caplog):
     engine = _engine(small3d, tmp_path, "full", epochs=2, select=select)
-    engine.run()
+    with caplog.at_level(logging.WARNING, logger="nasseg"):
+        engine.run()
     run = engine.run_folder
     params = read_json(run.arch_params)
     assert params["selection"] == select
@@ -86,6 +110,14 @@ def test_search_selects_connections_and_derive_follows(select, small3d, tmp_path
     if select == "removal":
         record = read_json(run.selection)
         assert record["evaluations"] > sum(n > 1 for n in engine.arch.connection_sizes.values())
+        # the full supernet's Dice per class, and a warning for each class it has not learned
+        assert list(record["class_dice"]) == dataset.class_names[1:]
+        missed = [n for n, d in record["class_dice"].items() if d is not None and d < 0.1]
+        assert record["unlearned_classes"] == missed
+        warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+                  and "has not learned" in r.getMessage()]
+        assert len(warned) == (1 if missed else 0)
+        assert all(name in warned[0] for name in missed)
         for label, entry in params["connection"].items():
             assert entry["probs"] == record["scores"][label]
             assert len(entry["gates"]) == len(entry["probs"])

@@ -54,7 +54,8 @@ from nasseg.searches.darts.config import SearchConfig
 from nasseg.searches.darts.modes import gumbel_temperature
 from nasseg.searches.darts.path_dropout import dropout_rate, dropped_inputs
 from nasseg.searches.darts.relaxation import ArchParameters, relax
-from nasseg.searches.darts.selection import RemovalSelection, select_by_removal
+from nasseg.searches.darts.selection import (RemovalSelection, select_by_removal,
+                                             unlearned_classes)
 from nasseg.space import GATE_REG, SearchSpace, TrainingStage, stage_schedule
 
 __all__ = ["DartsSearch", "EpochSummary", "search_split"]
@@ -397,19 +398,36 @@ class DartsSearch:
         loader = EpochLoader(self.data, self.split["arch"], cfg.batch_size, False, cfg.seed,
                              cfg.num_workers, cfg.patch_size, self.view)
 
-        def metric() -> float:
+        def measure() -> Validation:
             return validate(self.model, loader.epoch(0), self.data.num_classes, self.device,
-                            self.precision.autocast()).selected
+                            self.precision.autocast())
 
         # Each switched-off input changes the traced graph: a compiled network runs the
         # evaluations it has no graph for eagerly instead of recompiling for every one.
         with self.cost.phase("selection"), torch.compiler.set_stance("eager_on_recompile"):
-            result = select_by_removal(self.arch, metric, cfg.select_tolerance, logger.info)
+            full = measure()
+            class_dice = dict(zip(self.data.class_names[1:], full.dice_per_class))
+            self._warn_unlearned(class_dice)
+            result = select_by_removal(self.arch, lambda: measure().selected,
+                                       cfg.select_tolerance, logger.info, full.selected)
+        result.class_dice = class_dice
         self.arch.selected = result.scores
         write_json(self.run_folder.selection, result.to_dict())
         self._write_arch_params(self.config.epochs)
         self._write_cost(self.config.epochs)
         return result
+
+    @staticmethod
+    def _warn_unlearned(class_dice: dict[str, float]) -> None:
+        """Say when the supernet has not learned a class: the selection cannot see what that
+        class needs, and derives a net too small for it."""
+        missed = unlearned_classes(class_dice)
+        if missed:
+            logger.warning(
+                "selection: the supernet has not learned %s (Dice %s on the architecture half); "
+                "the inputs such a class needs cannot show their worth, so the derived net may "
+                "be too small: search longer (--epochs, --steps-per-epoch)", ", ".join(missed),
+                ", ".join(f"{class_dice[name]:.2f}" for name in missed))
 
     def resume(self) -> None:
         """Load the folder's checkpoint: weights, architecture, both optimizers, RNG, history."""
