@@ -417,17 +417,17 @@ class DartsSearch:
         self._write_cost(self.config.epochs)
         return result
 
-    @staticmethod
-    def _warn_unlearned(class_dice: dict[str, float]) -> None:
+    def _warn_unlearned(self, class_dice: dict[str, float]) -> None:
         """Say when the supernet has not learned a class: the selection cannot see what that
-        class needs, and derives a net too small for it."""
+        class needs, and derives a net too small for it. Training on usually breaks through."""
         missed = unlearned_classes(class_dice)
         if missed:
             logger.warning(
                 "selection: the supernet has not learned %s (Dice %s on the architecture half); "
                 "the inputs such a class needs cannot show their worth, so the derived net may "
-                "be too small: search longer (--epochs, --steps-per-epoch)", ", ".join(missed),
-                ", ".join(f"{class_dice[name]:.2f}" for name in missed))
+                "be too small. Continue the search: nasseg search --resume --out %s --epochs %d",
+                ", ".join(missed), ", ".join(f"{class_dice[name]:.2f}" for name in missed),
+                self.run_folder.path, 2 * self.config.epochs)
 
     def resume(self) -> None:
         """Load the folder's checkpoint: weights, architecture, both optimizers, RNG, history."""
