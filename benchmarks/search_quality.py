@@ -177,6 +177,9 @@ def run_seed(args: argparse.Namespace, dev: str, test: HeldOut, seed: int
         search_s = round(time.perf_counter() - start, 1)
         scores = read_json(folder / "search" / "arch_params.json", "architecture parameters")
         spread = gate_spread(scores)
+        selection = folder / "search" / "selection.json"
+        unlearned = (read_json(selection, "selection")["unlearned_classes"]
+                     if selection.exists() else [])
         taus = args.taus if scores.get("connection") else [None]
         trained: dict[str, dict[str, Any]] = {}  # taus that derive the same net share a retrain
         for tau in taus:
@@ -188,7 +191,8 @@ def run_seed(args: argparse.Namespace, dev: str, test: HeldOut, seed: int
                 trained[net] = retrain(arch_path, folder / f"train-{tag}", test, args, seed)
             row = trained[net]
             rows.append({"method": name, "tau": tau, "seed": seed, "search_seconds": search_s,
-                         "gates_decided": spread, "sample": arch["sample"], **row})
+                         "gates_decided": spread, "unlearned_classes": unlearned,
+                         "sample": arch["sample"], **row})
             logging.info("seed %d %s %s: held-out Dice %.3f, %d params", seed, name, tag,
                          row["dice_test"], row["params"])
     random_knobs = dict(variants.get(args.random_variant, {}), **args.knob)
@@ -238,6 +242,12 @@ def summarize(rows: list[dict[str, Any]], archs: dict[tuple, list[dict]]) -> str
               for (method, tau), found in archs.items() if tau is not None and len(found) > 1]
     if common:
         lines += ["", "Connections kept at every seed:", *common]
+    stuck = sorted({(r["method"], r["seed"], ", ".join(r["unlearned_classes"])) for r in rows
+                    if r.get("unlearned_classes")})
+    if stuck:
+        lines += ["", "Searches whose supernet had not learned a class at selection (their nets "
+                  "are likely too small; see the search's warning):",
+                  *(f"- {method}, seed {seed}: {classes}" for method, seed, classes in stuck)]
     return "\n".join(lines)
 
 

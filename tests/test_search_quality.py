@@ -23,7 +23,7 @@ from nasseg.training.trainer import TrainConfig, train_architecture
 ARGS = {"features": 4, "levels": 3}
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
-from search_quality import held_out_scores, split_held_out  # noqa: E402  (a script beside its report module)
+from search_quality import held_out_scores, split_held_out, summarize  # noqa: E402  (a script beside its report module)
 from test_real_data import make_msd  # noqa: E402
 
 
@@ -163,3 +163,15 @@ def test_the_benchmark_refuses_a_set_too_small_to_split_in_one_line(tmp_path):
     assert done.stderr.strip().splitlines()[-1] == (
         f"error: {folder}: 4 cases leave 1 for the search after holding out 3; it needs at "
         "least 2 (a weight and an architecture half)")
+
+
+def test_the_summary_names_the_searches_whose_supernet_had_not_learned_a_class():
+    row = {"method": "SBB + MSSA", "tau": 0.6, "dice_test": 0.77, "dice_val": 0.95,
+           "params": 20483, "flops": 4e8, "gates_decided": 0.9, "search_seconds": 1600.0,
+           "train_seconds": 600.0}
+    rows = [dict(row, seed=0, unlearned_classes=[]),
+            dict(row, seed=1, unlearned_classes=["bright_blob"])]
+    table = summarize(rows, {})
+    assert "| SBB + MSSA | 0.6 | 2 | 0.770 ± 0.000 |" in table
+    assert table.splitlines()[-1] == "- SBB + MSSA, seed 1: bright_blob"
+    assert "had not learned" not in summarize(rows[:1], {})
