@@ -1,5 +1,6 @@
 """The controls of the search-quality benchmark: random architectures from a space, how decided a
-search's gates are, and how alike the architectures of several searches are."""
+search's gates are, and how alike the architectures of several searches are; and its held-out
+cases, split from a demo set or a data set folder and scored as a user's tools score them."""
 from __future__ import annotations
 
 import json
@@ -13,17 +14,17 @@ import torch
 
 from nasseg.data import DataError, load_data
 from nasseg.data.formats import RawDataset
-from nasseg.evaluation.folders import evaluate_folders
-from nasseg.inference.predict import predict_path
 from nasseg.derive import build_derived
 from nasseg.derive.compare import agreement, gate_spread, kept_by_all
+from nasseg.evaluation.folders import evaluate_folders
+from nasseg.inference.predict import predict_path
 from nasseg.searches.random_arch import random_architecture
 from nasseg.training.trainer import TrainConfig, train_architecture
 
 ARGS = {"features": 4, "levels": 3}
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
-from search_quality import held_out_scores, split_held_out, summarize  # noqa: E402  (a script beside its report module)
+sys.path.insert(0, str(BENCHMARKS))  # the benchmark is a script beside its report module
+from search_quality import held_out_scores, split_held_out, summarize  # noqa: E402
 from test_real_data import make_msd  # noqa: E402
 
 
