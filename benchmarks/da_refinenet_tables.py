@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                                       space_args, SearchConfig(
                                           epochs=args.search_epochs, warmup_epochs=1, seed=seed,
                                           steps_per_epoch=args.steps,
-                                          batch_size=args.batch_size, device="cpu"),
+                                          batch_size=args.batch_size, device="cpu",
+                                          extend_unlearned=0),  # equal budgets
                                       show_progress=False)
                 arch_path = result.arch_path
             else:

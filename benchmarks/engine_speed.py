@@ -135,7 +135,7 @@ def run_nasseg(case: dict[str, Any], mode: str, warmup: int, steps: int,
                             np.zeros((6, 4, 4, 4), np.int64),
                             [f"c{i}" for i in range(classes)])
     config = SearchConfig(epochs=1, warmup_epochs=0, batch_size=case["batch"], device=str(device),
-                          mode=mode, channels_last=channels_last)
+                          mode=mode, channels_last=channels_last, extend_unlearned=0)
     with tempfile.TemporaryDirectory() as tmp:
         engine = DartsSearch(space, tiny, RunFolder(Path(tmp)), config, show_progress=False)
         batches = [{k: v.to(device) for k, v in b.items()} for b in make_batches(case, 2, 1)]

@@ -99,7 +99,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         config = SearchConfig(epochs=args.epochs, warmup_epochs=0, device=args.device,
                               seed=seed, patch_size=patch, steps_per_epoch=args.steps,
                               batch_size=args.batch_size, arch_lr=args.arch_lr,
-                              val_fraction=args.val_fraction)
+                              val_fraction=args.val_fraction,
+                              extend_unlearned=0)  # every variant at the same budget
         start = time.perf_counter()
         start_search(search_dir, "msn", args.data, {}, space_args, config, show_progress=False)
         _, arch = derive_run(search_dir, tau=args.tau)

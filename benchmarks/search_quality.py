@@ -171,6 +171,7 @@ def run_seed(args: argparse.Namespace, dev: str, test: HeldOut, seed: int
         config = SearchConfig(epochs=args.search_epochs, warmup_epochs=args.warmup_epochs,
                               seed=seed, mode=args.mode, arch_lr=args.arch_lr,
                               gates=args.gates, path_dropout=args.path_dropout,
+                              extend_unlearned=args.extend_unlearned,
                               steps_per_epoch=args.search_steps, patch_size=args.patch_size)
         start_search(folder / "search", args.space, dev, knobs, space_args, config,
                      show_progress=False)
@@ -180,6 +181,8 @@ def run_seed(args: argparse.Namespace, dev: str, test: HeldOut, seed: int
         selection = folder / "search" / "selection.json"
         unlearned = (read_json(selection, "selection")["unlearned_classes"]
                      if selection.exists() else [])
+        extended = read_json(folder / "search" / "run.json", "run description").get(
+            "extended_for_unlearned")
         taus = args.taus if scores.get("connection") else [None]
         trained: dict[str, dict[str, Any]] = {}  # taus that derive the same net share a retrain
         for tau in taus:
@@ -192,6 +195,7 @@ def run_seed(args: argparse.Namespace, dev: str, test: HeldOut, seed: int
             row = trained[net]
             rows.append({"method": name, "tau": tau, "seed": seed, "search_seconds": search_s,
                          "gates_decided": spread, "unlearned_classes": unlearned,
+                         "extended_for_unlearned": extended,
                          "sample": arch["sample"], **row})
             logging.info("seed %d %s %s: held-out Dice %.3f, %d params", seed, name, tag,
                          row["dice_test"], row["params"])
@@ -248,6 +252,14 @@ def summarize(rows: list[dict[str, Any]], archs: dict[tuple, list[dict]]) -> str
         lines += ["", "Searches whose supernet had not learned a class at selection (their nets "
                   "are likely too small; see the search's warning):",
                   *(f"- {method}, seed {seed}: {classes}" for method, seed, classes in stuck)]
+    extended = sorted({(r["method"], r["seed"], r["extended_for_unlearned"]["after_epochs"],
+                        r["extended_for_unlearned"]["epochs"]) for r in rows
+                       if r.get("extended_for_unlearned")})
+    if extended:
+        lines += ["", "Searches extended because their supernet had not learned a class (their "
+                  "search seconds include the extension):",
+                  *(f"- {method}, seed {seed}: {done} -> {total} epochs"
+                    for method, seed, done, total in extended)]
     return "\n".join(lines)
 
 
@@ -282,6 +294,9 @@ def main() -> None:
     parser.add_argument("--arch-lr", type=float, default=None)
     parser.add_argument("--path-dropout", type=float, default=0.0,
                         help="Searches drop connection inputs in weight steps (see nasseg search).")
+    parser.add_argument("--extend-unlearned", type=int, default=None, metavar="EPOCHS",
+                        help="Epochs a search adds when its supernet has not learned a class "
+                             "(see nasseg search) [default: as many as --search-epochs].")
     parser.add_argument("--train-epochs", type=int, default=30)
     parser.add_argument("--train-budget", type=float, default=None, metavar="SECONDS",
                         help="Retrain by wall time instead of epochs (the same for every net).")

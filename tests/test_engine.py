@@ -28,7 +28,7 @@ def _engine(small3d: Path, tmp_path: Path, **config) -> DartsSearch:
     run = RunFolder(tmp_path / "run")
     run.path.mkdir(parents=True, exist_ok=True)
     cfg = SearchConfig(**{"epochs": 2, "warmup_epochs": 0, "device": "cpu", "steps_per_epoch": 2,
-                          **config})
+                          "extend_unlearned": 0, **config})
     return DartsSearch(create_space("unet", **TINY), load_arrays(small3d), run, cfg,
                        show_progress=False)
 

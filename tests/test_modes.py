@@ -60,7 +60,8 @@ def _engine(data: Path, tmp_path: Path, mode: str, on_epoch=None, **config) -> D
     run = RunFolder(tmp_path / "run")
     run.path.mkdir(parents=True, exist_ok=True)
     cfg = SearchConfig(**{"epochs": 2, "warmup_epochs": 0, "device": "cpu", "mode": mode,
-                          "steps_per_epoch": 2, "arch_lr": 3e-2, "arch_weight_decay": 0.0, **config})
+                          "steps_per_epoch": 2, "arch_lr": 3e-2, "arch_weight_decay": 0.0,
+                          "extend_unlearned": 0, **config})
     space = create_space("uxnet", knobs=OPS, in_channels=dataset.in_channels,
                          num_classes=dataset.num_classes, spatial_dims=dataset.spatial_dims,
                          **TINY)

@@ -23,7 +23,8 @@ TINY = ["--space", "unet", "--space-arg", "features=4", "--space-arg", "levels=2
 def arch_file(small3d, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("search") / "run"
     result = CliRunner().invoke(cli, ["search", "--data", str(small3d), "--out", str(out),
-                                      "--epochs", "2", "--warmup-epochs", "1", *TINY])
+                                      "--epochs", "2", "--warmup-epochs", "1",
+                                      "--extend-unlearned", "0", *TINY])
     assert result.exit_code == 0, result.output
     return out / "arch.json"
 
@@ -90,7 +91,8 @@ def test_an_epoch_can_be_set_in_steps_for_search_and_retrain(small3d, tmp_path):
     """Fixed steps per epoch, more than one pass over the few cases of a search half holds."""
     result = CliRunner().invoke(cli, ["search", "--data", str(small3d), "--out", str(tmp_path / "s"),
                                       "--epochs", "2", "--warmup-epochs", "1",
-                                      "--steps-per-epoch", "7", *TINY])
+                                      "--steps-per-epoch", "7", "--extend-unlearned", "0",
+                                      *TINY])
     assert result.exit_code == 0, result.output
     cost = json.loads((tmp_path / "s" / "cost.json").read_text())
     assert cost["steps"] == {"weight": 14, "arch": 7}

@@ -10,10 +10,12 @@ import torch
 from nasseg.artifacts.files import read_json
 from nasseg.data import load_arrays
 from nasseg.derive import derive_architecture
+from nasseg.evaluation.validation import Validation
 from nasseg.searches.darts import SearchConfig
 from nasseg.searches.darts.relaxation import ArchParameters
+from nasseg.searches.darts.run import resume_search, start_search
 from nasseg.searches.darts.selection import select_by_removal, unlearned_classes
-from test_modes import _engine
+from test_modes import TINY, _engine
 
 
 def _arch() -> ArchParameters:
@@ -99,7 +101,7 @@ def test_removed_inputs_are_switched_off_in_the_forward(small3d, tmp_path):
 
 @pytest.mark.parametrize("select", ["removal", "gates"])
 def test_search_selects_connections_and_derive_follows(select, small3d, tmp_path, caplog):
-    engine = _engine(small3d, tmp_path, "full", epochs=2, select=select)
+    engine = _engine(small3d, tmp_path, "full", epochs=2, select=select, extend_unlearned=0)
     with caplog.at_level(logging.WARNING, logger="nasseg"):
         engine.run()
     run = engine.run_folder
@@ -130,6 +132,75 @@ def test_search_selects_connections_and_derive_follows(select, small3d, tmp_path
         if choice["kind"] == "connection":
             assert all(choice["scores"][i] >= 0.6 for i in choice["kept"]
                        if len(choice["kept"]) > 1), label
+
+
+def test_a_supernet_that_has_not_learned_a_class_searches_on_once(small3d, tmp_path, caplog):
+    """One epoch of two steps learns neither blob class: the search adds its extension (once),
+    run.json records the new end so that a resume continues the extended run, and the
+    selection measures the supernet after the extension."""
+    config = SearchConfig(epochs=1, warmup_epochs=0, device="cpu", steps_per_epoch=2,
+                          arch_lr=3e-2, extend_unlearned=2)
+    with caplog.at_level(logging.WARNING, logger="nasseg"):
+        result = start_search(tmp_path / "run", "uxnet", str(small3d), {}, TINY, config,
+                              show_progress=False)
+    run = result.folder
+    description = read_json(run.config)
+    record = description["extended_for_unlearned"]
+    assert record["after_epochs"] == 1 and record["epochs"] == 3
+    assert min(record["class_dice"].values()) < 0.1
+    assert description["search"]["epochs"] == 3 and description["search"]["extend_unlearned"] == 0
+    assert read_json(run.arch_params)["epochs_done"] == 3
+    assert read_json(run.cost)["epochs_planned"] == 3
+    assert len(torch.load(run.checkpoint, weights_only=False)["history"]) == 3
+    extended = [r.getMessage() for r in caplog.records if "searching on to epoch 3" in r.getMessage()]
+    assert len(extended) == 1 and all(n in extended[0] for n in record["class_dice"]
+                                      if record["class_dice"][n] < 0.1)
+    # the selection measured the extended supernet, not the one the extension was decided on
+    assert read_json(run.selection)["class_dice"] != record["class_dice"]
+
+    # killed during the extension, resumed from run.json: the extended run, to the digit
+    class Killed(Exception):
+        pass
+
+    def kill(epoch: int, dice: float) -> None:
+        if epoch == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        start_search(tmp_path / "broken", "uxnet", str(small3d), {}, TINY,
+                     SearchConfig(**{**config.to_dict(), "epochs": 1, "extend_unlearned": 2}),
+                     show_progress=False, on_epoch=kill)
+    resumed = resume_search(tmp_path / "broken", show_progress=False)
+    assert resumed.arch["sample"] == result.arch["sample"]
+    assert read_json(resumed.folder.arch_params)["connection"] == read_json(
+        run.arch_params)["connection"]
+
+
+def test_a_learned_supernet_is_not_extended_and_its_measurement_is_reused(small3d, tmp_path,
+                                                                         monkeypatch):
+    engine = _engine(small3d, tmp_path, "full", epochs=1, extend_unlearned=5)
+    measured = []
+
+    def learned() -> Validation:
+        measured.append(True)
+        return Validation({"dice_mean": 0.8}, [0.7, 0.9])
+
+    monkeypatch.setattr(engine, "_arch_half_dice", learned)
+    engine.run()
+    assert engine.config.epochs == 1 and len(engine.history) == 1
+    record = read_json(engine.run_folder.selection)
+    assert record["class_dice"] == dict(zip(load_arrays(small3d).class_names[1:], [0.7, 0.9]))
+    # one measurement decided the extension and served as the selection's full supernet
+    assert len(measured) == record["evaluations"]
+
+
+def test_no_extension_when_switched_off_or_under_a_time_budget():
+    assert SearchConfig(epochs=25).extension_epochs() == 25
+    assert SearchConfig(epochs=25, extend_unlearned=10).extension_epochs() == 10
+    assert SearchConfig(epochs=25, extend_unlearned=0).extension_epochs() == 0
+    assert SearchConfig(time_budget=600.0).extension_epochs() == 0
+    with pytest.raises(ValueError, match="extend_unlearned"):
+        SearchConfig(extend_unlearned=-1)
 
 
 def test_bad_selection_settings_are_refused():

@@ -69,6 +69,10 @@ DEFAULT_DATA = "demo3d"
               show_default=True,
               help="Weight steps switch each input of a connection off with this probability "
                    "(linear from 0 in the first epoch; a connection keeps one input).")
+@click.option("--extend-unlearned", type=click.IntRange(min=0), default=None, metavar="EPOCHS",
+              help="When the supernet has not learned a class (Dice < 0.1 on the architecture "
+                   "half) by the last epoch, search this many epochs more before selecting "
+                   "(once; 0: never; not with --time-budget) [default: as many as --epochs].")
 @click.option("--partial-k", type=click.IntRange(min=1), default=4, show_default=True,
               help="--mode partial: 1/K of the channels go through the candidate ops.")
 @click.option("--gumbel-temperature", type=(float, float), default=(5.0, 0.5),
@@ -96,7 +100,7 @@ def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: 
            gumbel_temperature: tuple[float, float], amp: bool, channels_last: bool,
            compile_: bool, patch_size: tuple[int, ...] | None, memory_budget: str | None,
            fit: str, steps_per_epoch: int | None, time_budget: float | None, select: str,
-           select_tolerance: float, path_dropout: float) -> None:
+           select_tolerance: float, path_dropout: float, extend_unlearned: int | None) -> None:
     """Search an architecture of SPACE on DATA; derive it into RUN/arch.json."""
     import subprocess
     import sys
@@ -130,7 +134,7 @@ def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: 
                               batch_size=batch_size, order=int(order), arch_lr=arch_lr,
                               seed=seed, deterministic=deterministic, gates=gates,
                               select=select, select_tolerance=select_tolerance,
-                              path_dropout=path_dropout,
+                              path_dropout=path_dropout, extend_unlearned=extend_unlearned,
                               device=device, mode=mode, partial_k=partial_k,
                               gumbel_temperature=gumbel_temperature, amp=amp,
                               channels_last=channels_last, compile=compile_,

@@ -74,6 +74,15 @@ class SearchConfig(RunSettings):
         path_dropout: the probability, reached in the last epoch (linear from 0), that a weight
             step switches off an input of a connection with several
             (:mod:`nasseg.searches.darts.path_dropout`); 0: never.
+        extend_unlearned: epochs added, once, when the supernet has not learned a class by the
+            last planned epoch (Dice below
+            :data:`~nasseg.searches.darts.selection.UNLEARNED_DICE` on the architecture half):
+            such a supernet loses nothing without the inputs that class needs, and the
+            selection would derive a net too small for it. None (the default): as many epochs
+            as were planned, so the search doubles; 0: never. The extension continues the run
+            as ``nasseg search --resume --epochs`` would (the cosine schedules stretched to the
+            new end, the architecture lr kept); a time budget is never extended, nor a space
+            whose recipe has several training stages (they share the epochs out).
     """
 
     epochs: int = 20
@@ -94,6 +103,7 @@ class SearchConfig(RunSettings):
     select_tolerance: float = DEFAULT_TOLERANCE
     steps_per_epoch: int | None = SEARCH_STEPS_PER_EPOCH
     path_dropout: float = 0.0
+    extend_unlearned: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -128,6 +138,8 @@ class SearchConfig(RunSettings):
         if self.path_dropout and relaxation.samples:
             raise ValueError(f"path dropout needs a mode that mixes every input; mode "
                              f"{self.mode!r} already samples the inputs of each forward")
+        if self.extend_unlearned is not None and self.extend_unlearned < 0:
+            raise ValueError(f"extend_unlearned must be >= 0 epochs, got {self.extend_unlearned}")
         if self.fit not in FITS:
             raise ValueError(f"fit must be one of {FITS}, got {self.fit!r}")
         if self.memory_budget is not None:
@@ -141,6 +153,12 @@ class SearchConfig(RunSettings):
         if self.arch_lr is not None:
             return self.arch_lr
         return min(MAX_AUTO_ARCH_LR, max(DARTS_ARCH_LR, ARCH_TRAVEL / max(1, arch_steps)))
+
+    def extension_epochs(self) -> int:
+        """Epochs :attr:`extend_unlearned` would add now (0: the search may not be extended)."""
+        if self.time_budget:
+            return 0
+        return self.epochs if self.extend_unlearned is None else self.extend_unlearned
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready settings."""

@@ -15,6 +15,8 @@ during the architecture step: the weights then have ``requires_grad=False`` but 
 
 After the last epoch the connections are selected by what the supernet loses without each
 input (``config.select``, :mod:`nasseg.searches.darts.selection`), not by their gates alone.
+A supernet that has not learned a class by then cannot show what that class needs: the search
+goes on for ``config.extend_unlearned`` more epochs first (once; by default as many as planned).
 ``config.path_dropout`` switches random inputs off in the weight steps
 (:mod:`nasseg.searches.darts.path_dropout`).
 
@@ -33,7 +35,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from nasseg.artifacts.files import save_torch, write_json
+from nasseg.artifacts.files import read_json, save_torch, write_json
 from nasseg.artifacts.pictures import draw_search
 from nasseg.artifacts.run_folder import RunFolder, RunFolderError
 from nasseg.data import CaseSet, split_indices
@@ -151,6 +153,7 @@ class DartsSearch:
         self.cost = CostCard()
         self.budget = TimeBudget(config.time_budget) if config.time_budget else None
         self.warmup_share = config.warmup_epochs / config.epochs
+        self._full: Validation | None = None  # the supernet on the architecture half, if measured
 
     def stage_loaders(self, stage: TrainingStage) -> tuple[EpochLoader, EpochLoader, int]:
         """This rank's weight and architecture loaders over ``stage``'s share of the cases, and
@@ -387,6 +390,57 @@ class DartsSearch:
             "selection": self.config.select if self.arch.selected else "gates",
             **self.arch.scores()})
 
+    def _arch_half_dice(self) -> Validation:
+        """The supernet (inputs the selection switched off stay off) on the architecture half."""
+        cfg = self.config
+        loader = EpochLoader(self.data, self.split["arch"], cfg.batch_size, False, cfg.seed,
+                             cfg.num_workers, cfg.patch_size, self.view)
+        return validate(self.model, loader.epoch(0), self.data.num_classes, self.device,
+                        self.precision.autocast())
+
+    def _class_dice(self, full: Validation) -> dict[str, float]:
+        return dict(zip(self.data.class_names[1:], full.dice_per_class))
+
+    def _extended_for_unlearned(self) -> bool:
+        """After the planned epochs: extend the search once (``config.extend_unlearned``) when
+        the full supernet has not learned a class, as measured on the architecture half by rank
+        0 (every rank takes its decision). The measurement is kept for the selection. A recipe
+        of several stages is not extended: its stages share the epochs out, and more epochs
+        would send the search back through them."""
+        cfg = self.config
+        extra = cfg.extension_epochs()
+        if not extra or self.arch_opt is None or len(self.model.training_stages()) > 1:
+            return False
+        missed: list[str] = []
+        if self.dist.is_main:
+            with self.cost.phase("selection"):
+                self._full = self._arch_half_dice()
+            class_dice = self._class_dice(self._full)
+            missed = unlearned_classes(class_dice)
+        if not self.dist.broadcast_value(float(bool(missed))):
+            return False
+        self._full = None
+        done, cfg.epochs, cfg.extend_unlearned = cfg.epochs, cfg.epochs + extra, 0
+        self.schedule = stage_schedule(self.model.training_stages(), cfg.epochs)
+        if self.dist.is_main:
+            logger.warning(
+                "the supernet has not learned %s after %d epochs (Dice %s on the architecture "
+                "half): searching on to epoch %d before the selection (--extend-unlearned)",
+                ", ".join(missed), done, ", ".join(f"{class_dice[n]:.2f}" for n in missed),
+                cfg.epochs)
+            self._record_extension(done, class_dice)
+        return True
+
+    def _record_extension(self, done: int, class_dice: dict[str, float]) -> None:
+        """Write the new end into ``run.json``, so that a resume continues the extended run."""
+        if not self.run_folder.config.exists():  # an engine driven without a run description
+            return
+        description = read_json(self.run_folder.config, "run description")
+        description["search"].update(epochs=self.config.epochs, extend_unlearned=0)
+        description["extended_for_unlearned"] = {
+            "after_epochs": done, "epochs": self.config.epochs, "class_dice": class_dice}
+        write_json(self.run_folder.config, description)
+
     def select_connections(self) -> RemovalSelection | None:
         """After the last epoch (``select="removal"``): score the connections by what the
         supernet loses without each input, on the architecture half. None with
@@ -395,20 +449,13 @@ class DartsSearch:
                 n > 1 for n in self.arch.connection_sizes.values()):
             return None
         cfg = self.config
-        loader = EpochLoader(self.data, self.split["arch"], cfg.batch_size, False, cfg.seed,
-                             cfg.num_workers, cfg.patch_size, self.view)
-
-        def measure() -> Validation:
-            return validate(self.model, loader.epoch(0), self.data.num_classes, self.device,
-                            self.precision.autocast())
-
         # Each switched-off input changes the traced graph: a compiled network runs the
         # evaluations it has no graph for eagerly instead of recompiling for every one.
         with self.cost.phase("selection"), torch.compiler.set_stance("eager_on_recompile"):
-            full = measure()
-            class_dice = dict(zip(self.data.class_names[1:], full.dice_per_class))
+            full = self._full if self._full is not None else self._arch_half_dice()
+            class_dice = self._class_dice(full)
             self._warn_unlearned(class_dice)
-            result = select_by_removal(self.arch, lambda: measure().selected,
+            result = select_by_removal(self.arch, lambda: self._arch_half_dice().selected,
                                        cfg.select_tolerance, logger.info, full.selected)
         result.class_dice = class_dice
         self.arch.selected = result.scores
@@ -418,8 +465,9 @@ class DartsSearch:
         return result
 
     def _warn_unlearned(self, class_dice: dict[str, float]) -> None:
-        """Say when the supernet has not learned a class: the selection cannot see what that
-        class needs, and derives a net too small for it. Training on usually breaks through."""
+        """Say when the supernet has not learned a class even now: the selection cannot see
+        what that class needs, and derives a net too small for it. Training on may break
+        through."""
         missed = unlearned_classes(class_dice)
         if missed:
             logger.warning(
@@ -477,7 +525,7 @@ class DartsSearch:
         log = RunLog(self.run_folder.tensorboard, self.show_progress, enabled=self.dist.is_main)
         try:
             epoch, last = self.start_epoch, time.perf_counter()
-            while epoch < self.config.epochs:
+            while epoch < self.config.epochs or self._extended_for_unlearned():
                 summary = self._epoch(epoch, log)
                 self.history.append(summary.__dict__)
                 if self.dist.is_main:

@@ -202,7 +202,8 @@ def run_trial(trial: optuna.Trial, setup: TrialSetup) -> float | Sequence[float]
         config = SearchConfig(epochs=setup.search_epochs,
                               warmup_epochs=min(setup.warmup_epochs, setup.search_epochs),
                               steps_per_epoch=setup.search_steps, batch_size=setup.batch_size,
-                              seed=setup.seed, device=setup.device)
+                              seed=setup.seed, device=setup.device,
+                              extend_unlearned=0)  # trials compare at equal budgets
         result = start_search(folder / "search", setup.space, setup.data, knobs,
                               setup.space_args, config, show_progress=False,
                               on_epoch=reporter.at(0))
