@@ -152,7 +152,8 @@ def test_a_supernet_that_has_not_learned_a_class_searches_on_once(small3d, tmp_p
     assert read_json(run.arch_params)["epochs_done"] == 3
     assert read_json(run.cost)["epochs_planned"] == 3
     assert len(torch.load(run.checkpoint, weights_only=False)["history"]) == 3
-    extended = [r.getMessage() for r in caplog.records if "searching on to epoch 3" in r.getMessage()]
+    extended = [r.getMessage() for r in caplog.records
+                if "searching on to epoch 3" in r.getMessage()]
     assert len(extended) == 1 and all(n in extended[0] for n in record["class_dice"]
                                       if record["class_dice"][n] < 0.1)
     # the selection measured the extended supernet, not the one the extension was decided on
