@@ -154,6 +154,7 @@ class DartsSearch:
         self.budget = TimeBudget(config.time_budget) if config.time_budget else None
         self.warmup_share = config.warmup_epochs / config.epochs
         self._full: Validation | None = None  # the supernet on the architecture half, if measured
+        self._arch_eval_loader: EpochLoader | None = None
 
     def stage_loaders(self, stage: TrainingStage) -> tuple[EpochLoader, EpochLoader, int]:
         """This rank's weight and architecture loaders over ``stage``'s share of the cases, and
@@ -392,11 +393,13 @@ class DartsSearch:
 
     def _arch_half_dice(self) -> Validation:
         """The supernet (inputs the selection switched off stay off) on the architecture half."""
-        cfg = self.config
-        loader = EpochLoader(self.data, self.split["arch"], cfg.batch_size, False, cfg.seed,
-                             cfg.num_workers, cfg.patch_size, self.view)
-        return validate(self.model, loader.epoch(0), self.data.num_classes, self.device,
-                        self.precision.autocast())
+        if self._arch_eval_loader is None:
+            cfg = self.config
+            self._arch_eval_loader = EpochLoader(self.data, self.split["arch"], cfg.batch_size,
+                                                 False, cfg.seed, cfg.num_workers,
+                                                 cfg.patch_size, self.view)
+        return validate(self.model, self._arch_eval_loader.epoch(0), self.data.num_classes,
+                        self.device, self.precision.autocast())
 
     def _class_dice(self, full: Validation) -> dict[str, float]:
         return dict(zip(self.data.class_names[1:], full.dice_per_class))
