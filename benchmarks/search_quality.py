@@ -31,13 +31,14 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 from nasseg.artifacts.files import read_json
 from nasseg.cli.options import parse_patch_size
-from nasseg.data import DataError, SegmentationData, load_data, save_arrays
+from nasseg.data import (DEMO_SETS, DataError, SegmentationData, fresh_demo_cases, load_data,
+                         save_arrays)
 from nasseg.data.formats import RawDataset, read_label, read_spacing
 from nasseg.data.h5cache import build_cache
 from nasseg.data.large_images import is_large_image_folder
@@ -102,22 +103,24 @@ def split_held_out(data: str, fraction: float, out: Path) -> tuple[str, HeldOut]
 
 
 @torch.no_grad()
-def held_out_scores(train_dir: Path, test: HeldOut) -> dict[str, Any]:
-    """Dice of the trained network on the held-out cases, whole cases by sliding window (raw
-    cases on their own grid, through the training set's preprocessing): the mean foreground
-    Dice, its mean per class, and each case's mean."""
+def held_out_scores(train_dir: Path, tests: Sequence[HeldOut]) -> dict[str, Any]:
+    """Dice of the trained network on every held-out set's cases, whole cases by sliding
+    window (raw cases on their own grid, through the training set's preprocessing): the mean
+    foreground Dice over all of them, its mean per class, and each case's mean."""
     model, state = load_trained(train_dir)
     plan = PredictionPlan.from_dict(state["plan"])
     device = resolve_device("auto")
     model.to(device).eval()
     per_case = {}
-    if isinstance(test, RawDataset):
-        for raw in test.cases:
-            label = predict_case(model, plan, raw, test.folder, device=device)
-            per_case[raw.case_id] = case_metrics(label, read_label(raw), len(test.class_names),
-                                                 spacing=read_spacing(raw),
-                                                 class_names=test.class_names)
-    else:
+    for test in tests:
+        if isinstance(test, RawDataset):
+            for raw in test.cases:
+                label = predict_case(model, plan, raw, test.folder, device=device)
+                per_case[raw.case_id] = case_metrics(label, read_label(raw),
+                                                     len(test.class_names),
+                                                     spacing=read_spacing(raw),
+                                                     class_names=test.class_names)
+            continue
         predict_fn = network_predict_fn(model)
         for i in range(test.num_cases):
             case = test.case(i)
@@ -126,23 +129,35 @@ def held_out_scores(train_dir: Path, test: HeldOut) -> dict[str, Any]:
             per_case[case.case_id] = case_metrics(probs.argmax(0).cpu().numpy(), case.label,
                                                   len(test.class_names),
                                                   class_names=test.class_names)
-    summary = summarize_cases(per_case, test.class_names)
+    summary = summarize_cases(per_case, tests[0].class_names)
     return {"dice_test": float(summary["mean_dice"]), "dice_test_classes": summary["dice"],
             "dice_test_cases": {case: m["mean_dice"] for case, m in per_case.items()}}
 
 
-def retrain(arch_path: Path, out: Path, test: HeldOut, args: argparse.Namespace,
+def held_out_sets(data: str, fraction: float, fresh: int, out: Path
+                  ) -> tuple[str, list[HeldOut]]:
+    """The development data file and the held-out sets: the split's last ``fraction`` and,
+    for a demo set, ``fresh`` new cases of its generator (:func:`fresh_demo_cases`)."""
+    dev, test = split_held_out(data, fraction, out)
+    if not fresh:
+        return dev, [test]
+    if data not in DEMO_SETS:
+        raise DataError(f"{data}: fresh held-out cases come from demo sets only")
+    return dev, [test, fresh_demo_cases(data, fresh)]
+
+
+def retrain(arch_path: Path, out: Path, tests: Sequence[HeldOut], args: argparse.Namespace,
             seed: int) -> dict[str, Any]:
     config = TrainConfig(epochs=args.train_epochs, time_budget=args.train_budget, seed=seed,
                          steps_per_epoch=args.train_steps, patch_size=args.patch_size)
     start = time.perf_counter()
     metrics = train_architecture(arch_path, out, None, config)
-    return {**held_out_scores(out, test), "dice_val": metrics["dice_mean"],
+    return {**held_out_scores(out, tests), "dice_val": metrics["dice_mean"],
             "train_epochs": metrics["epochs"], "params": metrics["params"],
             "flops": metrics["flops"], "train_seconds": round(time.perf_counter() - start, 1)}
 
 
-def run_seed(args: argparse.Namespace, dev: str, test: HeldOut, seed: int
+def run_seed(args: argparse.Namespace, dev: str, tests: list[HeldOut], seed: int
              ) -> tuple[list[dict[str, Any]], dict[tuple, dict]]:
     """Every method's runs with one seed, and each derived ``arch.json`` under
     ``(method, tau)`` for the stability measure."""
@@ -161,7 +176,7 @@ def run_seed(args: argparse.Namespace, dev: str, test: HeldOut, seed: int
             arch_path, arch = random_architecture(args.space, dev, 0,
                                                   folder / "arch-fixed.json", knobs, space_args)
             archs[(name, None)] = arch
-            row = retrain(arch_path, folder / "train-fixed", test, args, seed)
+            row = retrain(arch_path, folder / "train-fixed", tests, args, seed)
             rows.append({"method": name, "tau": None, "seed": seed, "search_seconds": 0.0,
                          "gates_decided": None, "sample": arch["sample"], **row})
             logging.info("seed %d %s: held-out Dice %.3f, %d params", seed, name,
@@ -191,7 +206,7 @@ def run_seed(args: argparse.Namespace, dev: str, test: HeldOut, seed: int
             archs[(name, tau)] = arch
             net = json.dumps(arch["sample"], sort_keys=True)
             if net not in trained:
-                trained[net] = retrain(arch_path, folder / f"train-{tag}", test, args, seed)
+                trained[net] = retrain(arch_path, folder / f"train-{tag}", tests, args, seed)
             row = trained[net]
             rows.append({"method": name, "tau": tau, "seed": seed, "search_seconds": search_s,
                          "gates_decided": spread, "unlearned_classes": unlearned,
@@ -204,7 +219,7 @@ def run_seed(args: argparse.Namespace, dev: str, test: HeldOut, seed: int
         folder = args.out / f"seed{seed}" / f"random{k}"
         arch_path, arch = random_architecture(args.space, dev, seed * 1000 + k,
                                               folder / "arch.json", random_knobs, space_args)
-        row = retrain(arch_path, folder / "train", test, args, seed)
+        row = retrain(arch_path, folder / "train", tests, args, seed)
         rows.append({"method": "random", "tau": None, "seed": seed, "sample": arch["sample"],
                      "search_seconds": 0.0, "gates_decided": None, **row})
         logging.info("seed %d random %d: held-out Dice %.3f, %d params", seed, k,
@@ -310,6 +325,9 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=8)
     parser.add_argument("--levels", type=int, default=3)
     parser.add_argument("--test-fraction", type=float, default=0.2)
+    parser.add_argument("--fresh-test", type=int, default=0, metavar="N",
+                        help="Also score on N new cases of a demo set's generator, never "
+                             "among its own (a held-out set large enough to measure with).")
     parser.add_argument("--quick", action="store_true",
                         help="Smoke run: 1 seed, UNet and the full space, 4+2 epochs, 2 random.")
     args = parser.parse_args()
@@ -323,14 +341,14 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     try:
-        dev, test = split_held_out(args.data, args.test_fraction, args.out)
+        dev, tests = held_out_sets(args.data, args.test_fraction, args.fresh_test, args.out)
     except DataError as exc:
         raise SystemExit(f"error: {exc}") from None
     rows: list[dict[str, Any]] = []
     archs: dict[tuple, list[dict]] = {}
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         seeds = range(args.first_seed, args.first_seed + args.seeds)
-        runs = [pool.submit(run_seed, args, dev, test, seed) for seed in seeds]
+        runs = [pool.submit(run_seed, args, dev, tests, seed) for seed in seeds]
         for done in as_completed(runs):  # the report is rewritten after every seed
             seed_rows, seed_archs = done.result()
             rows += seed_rows

@@ -14,6 +14,7 @@ from nasseg.data import (
     DataError,
     PatchDataset,
     SegmentationData,
+    fresh_demo_cases,
     load_arrays,
     make_demo,
     save_arrays,
@@ -118,6 +119,27 @@ def test_demo2d_scene_determines_class() -> None:
     for labels, scene in zip(d.labels, d.scene):
         assert set(np.unique(labels)) == {0, 1 + int(scene)}
     _check_presence(d)
+
+
+@pytest.mark.parametrize("name", ["demo3d", "demo2d"])
+def test_fresh_demo_cases_are_new_draws_of_the_same_generator(name: str) -> None:
+    own, fresh = make_demo(name), fresh_demo_cases(name, 6)
+    assert fresh.num_cases == 6 and fresh.images.shape[1:] == own.images.shape[1:]
+    assert (fresh.class_names, fresh.scene_names) == (own.class_names, own.scene_names)
+    assert fresh.case(0).case_id == f"{name}-fresh1_0000"  # never an id of the set's own cases
+    assert not any(np.array_equal(f, o) for f in fresh.images for o in own.images)
+    assert set(np.unique(fresh.labels)) == set(np.unique(own.labels))
+    _check_presence(fresh)
+    again = fresh_demo_cases(name, 6)
+    np.testing.assert_array_equal(again.images, fresh.images)
+    np.testing.assert_array_equal(again.labels, fresh.labels)
+
+
+def test_fresh_demo_cases_of_a_set_without_a_generator_or_of_no_cases_are_refused() -> None:
+    with pytest.raises(DataError, match="fresh cases come from demo sets demo3d, demo2d"):
+        fresh_demo_cases("demo_slides", 4)
+    with pytest.raises(DataError, match="must be positive, got 0"):
+        fresh_demo_cases("demo3d", 0)
 
 
 def _check_presence(d: SegmentationData) -> None:

@@ -24,7 +24,8 @@ from nasseg.training.trainer import TrainConfig, train_architecture
 ARGS = {"features": 4, "levels": 3}
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))  # the benchmark is a script beside its report module
-from search_quality import held_out_scores, split_held_out, summarize  # noqa: E402
+from search_quality import (held_out_scores, held_out_sets, split_held_out,  # noqa: E402
+                            summarize)
 from test_real_data import make_msd  # noqa: E402
 
 
@@ -149,10 +150,28 @@ def test_held_out_raw_cases_are_scored_as_predict_and_evaluate_would(tmp_path):
     shutil.copy(raw.label_file, tmp_path / "ref")
     user = evaluate_folders(tmp_path / "pred", tmp_path / "ref", class_names=test.class_names)
     assert user["summary"]["mean_dice"] > 0  # a net that segments something, not all background
-    scores = held_out_scores(tmp_path / "train", test)
+    scores = held_out_scores(tmp_path / "train", [test])
     assert scores["dice_test"] == pytest.approx(user["summary"]["mean_dice"], abs=1e-6)
     assert scores["dice_test_classes"] == pytest.approx(user["summary"]["dice"], abs=1e-6)
     assert list(scores["dice_test_cases"]) == ["case_003"]
+
+
+def test_fresh_demo_cases_join_the_held_out_split_and_are_scored_with_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("NASSEG_HOME", str(tmp_path / "home"))
+    dev, tests = held_out_sets("demo3d", 0.2, 3, tmp_path / "out")
+    assert load_data(dev).num_cases == 32
+    assert [t.num_cases for t in tests] == [8, 3] and tests[1].name == "demo3d-fresh1"
+    arch_path, _ = random_architecture("uxnet", dev, 0, tmp_path / "arch.json",
+                                       {"sbb": False, "mssa": False}, ARGS)
+    train_architecture(arch_path, tmp_path / "train", None,
+                       TrainConfig(epochs=1, steps_per_epoch=1, seed=0))
+    scores = held_out_scores(tmp_path / "train", tests)
+    cases = scores["dice_test_cases"]
+    assert list(cases)[8:] == [f"demo3d-fresh1_000{i}" for i in range(3)] and len(cases) == 11
+    own = held_out_scores(tmp_path / "train", tests[:1])["dice_test_cases"]
+    assert {case: cases[case] for case in own} == own
+    with pytest.raises(DataError, match="come from demo sets only"):
+        held_out_sets(str(tmp_path / "out" / "demo3d-dev.npz"), 0.25, 2, tmp_path / "npz")
 
 
 def test_the_benchmark_refuses_a_set_too_small_to_split_in_one_line(tmp_path):

@@ -8,7 +8,7 @@ from nasseg.data.arrays import (
     split_indices,
 )
 from nasseg.data.cases import Case, CaseSet
-from nasseg.data.demo import DEMO_SETS, make_demo
+from nasseg.data.demo import DEMO_SETS, fresh_demo_cases, make_demo
 from nasseg.data.patches import PatchDataset
 from nasseg.data.views import PATCH_VIEW, DataView
 from nasseg.data.source import (DataProblems, load_data, locate_data_spec, record_data_spec,
@@ -26,6 +26,7 @@ __all__ = [
     "DataView",
     "PATCH_VIEW",
     "DEMO_SETS",
+    "fresh_demo_cases",
     "make_demo",
     "load_data",
     "resolve_data_spec",
