@@ -24,13 +24,14 @@ def save_report(out: Path, name: str, args: argparse.Namespace, rows: list[dict[
     print(json.dumps({"written": str(out / f"{name}.json")}))
 
 
-def mean_sd(values: Iterable[float | None]) -> str:
-    """``mean ± sd`` of the values (sd 0 for one), ignoring None and NaN; ``-`` for none."""
+def mean_sd(values: Iterable[float | None], signed: bool = False) -> str:
+    """``mean ± sd`` of the values (sd 0 for one), ignoring None and NaN; ``-`` for none;
+    ``signed``: the mean with its sign (a difference)."""
     kept = [v for v in values if v is not None and not math.isnan(v)]
     if not kept:
         return "-"
     sd = statistics.stdev(kept) if len(kept) > 1 else 0.0
-    return f"{statistics.mean(kept):.3f} ± {sd:.3f}"
+    return f"{statistics.mean(kept):{'+' if signed else ''}.3f} ± {sd:.3f}"
 
 
 def group_rows(rows: Iterable[dict[str, Any]], key: Callable[[dict[str, Any]], Hashable]

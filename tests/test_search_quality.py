@@ -188,10 +188,29 @@ def test_the_benchmark_refuses_a_set_too_small_to_split_in_one_line(tmp_path):
 def test_the_summary_names_the_searches_whose_supernet_had_not_learned_a_class():
     row = {"method": "SBB + MSSA", "tau": 0.6, "dice_test": 0.77, "dice_val": 0.95,
            "params": 20483, "flops": 4e8, "gates_decided": 0.9, "search_seconds": 1600.0,
-           "train_seconds": 600.0}
+           "train_seconds": 600.0, "searched": True}
     rows = [dict(row, seed=0, unlearned_classes=[]),
             dict(row, seed=1, unlearned_classes=["bright_blob"])]
     table = summarize(rows, {})
     assert "| SBB + MSSA | 0.6 | 2 | 0.770 ± 0.000 |" in table
     assert table.splitlines()[-1] == "- SBB + MSSA, seed 1: bright_blob"
     assert "had not learned" not in summarize(rows[:1], {})
+
+
+def test_the_summary_pairs_each_search_with_the_fixed_net_and_the_random_median_by_seed():
+    common = {"dice_val": 0.9, "params": 1000, "flops": 1e8, "gates_decided": None,
+              "train_seconds": 1.0, "search_seconds": 0.0, "searched": False, "tau": None}
+    rows = []
+    for seed, (searched, unet, randoms) in enumerate([(0.90, 0.95, (0.80, 0.85, 0.99)),
+                                                      (0.92, 0.90, (0.91, 0.93, 0.20)),
+                                                      (0.94, 0.92, (0.70, 0.96, 0.95))]):
+        rows.append(dict(common, method="MSSA only", tau=0.6, seed=seed, dice_test=searched,
+                         searched=True, search_seconds=9.0, gates_decided=1.0))
+        rows.append(dict(common, method="UNet", seed=seed, dice_test=unet))
+        rows += [dict(common, method="random", seed=seed, dice_test=d) for d in randoms]
+    lines = summarize(rows, {}).splitlines()
+    start = lines.index("Paired by seed (held-out Dice, searched minus control):")
+    # differences -0.05 / +0.02 / +0.02 against the UNet; medians 0.85 / 0.91 / 0.95
+    assert lines[start + 1:start + 3] == [
+        "- MSSA only, tau 0.6 against the UNet: -0.003 ± 0.040, better at 2 of 3 seeds",
+        "- MSSA only, tau 0.6 against the random median: +0.017 ± 0.031, better at 2 of 3 seeds"]
