@@ -51,6 +51,7 @@ from nasseg.evaluation.folders import summarize_cases
 from nasseg.evaluation.metrics import case_metrics
 from nasseg.export import load_trained
 from nasseg.inference import network_predict_fn, sliding_window_predict
+from nasseg.inference.postprocess import remove_small_components
 from nasseg.inference.predict import PredictionPlan, predict_case
 from nasseg.runtime.device import resolve_device
 from nasseg.searches.darts import SearchConfig
@@ -110,8 +111,9 @@ def split_held_out(data: str, fraction: float, out: Path) -> tuple[str, HeldOut]
 @torch.no_grad()
 def held_out_scores(train_dir: Path, tests: Sequence[HeldOut]) -> dict[str, Any]:
     """Dice of the trained network on every held-out set's cases, whole cases by sliding
-    window (raw cases on their own grid, through the training set's preprocessing): the mean
-    foreground Dice over all of them, its mean per class, and each case's mean."""
+    window (raw cases on their own grid, through the training set's preprocessing), after the
+    post-processing its training decided: the mean foreground Dice over all of them, its mean
+    per class, and each case's mean."""
     model, state = load_trained(train_dir)
     plan = PredictionPlan.from_dict(state["plan"])
     device = resolve_device("auto")
@@ -131,7 +133,8 @@ def held_out_scores(train_dir: Path, tests: Sequence[HeldOut]) -> dict[str, Any]
             case = test.case(i)
             probs = sliding_window_predict(predict_fn, torch.from_numpy(case.image).to(device),
                                            plan.patch_size, view=model.data_view())
-            per_case[case.case_id] = case_metrics(probs.argmax(0).cpu().numpy(), case.label,
+            label = remove_small_components(probs.argmax(0).cpu().numpy(), plan.min_component)
+            per_case[case.case_id] = case_metrics(label, case.label,
                                                   len(test.class_names),
                                                   class_names=test.class_names)
     summary = summarize_cases(per_case, tests[0].class_names)

@@ -3,15 +3,20 @@ MSD and nnU-Net layouts (3D NIfTI) and a 2D PNG set."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 from test_real_data import make_msd, make_nnunet, make_png
 
 from nasseg.cli import cli
+from nasseg.data.source import verified_folder
+from nasseg.data.views import PATCH_VIEW
+from nasseg.inference.predict import PredictionPlan, predict_case
 
 TINY = ["--space", "unet", "--space-arg", "features=2", "--space-arg", "levels=2",
         "--device", "cpu", "--steps-per-epoch", "2"]
@@ -96,3 +101,32 @@ def test_predict_input_errors_are_named(trained_msd, tmp_path):
     result = CliRunner().invoke(cli, ["predict", str(trained_msd[1]), "--input",
                                       str(tmp_path / "nothing"), "--output", str(tmp_path / "o")])
     assert result.exit_code == 1 and f"{tmp_path / 'nothing'}: no such file" in result.stderr
+
+
+class _Bright(torch.nn.Module):
+    """A stand-in network: class 1 wherever the normalised first channel is above 0."""
+
+    def data_view(self):
+        return PATCH_VIEW
+
+    def forward(self, x):
+        x = x[:, :1]
+        return torch.cat([torch.zeros_like(x), 10 * x, torch.full_like(x, -1e3)], dim=1)
+
+
+def test_predict_removes_the_small_components_the_training_chose(trained_msd, tmp_path):
+    """model.pt's plan carries the post-processing decided on the validation cases, and
+    prediction applies it."""
+    data, trained = trained_msd
+    post = json.loads((trained / "metrics.json").read_text())["postprocessing"]
+    assert set(post["small_object_voxels"]) == {"liver", "tumour"}
+    assert post["dice_mean_after"] >= post["dice_mean_before"]
+    state = torch.load(trained / "model.pt", weights_only=False)
+    assert state["plan"] == json.loads((trained / "plan.json").read_text())
+    plan = PredictionPlan.from_dict(state["plan"])
+    raw = verified_folder(data).cases[0]
+    kept = predict_case(_Bright().eval(), replace(plan, min_component={}), raw, data)
+    specks = predict_case(_Bright().eval(), replace(plan, min_component={1: 50}), raw, data)
+    none = predict_case(_Bright().eval(), replace(plan, min_component={1: 10 ** 9}), raw, data)
+    assert kept.any() and not none.any()
+    assert 0 < specks.sum() < kept.sum()  # the small components of the noise went

@@ -37,6 +37,9 @@ __all__ = ["train"]
 @click.option("--channels-last", is_flag=True,
               help="Channels-last memory format (channels_last_3d in 3D) for weights and inputs.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the network.")
+@click.option("--no-postprocess", is_flag=True,
+              help="Keep every predicted component: do not decide on the validation cases "
+                   "which small components of each class prediction removes.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes training together (data parallel; Gloo on CPU, NCCL on GPU). "
                    "The same as running under `torchrun --nproc-per-node N`.")
@@ -47,7 +50,8 @@ def train(arch: Path | None, data: str | None, out: Path | None, epochs: int | N
           time_budget: float | None, batch_size: int,
           lr: float, seed: int, device: str, workers: int, deterministic: bool,
           patch_size: tuple[int, ...] | None, steps_per_epoch: int | None, amp: bool,
-          channels_last: bool, compile_: bool, nproc: int, resume: bool) -> None:
+          channels_last: bool, compile_: bool, no_postprocess: bool, nproc: int,
+          resume: bool) -> None:
     """Train the architecture in ARCH (an arch.json) and write metrics.json."""
     from nasseg.artifacts.pictures import PROGRESS
     from nasseg.artifacts.run_folder import fresh_run_dir
@@ -73,7 +77,8 @@ def train(arch: Path | None, data: str | None, out: Path | None, epochs: int | N
                              batch_size=batch_size, lr=lr, seed=seed,
                              deterministic=deterministic, device=device, num_workers=workers,
                              patch_size=patch_size, steps_per_epoch=steps_per_epoch, amp=amp,
-                             channels_last=channels_last, compile=compile_)
+                             channels_last=channels_last, compile=compile_,
+                             postprocess=not no_postprocess)
         if is_main_process():
             click.echo(f"training {arch} into {out}", err=True)
         metrics = train_architecture(arch, out, data, config)
@@ -88,6 +93,12 @@ def train(arch: Path | None, data: str | None, out: Path | None, epochs: int | N
     extra = {k: v for k, v in metrics["validation"].items() if k != "dice_mean"}
     if extra:
         click.echo("  " + ", ".join(f"{k} {v:.3f}" for k, v in extra.items()))
+    post = metrics.get("postprocessing")
+    if post and post["min_component_voxels"]:
+        removed = ", ".join(f"{name} < {n} voxels"
+                            for name, n in post["min_component_voxels"].items())
+        click.echo(f"  post-processing: removes components of {removed} (validation Dice "
+                   f"{post['dice_mean_before']:.3f} -> {post['dice_mean_after']:.3f})")
     click.echo(f"  metrics: {out / 'metrics.json'}   model: {out / 'model.pt'}")
     if (out / PROGRESS).exists():
         click.echo(f"  picture: {out / PROGRESS}")

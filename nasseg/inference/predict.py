@@ -13,7 +13,7 @@ file is written to a temporary name, checked by reading it back, then renamed.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -28,6 +28,7 @@ from nasseg.data.preprocess import CTStats, normalise, prepare_case, restore_lab
 from nasseg.export import load_trained
 from nasseg.data.multires import SLIDE_SUFFIXES, open_large_image
 from nasseg.inference.large import predict_large_image, write_label_bands
+from nasseg.inference.postprocess import remove_small_components
 from nasseg.inference.sliding_window import network_predict_fn, sliding_window_predict
 from nasseg.runtime.device import resolve_device
 
@@ -52,6 +53,8 @@ class PredictionPlan:
     class_names: list[str]
     view: DataView = PATCH_VIEW
     large_images: bool = False  # inputs are large 2D images, read region by region
+    #: per class, components smaller than this many voxels are removed (decided after training)
+    min_component: dict[int, int] = field(default_factory=dict)
 
     @classmethod
     def from_data(cls, data: CaseSet, patch_size: Sequence[int] | None = None,
@@ -70,7 +73,8 @@ class PredictionPlan:
                 "target_spacing": None if self.target_spacing is None else list(self.target_spacing),
                 "ct_stats": {str(c): asdict(s) for c, s in self.ct_stats.items()},
                 "patch_size": list(self.patch_size), "class_names": self.class_names,
-                "view": self.view.to_dict(), "large_images": self.large_images}
+                "view": self.view.to_dict(), "large_images": self.large_images,
+                "min_component_voxels": {str(c): n for c, n in self.min_component.items()}}
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "PredictionPlan":
@@ -80,7 +84,8 @@ class PredictionPlan:
                    None if spacing is None else tuple(float(v) for v in spacing),
                    {int(c): CTStats(**s) for c, s in values["ct_stats"].items()},
                    tuple(int(p) for p in values["patch_size"]), list(values["class_names"]),
-                   DataView.from_dict(values.get("view")), bool(values.get("large_images", False)))
+                   DataView.from_dict(values.get("view")), bool(values.get("large_images", False)),
+                   {int(c): int(n) for c, n in values.get("min_component_voxels", {}).items()})
 
 
 def _ending(path: Path) -> str:
@@ -188,7 +193,8 @@ def predict_case(model: Any, plan: PredictionPlan, raw: RawCase, folder: Path,
                  device: torch.device | str = "cpu") -> np.ndarray:
     """The label map of one input case on its own grid: preprocessed as the training data was
     (``plan``), segmented by sliding window with ``model`` (in eval mode, on ``device``) and put
-    back where the crop and resampling took it from."""
+    back where the crop and resampling took it from, less the small components the training
+    decided to remove (``plan.min_component``)."""
     n = len(raw.image_files)
     if n not in (1, len(plan.channel_kinds)):  # one file per channel, or one multi-channel file
         raise DataError(f"{raw.image_files[0]}: case {raw.case_id} has {n} channel file(s), "
@@ -203,7 +209,8 @@ def predict_case(model: Any, plan: PredictionPlan, raw: RawCase, folder: Path,
     probs = sliding_window_predict(network_predict_fn(model), torch.from_numpy(image).to(device),
                                    plan.patch_size, overlap=overlap, mirror=mirror,
                                    view=model.data_view())
-    return restore_label(probs.argmax(0).cpu().numpy().astype(np.int64), prepared.meta)
+    label = probs.argmax(0).cpu().numpy().astype(np.int64)
+    return restore_label(remove_small_components(label, plan.min_component), prepared.meta)
 
 
 def predict_path(trained: str | Path, inputs: str | Path, output: str | Path, overlap: float = 0.5,

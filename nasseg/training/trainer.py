@@ -14,7 +14,7 @@ predict`` runs where the training data is absent.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,6 +32,7 @@ from nasseg.evaluation.folders import summarize_cases
 from nasseg.evaluation.metrics import ConfusionAccumulator, case_metrics, chance_dice
 from nasseg.evaluation.validation import Validation, validate
 from nasseg.inference import network_predict_fn, sliding_window_predict
+from nasseg.inference.postprocess import choose_min_sizes, small_object_sizes
 from nasseg.inference.predict import PredictionPlan
 from nasseg.runtime.cost import CostCard
 from nasseg.runtime.device import resolve_device
@@ -64,6 +65,8 @@ class TrainConfig(RunSettings):
     steps_per_epoch: int | None = TRAIN_STEPS_PER_EPOCH
     lr: float = 3e-3
     weight_decay: float = 1e-4
+    #: decide on the validation cases which small components prediction removes (per class)
+    postprocess: bool = True
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
@@ -328,8 +331,11 @@ def _run(run: RunFolder, model: SearchSpace, arch: dict[str, Any], dataset: Case
         raise RunFolderError(f"{run.path}: no epoch of the final stage finished")
     state = torch.load(run.model, map_location="cpu", weights_only=False)
     model.load_state_dict(state["model"])
-    summary, per_case, pooled = _evaluate_cases(model, dataset, val_idx, retrain.device, plan,
-                                                config.batch_size)
+    summary, per_case, pooled, preds = _evaluate_cases(model, dataset, val_idx, retrain.device,
+                                                       plan, config.batch_size)
+    postprocessing = None
+    if config.postprocess and not plan.large_images:
+        plan, postprocessing = _decide_postprocessing(run, state, plan, dataset, split, preds)
     shape = arch["input_shape"]
     example = {k: v.to(retrain.device) for k, v in model.example_batch(shape[1:], shape[0]).items()}
     metrics = {
@@ -344,23 +350,47 @@ def _run(run: RunFolder, model: SearchSpace, arch: dict[str, Any], dataset: Case
         "params": count_parameters(model), "flops": count_flops(model, example),
         "data": recorded, "arch": run.arch.name,
         "stages": [s.describe() for s in model.training_stages()],
-        "num_val_cases": len(val_idx),
+        "num_val_cases": len(val_idx), "postprocessing": postprocessing,
     }
     write_json(run.metrics, metrics)
     return metrics
 
 
+def _decide_postprocessing(run: RunFolder, state: dict[str, Any], plan: PredictionPlan,
+                           data: CaseSet, split: dict[str, list[int]], preds: list[np.ndarray]
+                           ) -> tuple[PredictionPlan, dict[str, Any]]:
+    """Choose the small components prediction removes, on the validation predictions
+    ``preds`` (:mod:`nasseg.inference.postprocess`); write them into the plan of ``plan.json``
+    and ``model.pt`` (the network's ``state``); return the plan and what ``metrics.json``
+    records (the thresholds by class name, the validation Dice before and after)."""
+    labels = (data.case(i).label for i in split["train"])
+    small = small_object_sizes((label for label in labels if label is not None),
+                               data.num_classes)
+    refs = [data.case(i).label for i in split["val"]]
+    chosen, before, after = choose_min_sizes(preds, refs, data.num_classes, small)
+    plan = replace(plan, min_component=chosen)
+    write_json(run.path / "plan.json", plan.to_dict())
+    save_torch(run.model, {**state, "plan": plan.to_dict()})
+    if chosen:
+        logger.info("post-processing: components smaller than %s removed (validation Dice "
+                    "%.4f -> %.4f)", ", ".join(f"{n} voxels of {data.class_names[c]}"
+                                               for c, n in chosen.items()), before, after)
+    return plan, {"min_component_voxels": {data.class_names[c]: n for c, n in chosen.items()},
+                  "small_object_voxels": {data.class_names[c]: n for c, n in small.items()},
+                  "dice_mean_before": before, "dice_mean_after": after}
+
+
 @torch.no_grad()
 def _evaluate_cases(model: SearchSpace, data: CaseSet, indices: list[int], device: torch.device,
                     plan: PredictionPlan, batch_size: int = 1
-                    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, float]]:
+                    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, float], list[np.ndarray]]:
     """Whole validation cases by sliding window (``batch_size`` windows at a time, as many as
     a training step holds), scored as ``nasseg evaluate`` scores files: the summary, the
-    per-case metrics and the values pooled over every pixel."""
+    per-case metrics, the values pooled over every pixel, and the predicted label maps."""
     model.eval()
     predict_fn = network_predict_fn(model)
     spacing = getattr(data, "target_spacing", None)
-    per_case = {}
+    per_case, preds = {}, []
     pooled = ConfusionAccumulator(data.num_classes)
     for i in indices:
         case = data.case(i)
@@ -371,4 +401,5 @@ def _evaluate_cases(model: SearchSpace, data: CaseSet, indices: list[int], devic
         per_case[case.case_id] = case_metrics(pred, case.label, data.num_classes,
                                               spacing=spacing, class_names=data.class_names)
         pooled.update(pred, case.label)
-    return summarize_cases(per_case, data.class_names), per_case, pooled.values()
+        preds.append(pred.astype(np.uint8 if data.num_classes <= 256 else np.int64))
+    return summarize_cases(per_case, data.class_names), per_case, pooled.values(), preds
