@@ -74,9 +74,10 @@ def _mean_case_dice(preds: Sequence[np.ndarray], refs: Sequence[np.ndarray],
 def choose_min_sizes(preds: Sequence[np.ndarray], refs: Sequence[np.ndarray], num_classes: int,
                      small: Mapping[int, int]) -> tuple[dict[int, int], float, float]:
     """Per class in turn, the candidate threshold (:data:`CANDIDATE_FRACTIONS` of its
-    small-object size ``small[c]``, :func:`small_object_sizes`) under which the validation predictions ``preds`` score best against
-    ``refs``; a class keeps none unless one raises the mean per-case Dice. Returns the
-    thresholds and the mean per-case Dice before and after."""
+    small-object size ``small[c]``, :func:`small_object_sizes`) under which the validation
+    predictions ``preds`` score best against ``refs``; a class keeps none unless one raises
+    the mean per-case Dice. Returns the thresholds and the mean per-case Dice before and
+    after."""
     before = current = _mean_case_dice(preds, refs, num_classes)
     chosen: dict[int, int] = {}
     for c, size in sorted(small.items()):
