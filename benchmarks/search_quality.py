@@ -162,7 +162,8 @@ def retrain(arch_path: Path, out: Path, tests: Sequence[HeldOut], args: argparse
     metrics = train_architecture(arch_path, out, None, config)
     return {**held_out_scores(out, tests), "dice_val": metrics["dice_mean"],
             "train_epochs": metrics["epochs"], "params": metrics["params"],
-            "flops": metrics["flops"], "train_seconds": round(time.perf_counter() - start, 1)}
+            "flops": metrics["flops"], "train_seconds": round(time.perf_counter() - start, 1),
+            "postprocessing": metrics["postprocessing"]}
 
 
 def run_seed(args: argparse.Namespace, dev: str, tests: list[HeldOut], seed: int

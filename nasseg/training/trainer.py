@@ -371,10 +371,6 @@ def _decide_postprocessing(run: RunFolder, state: dict[str, Any], plan: Predicti
     plan = replace(plan, min_component=chosen)
     write_json(run.path / "plan.json", plan.to_dict())
     save_torch(run.model, {**state, "plan": plan.to_dict()})
-    if chosen:
-        logger.info("post-processing: components smaller than %s removed (validation Dice "
-                    "%.4f -> %.4f)", ", ".join(f"{n} voxels of {data.class_names[c]}"
-                                               for c, n in chosen.items()), before, after)
     return plan, {"min_component_voxels": {data.class_names[c]: n for c, n in chosen.items()},
                   "small_object_voxels": {data.class_names[c]: n for c, n in small.items()},
                   "dice_mean_before": before, "dice_mean_after": after}
