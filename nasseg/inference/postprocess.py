@@ -21,12 +21,15 @@ from scipy import ndimage
 from nasseg.evaluation.metrics import dice_per_class
 
 __all__ = ["remove_small_components", "small_object_sizes", "choose_min_sizes",
-           "CANDIDATE_FRACTIONS", "SMALL_OBJECT_PERCENTILE"]
+           "CANDIDATE_FRACTIONS", "SMALL_OBJECT_PERCENTILE", "MAX_REFERENCE_CASES"]
 
 #: Candidate thresholds, as fractions of a class's small-object size.
 CANDIDATE_FRACTIONS = (0.125, 0.25, 0.5, 1.0)
 #: The percentile of a class's reference object sizes that stands for its small objects.
 SMALL_OBJECT_PERCENTILE = 5
+#: Training cases whose reference objects are measured (labelling every case of a large CT
+#: set would take minutes for a statistic that a sample gives as well).
+MAX_REFERENCE_CASES = 50
 
 
 def remove_small_components(label: np.ndarray, min_sizes: Mapping[int, int]) -> np.ndarray:

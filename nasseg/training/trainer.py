@@ -32,7 +32,8 @@ from nasseg.evaluation.folders import summarize_cases
 from nasseg.evaluation.metrics import ConfusionAccumulator, case_metrics, chance_dice
 from nasseg.evaluation.validation import Validation, validate
 from nasseg.inference import network_predict_fn, sliding_window_predict
-from nasseg.inference.postprocess import choose_min_sizes, small_object_sizes
+from nasseg.inference.postprocess import (MAX_REFERENCE_CASES, choose_min_sizes,
+                                          small_object_sizes)
 from nasseg.inference.predict import PredictionPlan
 from nasseg.runtime.cost import CostCard
 from nasseg.runtime.device import resolve_device
@@ -360,10 +361,11 @@ def _decide_postprocessing(run: RunFolder, state: dict[str, Any], plan: Predicti
                            data: CaseSet, split: dict[str, list[int]], preds: list[np.ndarray]
                            ) -> tuple[PredictionPlan, dict[str, Any]]:
     """Choose the small components prediction removes, on the validation predictions
-    ``preds`` (:mod:`nasseg.inference.postprocess`); write them into the plan of ``plan.json``
+    ``preds`` (:mod:`nasseg.inference.postprocess`; object sizes from the first
+    :data:`MAX_REFERENCE_CASES` training cases); write them into the plan of ``plan.json``
     and ``model.pt`` (the network's ``state``); return the plan and what ``metrics.json``
     records (the thresholds by class name, the validation Dice before and after)."""
-    labels = (data.case(i).label for i in split["train"])
+    labels = (data.case(i).label for i in split["train"][:MAX_REFERENCE_CASES])
     small = small_object_sizes((label for label in labels if label is not None),
                                data.num_classes)
     refs = [data.case(i).label for i in split["val"]]
