@@ -35,20 +35,30 @@ MAX_REFERENCE_CASES = 50
 def remove_small_components(label: np.ndarray, min_sizes: Mapping[int, int]) -> np.ndarray:
     """``label`` with every connected component (face connectivity) of class ``c`` smaller than
     ``min_sizes[c]`` voxels set to background; a copy, or ``label`` itself when nothing is
-    asked."""
-    asked = {int(c): int(n) for c, n in min_sizes.items() if int(n) > 1}
-    if not asked:
+    removed."""
+    for c, size in min_sizes.items():
+        if int(size) > 1:
+            label = _without_small(label, _components(label, int(c)), int(size))
+    return label
+
+
+def _components(label: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
+    """The connected components of class ``c`` in ``label`` and their sizes (index 0: the
+    rest)."""
+    components, _ = ndimage.label(label == c)
+    return components, np.bincount(components.ravel())
+
+
+def _without_small(label: np.ndarray, parts: tuple[np.ndarray, np.ndarray], size: int
+                   ) -> np.ndarray:
+    """``label`` less the components of ``parts`` (:func:`_components`) under ``size`` voxels."""
+    components, sizes = parts
+    small = np.flatnonzero(sizes < size)
+    small = small[small > 0]
+    if not small.size:
         return label
     out = label.copy()
-    for c, size in asked.items():
-        components, count = ndimage.label(label == c)
-        if not count:
-            continue
-        sizes = np.bincount(components.ravel())
-        small = np.flatnonzero(sizes < size)
-        small = small[small > 0]
-        if small.size:
-            out[np.isin(components, small)] = 0
+    out[np.isin(components, small)] = 0
     return out
 
 
@@ -83,15 +93,16 @@ def choose_min_sizes(preds: Sequence[np.ndarray], refs: Sequence[np.ndarray], nu
     after."""
     before = current = _mean_case_dice(preds, refs, num_classes)
     chosen: dict[int, int] = {}
+    kept = list(preds)  # the predictions with the thresholds chosen so far applied
     for c, size in sorted(small.items()):
-        best, best_score = 0, current
+        parts = [_components(p, c) for p in kept]  # labelled once for every candidate
+        best, best_score, best_preds = 0, current, kept
         for fraction in CANDIDATE_FRACTIONS:
             threshold = max(2, round(size * fraction))
-            trial = {**chosen, c: threshold}
-            score = _mean_case_dice([remove_small_components(p, trial) for p in preds], refs,
-                                    num_classes)
+            trial = [_without_small(p, part, threshold) for p, part in zip(kept, parts)]
+            score = _mean_case_dice(trial, refs, num_classes)
             if score > best_score:
-                best, best_score = threshold, score
+                best, best_score, best_preds = threshold, score, trial
         if best:
-            chosen[c], current = best, best_score
+            chosen[c], current, kept = best, best_score, best_preds
     return chosen, before, current
