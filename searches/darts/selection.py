@@ -38,10 +38,10 @@ from nasseg.searches.darts.relaxation import ArchParameters, Edge
 __all__ = ["RemovalSelection", "select_by_removal", "unlearned_classes", "DEFAULT_TOLERANCE",
            "UNLEARNED_DICE"]
 
-#: An input whose removal costs the supernet less Dice than this is switched off. 0.003
-#: derives the nets 0.01 did on demo3d at six seeds of six; on brain-tissue crops, where the
-#: deeper paths cost the supernet 0.003-0.01 each, 0.01 pruned more at five seeds of six, and
-#: the nets 0.003 keeps retrained better at four of those five (README, "Search quality").
+#: An input whose removal costs the supernet less Dice than this is switched off. On brain-
+#: tissue crops, where the deeper paths cost the supernet 0.003-0.01 each, 0.01 pruned more at
+#: five seeds of six, and the nets 0.003 keeps retrained better at four of those five; from six
+#: demo3d supernets it derives the nets 0.01 did (README, "Search quality").
 DEFAULT_TOLERANCE = 0.003
 #: A class the full supernet segments with less Dice than this has not been learned.
 UNLEARNED_DICE = 0.1
