@@ -2,7 +2,7 @@
 
     pip install nilearn          # it carries the template and its tissue maps in its wheel
     python benchmarks/mni_tissue_set.py --out bench/mni_tissue --cases 100
-    python benchmarks/search_quality.py --data bench/mni_tissue --test-fraction 0.6
+    python benchmarks/search_quality.py --data bench/mni_tissue --test-fraction 0.68
 
 The image is the ICBM 2009a symmetric T1 template (an average of 152 adult brains, skull
 stripped, 1 mm) and the labels are its grey- and white-matter probability maps, each voxel
@@ -13,11 +13,12 @@ sampled at 2 mm (32^3 voxels: partial volumes at the tissue borders), then given
 multiplicative bias field, a gamma change of contrast and Rician noise, as MR images have.
 
 What this is and is not: real anatomical shapes (the folded grey-matter ribbon, thin at 2 mm,
-beside white matter that differs from it in intensity by about three noise widths) with the
+beside white matter about two noise widths brighter) with the
 intensity problems of MR, but ONE template: the cases differ by position, pose, deformation
 and acquisition, not by patient. It tests a search on anatomy, not generalisation across
 people. Cases are deterministic in ``--seed`` and their index, and written as an nnU-Net v2
-raw folder (``imagesTr/mni_NNNN_0000.nii.gz``, ``labelsTr/mni_NNNN.nii.gz``).
+raw folder (``imagesTr/mni_NNNN_0000.nii.gz``, ``labelsTr/mni_NNNN.nii.gz``);
+``dataset.json`` comes last, so an interrupted run leaves no folder that reads as a set.
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from nasseg.artifacts.files import write_json
 
 #: The template files in nilearn's package data.
 TEMPLATE = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
@@ -120,7 +123,7 @@ def write_set(out: Path, cases: int, seed: int) -> None:
                               f"noised (seed {seed}); labels from its tissue probability maps",
                "reference": "Fonov et al., NeuroImage 2011 (MNI ICBM152 2009a), as packaged "
                             "by nilearn"}
-    (out / "dataset.json").write_text(json.dumps(dataset, indent=1) + "\n", encoding="utf-8")
+    write_json(out / "dataset.json", dataset)
     print(json.dumps({"written": str(out), "cases": cases}))
 
 
