@@ -15,6 +15,7 @@ from nasseg.searches.darts import SearchConfig
 from nasseg.searches.darts.relaxation import ArchParameters
 from nasseg.searches.darts.run import resume_search, start_search
 from nasseg.searches.darts.selection import select_by_removal, unlearned_classes
+from nasseg.space import TrainingStage, schedule_in_passes, stage_schedule
 from test_modes import TINY, _engine
 
 
@@ -209,3 +210,50 @@ def test_bad_selection_settings_are_refused():
         SearchConfig(select="magnitude")
     with pytest.raises(ValueError, match="select_tolerance"):
         SearchConfig(select_tolerance=-1)
+
+
+def test_a_recipe_of_several_stages_is_extended_by_another_pass_and_resumes_along_it(
+        small2d, tmp_path):
+    """Inter-U-Net with AE pretraining has two stages (the AE alone, then the rest). An
+    extension runs both again, each its share, rather than spreading the whole run's epochs
+    anew; a search killed in the extension resumes along the same passes, to the digit."""
+    knobs = {"supervision": "ae", "ae_schedule": "pretrain", "backbone": "unetpp"}
+    space_args = {"features": 4, "levels": 3}
+    config = SearchConfig(epochs=2, warmup_epochs=0, device="cpu", steps_per_epoch=2,
+                          arch_lr=3e-2, extend_unlearned=6)
+    result = start_search(tmp_path / "run", "inter_unet", str(small2d), knobs, space_args,
+                          config, show_progress=False)
+    run = result.folder
+    record = read_json(run.config)["extended_for_unlearned"]
+    assert record["after_epochs"] == 2 and record["epochs"] == 8
+    # the plan's pass (one epoch each), then the extension's (a quarter of 6 is 2 epochs)
+    passes = ["ae_pretrain", "joint"] + ["ae_pretrain"] * 2 + ["joint"] * 4
+    history = torch.load(run.checkpoint, weights_only=False)["history"]
+    assert [h["stage"] for h in history] == passes
+    # the AE pretraining moves no architecture parameters; the joint stages do
+    assert [h["arch_loss"] is None for h in history] == [s == "ae_pretrain" for s in passes]
+
+    class Killed(Exception):
+        pass
+
+    def kill(epoch: int, dice: float) -> None:
+        if epoch == 2:  # after the checkpoint of the extension's first epoch
+            raise Killed
+
+    with pytest.raises(Killed):
+        start_search(tmp_path / "broken", "inter_unet", str(small2d), knobs, space_args,
+                     config, show_progress=False, on_epoch=kill)
+    resumed = resume_search(tmp_path / "broken", show_progress=False)
+    resumed_history = torch.load(resumed.folder.checkpoint, weights_only=False)["history"]
+    assert [h["stage"] for h in resumed_history] == passes
+    assert read_json(resumed.folder.arch_params)["connection"] == read_json(
+        run.arch_params)["connection"]
+
+
+def test_epochs_added_to_a_recipe_are_another_pass_through_its_stages():
+    stages = [TrainingStage("a", 1.0), TrainingStage("b", 3.0)]
+    names = [s.name for s in schedule_in_passes(stages, [8, 4])]
+    assert names == ["a"] * 2 + ["b"] * 6 + ["a"] + ["b"] * 3
+    assert schedule_in_passes(stages, [8]) == stage_schedule(stages, 8)
+    with pytest.raises(ValueError, match="cannot hold"):
+        schedule_in_passes(stages, [8, 1])

@@ -11,7 +11,8 @@ from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
 
-__all__ = ["TrainingStage", "BatchMetric", "stage_schedule", "final_stage_epochs"]
+__all__ = ["TrainingStage", "BatchMetric", "stage_schedule", "schedule_in_passes",
+           "final_stage_epochs"]
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,14 @@ def stage_schedule(stages: Sequence[TrainingStage], epochs: int) -> list[Trainin
         counts[counts.index(max(counts))] -= 1
     counts[-1] += epochs - sum(counts)
     return [s for s, n in zip(stages, counts) for _ in range(n)]
+
+
+def schedule_in_passes(stages: Sequence[TrainingStage], passes: Sequence[int]
+                       ) -> list[TrainingStage]:
+    """The stage of every epoch when the recipe runs once per entry of ``passes``, each time
+    over that many epochs: epochs added to a planned run are another pass through its stages
+    (the stages in order, each its share), not a redistribution of the epochs already run."""
+    return [stage for epochs in passes for stage in stage_schedule(stages, epochs)]
 
 
 def final_stage_epochs(schedule: Sequence[TrainingStage]) -> range:

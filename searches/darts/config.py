@@ -81,8 +81,9 @@ class SearchConfig(RunSettings):
             selection would derive a net too small for it. None (the default): as many epochs
             as were planned, so the search doubles; 0: never. The extension continues the run
             as ``nasseg search --resume --epochs`` would (the cosine schedules stretched to the
-            new end, the architecture lr kept); a time budget is never extended, nor a space
-            whose recipe has several training stages (they share the epochs out).
+            new end, the architecture lr kept) and is another pass through the space's
+            training stages, each its share (at least one epoch each); a time budget is never
+            extended.
     """
 
     epochs: int = 20

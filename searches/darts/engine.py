@@ -16,7 +16,8 @@ during the architecture step: the weights then have ``requires_grad=False`` but 
 After the last epoch the connections are selected by what the supernet loses without each
 input (``config.select``, :mod:`nasseg.searches.darts.selection`), not by their gates alone.
 A supernet that has not learned a class by then cannot show what that class needs: the search
-goes on for ``config.extend_unlearned`` more epochs first (once; by default as many as planned).
+goes on for ``config.extend_unlearned`` more epochs first (once; by default as many as planned),
+another pass through the recipe's stages.
 ``config.path_dropout`` switches random inputs off in the weight steps
 (:mod:`nasseg.searches.darts.path_dropout`).
 
@@ -58,7 +59,7 @@ from nasseg.searches.darts.path_dropout import dropout_rate, dropped_inputs
 from nasseg.searches.darts.relaxation import ArchParameters, relax
 from nasseg.searches.darts.selection import (RemovalSelection, select_by_removal,
                                              unlearned_classes)
-from nasseg.space import GATE_REG, SearchSpace, TrainingStage, stage_schedule
+from nasseg.space import GATE_REG, SearchSpace, TrainingStage, schedule_in_passes
 
 __all__ = ["DartsSearch", "EpochSummary", "search_split"]
 
@@ -124,7 +125,9 @@ class DartsSearch:
         self.arch.to(self.device)
         prepare_model(self.model, self.device, config.channels_last, config.compile)
         self.precision = Precision(self.device, config.amp)
-        self.schedule = stage_schedule(space.training_stages(), config.epochs)
+        # epochs of each pass through the recipe: the plan, then an extension's
+        self.passes = [config.epochs]
+        self.schedule = schedule_in_passes(space.training_stages(), self.passes)
         self.staged = StagedWeights(self.model, space.training_stages(), config.weight_lr,
                                     config.weight_decay)
         self.weights = self.staged.params
@@ -358,7 +361,8 @@ class DartsSearch:
         stages, the cosine learning rate and an automatic architecture lr follow."""
         cfg = self.config
         cfg.epochs, cfg.warmup_epochs = epochs, warmup_epochs
-        self.schedule = stage_schedule(self.model.training_stages(), epochs)
+        self.passes = [epochs]
+        self.schedule = schedule_in_passes(self.model.training_stages(), self.passes)
         if self.arch_opt is not None and cfg.arch_lr is None:
             self.arch_lr = cfg.resolved_arch_lr(self.arch_steps_planned())
             for group in self.arch_opt.param_groups:
@@ -371,7 +375,7 @@ class DartsSearch:
         save_torch(self.run_folder.checkpoint, {
             "epochs_done": epochs_done,
             "plan": {"epochs": self.config.epochs, "warmup_epochs": self.config.warmup_epochs,
-                     "warmup_share": self.warmup_share},
+                     "warmup_share": self.warmup_share, "passes": self.passes},
             "budget": self.budget.to_dict() if self.budget else None,
             "model": self.model.state_dict(),
             "arch": self.arch.state_dict(),
@@ -407,12 +411,12 @@ class DartsSearch:
     def _extended_for_unlearned(self) -> bool:
         """After the planned epochs: extend the search once (``config.extend_unlearned``) when
         the full supernet has not learned a class, as measured on the architecture half by rank
-        0 (every rank takes its decision). The measurement is kept for the selection. A recipe
-        of several stages is not extended: its stages share the epochs out, and more epochs
-        would send the search back through them."""
+        0 (every rank takes its decision). The measurement is kept for the selection. The
+        added epochs are another pass through the recipe (each stage its share, at least one
+        epoch each), so a recipe of several stages trains as its space prescribes."""
         cfg = self.config
         extra = cfg.extension_epochs()
-        if not extra or self.arch_opt is None or len(self.model.training_stages()) > 1:
+        if not extra or self.arch_opt is None:
             return False
         missed: list[str] = []
         if self.dist.is_main:
@@ -423,8 +427,11 @@ class DartsSearch:
         if not self.dist.broadcast_value(float(bool(missed))):
             return False
         self._full = None
+        stages = self.model.training_stages()
+        extra = max(extra, len(stages))
         done, cfg.epochs, cfg.extend_unlearned = cfg.epochs, cfg.epochs + extra, 0
-        self.schedule = stage_schedule(self.model.training_stages(), cfg.epochs)
+        self.passes.append(extra)
+        self.schedule = schedule_in_passes(stages, self.passes)
         if self.dist.is_main:
             logger.warning(
                 "the supernet has not learned %s after %d epochs (Dice %s on the architecture "
@@ -498,6 +505,7 @@ class DartsSearch:
         set_rng_state(state["rng"])
         self.history = list(state["history"])
         self.start_epoch = int(state["epochs_done"])
+        self._resume_passes(state.get("plan", {}).get("passes") or [self.config.epochs])
         if self.budget is not None:
             plan = state["plan"]
             self.warmup_share = plan["warmup_share"]
@@ -505,6 +513,15 @@ class DartsSearch:
             self._set_plan(plan["epochs"], plan["warmup_epochs"])
         self.cost.resume(self.run_folder.cost, self.start_epoch)
         logger.info("resuming %s after epoch %d", self.run_folder.path, self.start_epoch)
+
+    def _resume_passes(self, passes: Sequence[int]) -> None:
+        """The recipe's passes as the checkpoint planned them; epochs asked beyond them (``nasseg
+        search --resume --epochs``, or an extension decided after the last checkpoint, which
+        ``run.json`` records) are one more pass."""
+        self.passes = list(passes)
+        if sum(self.passes) < self.config.epochs:
+            self.passes.append(self.config.epochs - sum(self.passes))
+        self.schedule = schedule_in_passes(self.model.training_stages(), self.passes)
 
     def _write_cost(self, epochs_done: int) -> None:
         if not self.dist.is_main:
