@@ -14,7 +14,8 @@ from nasseg.evaluation.validation import Validation
 from nasseg.searches.darts import SearchConfig
 from nasseg.searches.darts.relaxation import ArchParameters
 from nasseg.searches.darts.run import resume_search, start_search
-from nasseg.searches.darts.selection import select_by_removal, unlearned_classes
+from nasseg.searches.darts.selection import (MIN_MEASURED_CASES, measured_cases,
+                                             select_by_removal, unlearned_classes)
 from nasseg.space import TrainingStage, schedule_in_passes, stage_schedule
 from test_modes import TINY, _engine
 
@@ -123,6 +124,11 @@ def test_search_selects_connections_and_derive_follows(select, small3d, tmp_path
         for message in warned:  # names each class and the command that continues the search
             assert all(name in message for name in missed)
             assert f"nasseg search --resume --out {run.path} --epochs 4" in message
+        # a handful of cases: the architecture half is too small to measure on alone
+        split = read_json(run.split)
+        assert len(split["arch"]) < MIN_MEASURED_CASES
+        assert record["measured_on"] == {"halves": "weights+arch",
+                                         "cases": len(split["weights"]) + len(split["arch"])}
         for label, entry in params["connection"].items():
             assert entry["probs"] == record["scores"][label]
             assert len(entry["gates"]) == len(entry["probs"])
@@ -187,7 +193,7 @@ def test_a_learned_supernet_is_not_extended_and_its_measurement_is_reused(small3
         measured.append(True)
         return Validation({"dice_mean": 0.8}, [0.7, 0.9])
 
-    monkeypatch.setattr(engine, "_arch_half_dice", learned)
+    monkeypatch.setattr(engine, "_measured_dice", learned)
     engine.run()
     assert engine.config.epochs == 1 and len(engine.history) == 1
     record = read_json(engine.run_folder.selection)
@@ -257,3 +263,11 @@ def test_epochs_added_to_a_recipe_are_another_pass_through_its_stages():
     assert schedule_in_passes(stages, [8]) == stage_schedule(stages, 8)
     with pytest.raises(ValueError, match="cannot hold"):
         schedule_in_passes(stages, [8, 1])
+
+
+def test_a_small_architecture_half_is_measured_together_with_the_weight_half():
+    few = {"weights": [0, 1, 2], "arch": [3, 4, 5], "val": [6]}
+    assert measured_cases(few) == ([0, 1, 2, 3, 4, 5], "weights+arch")
+    enough = {"weights": list(range(10)), "arch": list(range(10, 10 + MIN_MEASURED_CASES)),
+              "val": [30]}
+    assert measured_cases(enough) == (enough["arch"], "arch")

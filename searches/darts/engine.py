@@ -57,7 +57,8 @@ from nasseg.searches.darts.config import SearchConfig
 from nasseg.searches.darts.modes import gumbel_temperature
 from nasseg.searches.darts.path_dropout import dropout_rate, dropped_inputs
 from nasseg.searches.darts.relaxation import ArchParameters, relax
-from nasseg.searches.darts.selection import (RemovalSelection, select_by_removal,
+from nasseg.searches.darts.selection import (MIN_MEASURED_CASES, RemovalSelection,
+                                             measured_cases, select_by_removal,
                                              unlearned_classes)
 from nasseg.space import GATE_REG, SearchSpace, TrainingStage, schedule_in_passes
 
@@ -135,6 +136,7 @@ class DartsSearch:
         self.arch_params = list(self.arch.parameters())
         self.gate_reg = float(space.knob_values.get(GATE_REG, 0.0))
         self.split = search_split(data, config)
+        self._measured, self._measured_on = measured_cases(self.split)
         self.view = space.data_view()
         # Several processes (torchrun): each searches its shard; rank 0's start is everyone's.
         self.dist = DistContext.from_environment(self.device)
@@ -156,8 +158,8 @@ class DartsSearch:
         self.cost = CostCard()
         self.budget = TimeBudget(config.time_budget) if config.time_budget else None
         self.warmup_share = config.warmup_epochs / config.epochs
-        self._full: Validation | None = None  # the supernet on the architecture half, if measured
-        self._arch_eval_loader: EpochLoader | None = None
+        self._full: Validation | None = None  # the supernet on the measured cases, if measured
+        self._measure_loader: EpochLoader | None = None
 
     def stage_loaders(self, stage: TrainingStage) -> tuple[EpochLoader, EpochLoader, int]:
         """This rank's weight and architecture loaders over ``stage``'s share of the cases, and
@@ -395,23 +397,28 @@ class DartsSearch:
             "selection": self.config.select if self.arch.selected else "gates",
             **self.arch.scores()})
 
-    def _arch_half_dice(self) -> Validation:
-        """The supernet (inputs the selection switched off stay off) on the architecture half."""
-        if self._arch_eval_loader is None:
+    def _measured_dice(self) -> Validation:
+        """The supernet (inputs the selection switched off stay off) on the cases the
+        selection measures it on (:func:`measured_cases`)."""
+        if self._measure_loader is None:
             cfg = self.config
-            self._arch_eval_loader = EpochLoader(self.data, self.split["arch"], cfg.batch_size,
-                                                 False, cfg.seed, cfg.num_workers,
-                                                 cfg.patch_size, self.view)
-        return validate(self.model, self._arch_eval_loader.epoch(0), self.data.num_classes,
+            self._measure_loader = EpochLoader(self.data, self._measured, cfg.batch_size,
+                                               False, cfg.seed, cfg.num_workers,
+                                               cfg.patch_size, self.view)
+        return validate(self.model, self._measure_loader.epoch(0), self.data.num_classes,
                         self.device, self.precision.autocast())
+
+    def _measured_text(self) -> str:
+        return ("the architecture half" if self._measured_on == "arch"
+                else f"all {len(self._measured)} training cases")
 
     def _class_dice(self, full: Validation) -> dict[str, float]:
         return dict(zip(self.data.class_names[1:], full.dice_per_class))
 
     def _extended_for_unlearned(self) -> bool:
         """After the planned epochs: extend the search once (``config.extend_unlearned``) when
-        the full supernet has not learned a class, as measured on the architecture half by rank
-        0 (every rank takes its decision). The measurement is kept for the selection. The
+        the full supernet has not learned a class, as measured for the selection by rank 0
+        (every rank takes its decision). The measurement is kept for the selection. The
         added epochs are another pass through the recipe (each stage its share, at least one
         epoch each), so a recipe of several stages trains as its space prescribes."""
         cfg = self.config
@@ -421,7 +428,7 @@ class DartsSearch:
         missed: list[str] = []
         if self.dist.is_main:
             with self.cost.phase("selection"):
-                self._full = self._arch_half_dice()
+                self._full = self._measured_dice()
             class_dice = self._class_dice(self._full)
             missed = unlearned_classes(class_dice)
         if not self.dist.broadcast_value(float(bool(missed))):
@@ -434,10 +441,10 @@ class DartsSearch:
         self.schedule = schedule_in_passes(stages, self.passes)
         if self.dist.is_main:
             logger.warning(
-                "the supernet has not learned %s after %d epochs (Dice %s on the architecture "
-                "half): searching on to epoch %d before the selection (--extend-unlearned)",
+                "the supernet has not learned %s after %d epochs (Dice %s on %s): searching "
+                "on to epoch %d before the selection (--extend-unlearned)",
                 ", ".join(missed), done, ", ".join(f"{class_dice[n]:.2f}" for n in missed),
-                cfg.epochs)
+                self._measured_text(), cfg.epochs)
             self._record_extension(done, class_dice)
         return True
 
@@ -453,21 +460,27 @@ class DartsSearch:
 
     def select_connections(self) -> RemovalSelection | None:
         """After the last epoch (``select="removal"``): score the connections by what the
-        supernet loses without each input, on the architecture half. None with
-        ``select="gates"``, or when no connection has several inputs."""
+        supernet loses without each input, on the architecture half (on every training case
+        when that half is small, :func:`measured_cases`). None with ``select="gates"``, or when
+        no connection has several inputs."""
         if self.config.select != "removal" or not any(
                 n > 1 for n in self.arch.connection_sizes.values()):
             return None
         cfg = self.config
         # Each switched-off input changes the traced graph: a compiled network runs the
         # evaluations it has no graph for eagerly instead of recompiling for every one.
+        if self._measured_on != "arch":
+            logger.info("selection: the architecture half has %d cases (fewer than %d), too "
+                        "few to measure on alone; measuring on %s", len(self.split["arch"]),
+                        MIN_MEASURED_CASES, self._measured_text())
         with self.cost.phase("selection"), torch.compiler.set_stance("eager_on_recompile"):
-            full = self._full if self._full is not None else self._arch_half_dice()
+            full = self._full if self._full is not None else self._measured_dice()
             class_dice = self._class_dice(full)
             self._warn_unlearned(class_dice)
-            result = select_by_removal(self.arch, lambda: self._arch_half_dice().selected,
+            result = select_by_removal(self.arch, lambda: self._measured_dice().selected,
                                        cfg.select_tolerance, logger.info, full.selected)
         result.class_dice = class_dice
+        result.measured_on = {"halves": self._measured_on, "cases": len(self._measured)}
         self.arch.selected = result.scores
         write_json(self.run_folder.selection, result.to_dict())
         self._write_arch_params(self.config.epochs)
@@ -481,11 +494,11 @@ class DartsSearch:
         missed = unlearned_classes(class_dice)
         if missed:
             logger.warning(
-                "selection: the supernet has not learned %s (Dice %s on the architecture half); "
-                "the inputs such a class needs cannot show their worth, so the derived net may "
-                "be too small. Continue the search: nasseg search --resume --out %s --epochs %d",
+                "selection: the supernet has not learned %s (Dice %s on %s); the inputs such a "
+                "class needs cannot show their worth, so the derived net may be too small. "
+                "Continue the search: nasseg search --resume --out %s --epochs %d",
                 ", ".join(missed), ", ".join(f"{class_dice[name]:.2f}" for name in missed),
-                self.run_folder.path, 2 * self.config.epochs)
+                self._measured_text(), self.run_folder.path, 2 * self.config.epochs)
 
     def resume(self) -> None:
         """Load the folder's checkpoint: weights, architecture, both optimizers, RNG, history."""
