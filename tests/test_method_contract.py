@@ -133,7 +133,7 @@ def workflow(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     data = make_png(root)
     _ok("search", "--space", SPACE, "--data", data, "--out", root / "search", "--epochs", 5,
         "--warmup-epochs", 2, "--steps-per-epoch", 2, "--arch-lr", 0.05, "--device", "cpu",
-        "--seed", 1)
+        "--seed", 1, "--extend-unlearned", 0)  # the planned stages only
     _ok("train", root / "search" / "arch.json", "--out", root / "train", "--epochs", 5,
         "--steps-per-epoch", 2, "--device", "cpu")
     return {"root": root, "data": data, "search": root / "search", "train": root / "train"}
