@@ -409,6 +409,7 @@ class DartsSearch:
                         self.device, self.precision.autocast())
 
     def _measured_text(self) -> str:
+        """The measured cases, as log messages name them."""
         return ("the architecture half" if self._measured_on == "arch"
                 else f"all {len(self._measured)} training cases")
 
@@ -467,12 +468,12 @@ class DartsSearch:
                 n > 1 for n in self.arch.connection_sizes.values()):
             return None
         cfg = self.config
-        # Each switched-off input changes the traced graph: a compiled network runs the
-        # evaluations it has no graph for eagerly instead of recompiling for every one.
         if self._measured_on != "arch":
             logger.info("selection: the architecture half has %d cases (fewer than %d), too "
                         "few to measure on alone; measuring on %s", len(self.split["arch"]),
                         MIN_MEASURED_CASES, self._measured_text())
+        # Each switched-off input changes the traced graph: a compiled network runs the
+        # evaluations it has no graph for eagerly instead of recompiling for every one.
         with self.cost.phase("selection"), torch.compiler.set_stance("eager_on_recompile"):
             full = self._full if self._full is not None else self._measured_dice()
             class_dice = self._class_dice(full)
