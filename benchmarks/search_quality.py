@@ -326,10 +326,15 @@ def steps(text: str) -> int | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--space", default="uxnet")
-    parser.add_argument("--data", default="demo3d")
-    parser.add_argument("--out", type=Path, default=Path("bench/search_quality"))
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--space", default="uxnet",
+                        help="Registered space or module:ClassName [default: %(default)s].")
+    parser.add_argument("--data", default="demo3d",
+                        help="A demo set, a data set folder (MSD or nnU-Net v2) or a .npz file "
+                             "[default: %(default)s].")
+    parser.add_argument("--out", type=Path, default=Path("bench/search_quality"),
+                        help="Folder of the runs and the report [default: %(default)s].")
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="Seeds: searches, random draws and retrains [default: %(default)s].")
     parser.add_argument("--first-seed", type=int, default=0,
                         help="Seeds run from this one on (to split a benchmark across runs).")
     parser.add_argument("--jobs", type=int, default=1,
@@ -338,22 +343,31 @@ def main() -> None:
                         help="Variants to run [default: all of the space's].")
     parser.add_argument("--knob", nargs="*", default=[], metavar="LABEL=VALUE",
                         help="Knobs fixed for every variant (e.g. gate_reg=1).")
-    parser.add_argument("--taus", nargs="+", type=float, default=[0.6, 0.75, 0.9])
-    parser.add_argument("--random", type=int, default=4, help="Random architectures per seed.")
+    parser.add_argument("--taus", nargs="+", type=float, default=[0.6, 0.75, 0.9],
+                        help="Thresholds each search is derived at [default: 0.6 0.75 0.9].")
+    parser.add_argument("--random", type=int, default=4,
+                        help="Random architectures per seed [default: %(default)s].")
     parser.add_argument("--random-variant", default=None,
                         help="The variant random architectures are drawn from [default: the "
                              "space as `nasseg search` searches it].")
-    parser.add_argument("--search-epochs", type=int, default=25)
-    parser.add_argument("--warmup-epochs", type=int, default=5)
-    parser.add_argument("--mode", default="full")
-    parser.add_argument("--gates", default="sigmoid", choices=["sigmoid", "centred"])
-    parser.add_argument("--arch-lr", type=float, default=None)
+    parser.add_argument("--search-epochs", type=int, default=25,
+                        help="Search epochs, warm-up included [default: %(default)s].")
+    parser.add_argument("--warmup-epochs", type=int, default=5,
+                        help="Epochs that train weights only [default: %(default)s].")
+    parser.add_argument("--mode", default="full",
+                        help="Relaxation of the choices (see nasseg search) "
+                             "[default: %(default)s].")
+    parser.add_argument("--gates", default="sigmoid", choices=["sigmoid", "centred"],
+                        help="Connection gates (see nasseg search) [default: %(default)s].")
+    parser.add_argument("--arch-lr", type=float, default=None,
+                        help="Architecture learning rate [default: as nasseg search sets it].")
     parser.add_argument("--path-dropout", type=float, default=0.0,
                         help="Searches drop connection inputs in weight steps (see nasseg search).")
     parser.add_argument("--extend-unlearned", type=int, default=None, metavar="EPOCHS",
                         help="Epochs a search adds when its supernet has not learned a class "
                              "(see nasseg search) [default: as many as --search-epochs].")
-    parser.add_argument("--train-epochs", type=int, default=30)
+    parser.add_argument("--train-epochs", type=int, default=30,
+                        help="Retrain epochs of every net [default: %(default)s].")
     parser.add_argument("--train-budget", type=float, default=None, metavar="SECONDS",
                         help="Retrain by wall time instead of epochs (the same for every net).")
     parser.add_argument("--search-steps", type=steps, default=SEARCH_STEPS_PER_EPOCH,
@@ -363,9 +377,12 @@ def main() -> None:
     parser.add_argument("--patch-size", type=parse_patch_size, default=None, metavar="SIZE",
                         help="Patch size of every search and retrain, e.g. 96x96x64 "
                              "[default: the data set's].")
-    parser.add_argument("--features", type=int, default=8)
-    parser.add_argument("--levels", type=int, default=3)
-    parser.add_argument("--test-fraction", type=float, default=0.2)
+    parser.add_argument("--features", type=int, default=8,
+                        help="Channels of the first level [default: %(default)s].")
+    parser.add_argument("--levels", type=int, default=3,
+                        help="Resolution levels [default: %(default)s].")
+    parser.add_argument("--test-fraction", type=float, default=0.2,
+                        help="The last cases held out for scoring [default: %(default)s].")
     parser.add_argument("--fresh-test", type=int, default=None, metavar="N",
                         help="Also score on N new cases of a demo set's generator, never "
                              "among its own (a held-out set large enough to measure with) "

@@ -23,7 +23,8 @@ DEFAULT_DATA = "demo3d"
 @click.option("--space", default=DEFAULT_SPACE, show_default=True,
               help="Registered space name or module:ClassName (see `nasseg spaces`).")
 @click.option("--data", default=DEFAULT_DATA, show_default=True,
-              help="Demo data set name (demo3d, demo2d) or a nasseg .npz array file.")
+              help="demo3d, demo2d, a data set folder (MSD or nnU-Net v2), a .npz file from "
+                   "nasseg.data.save_arrays, or a preprocessed .h5 cache.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Run folder [default: runs/SPACE-DATA, numbered if taken].")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
