@@ -87,7 +87,8 @@ def train(arch: Path | None, data: str | None, out: Path | None, epochs: int | N
     per_class = ", ".join(f"{k} {v:.3f}" if v is not None and v == v else f"{k} n/a"
                           for k, v in metrics["dice_per_class"].items())
     click.echo(f"training finished: {out}")
-    click.echo(f"  validation Dice {metrics['dice_mean']:.3f} ({per_class}); chance "
+    click.echo(f"  validation Dice {metrics['dice_mean']:.3f}, whole cases by sliding window, mean "
+               f"of {metrics['num_val_cases']} ({per_class}); chance "
                f"{metrics['chance_dice']:.3f}; best epoch {metrics['best_epoch']} by "
                f"{metrics['selection_metric']}")
     extra = {k: v for k, v in metrics["validation"].items() if k != "dice_mean"}
