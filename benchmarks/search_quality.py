@@ -55,7 +55,7 @@ from nasseg.inference.postprocess import remove_small_components
 from nasseg.inference.predict import PredictionPlan, predict_case
 from nasseg.runtime.device import resolve_device
 from nasseg.searches.darts import SearchConfig
-from nasseg.searches.darts.config import SEARCH_STEPS_PER_EPOCH
+from nasseg.searches.darts.config import OP_SELECTIONS, SEARCH_STEPS_PER_EPOCH
 from nasseg.searches.darts.run import start_search
 from nasseg.searches.random_arch import random_architecture
 from nasseg.space import create_space
@@ -196,7 +196,7 @@ def run_seed(args: argparse.Namespace, dev: str, tests: list[HeldOut], seed: int
         config = SearchConfig(epochs=args.search_epochs, warmup_epochs=args.warmup_epochs,
                               seed=seed, mode=args.mode, arch_lr=args.arch_lr,
                               gates=args.gates, path_dropout=args.path_dropout,
-                              extend_unlearned=args.extend_unlearned,
+                              select_ops=args.select_ops, extend_unlearned=args.extend_unlearned,
                               steps_per_epoch=args.search_steps, patch_size=args.patch_size)
         start_search(folder / "search", args.space, dev, knobs, space_args, config,
                      show_progress=False)
@@ -204,7 +204,7 @@ def run_seed(args: argparse.Namespace, dev: str, tests: list[HeldOut], seed: int
         scores = read_json(folder / "search" / "arch_params.json", "architecture parameters")
         spread = gate_spread(scores)
         selection = folder / "search" / "selection.json"
-        unlearned = (read_json(selection, "selection")["unlearned_classes"]
+        unlearned = (read_json(selection, "selection").get("unlearned_classes", [])
                      if selection.exists() else [])
         extended = read_json(folder / "search" / "run.json", "run description").get(
             "extended_for_unlearned")
@@ -361,6 +361,8 @@ def main() -> None:
                         help="Connection gates (see nasseg search) [default: %(default)s].")
     parser.add_argument("--arch-lr", type=float, default=None,
                         help="Architecture learning rate [default: as nasseg search sets it].")
+    parser.add_argument("--select-ops", default="alphas", choices=OP_SELECTIONS,
+                        help="How searches choose ops (see nasseg search) [default: %(default)s].")
     parser.add_argument("--path-dropout", type=float, default=0.0,
                         help="Searches drop connection inputs in weight steps (see nasseg search).")
     parser.add_argument("--extend-unlearned", type=int, default=None, metavar="EPOCHS",

@@ -15,7 +15,8 @@ from nasseg.searches.darts import SearchConfig
 from nasseg.searches.darts.relaxation import ArchParameters
 from nasseg.searches.darts.run import resume_search, start_search
 from nasseg.searches.darts.selection import (MIN_MEASURED_CASES, measured_cases,
-                                             select_by_removal, unlearned_classes)
+                                             select_by_removal, select_ops_by_removal,
+                                             unlearned_classes)
 from nasseg.space import TrainingStage, schedule_in_passes, stage_schedule
 from test_modes import TINY, _engine
 
@@ -216,6 +217,80 @@ def test_bad_selection_settings_are_refused():
         SearchConfig(select="magnitude")
     with pytest.raises(ValueError, match="select_tolerance"):
         SearchConfig(select_tolerance=-1)
+    with pytest.raises(ValueError, match="select_ops must be one of"):
+        SearchConfig(select_ops="magnitude")
+    with pytest.raises(ValueError, match="mixes the candidates"):  # one op runs at a time
+        SearchConfig(select_ops="removal", mode="gumbel")
+
+
+def _op_arch() -> ArchParameters:
+    arch = ArchParameters()
+    arch.add_op("a", ["skip", "conv", "pool"])
+    arch.add_op("b", ["conv", "dil"])
+    arch.add_op("only", ["conv"])
+    with torch.no_grad():  # alphas that prefer what the supernet needs least
+        arch.alpha["a"].copy_(torch.tensor([2.0, 0.0, 1.0]))
+        arch.alpha["b"].copy_(torch.tensor([0.5, 0.0]))
+    return arch
+
+
+def _op_supernet_dice(arch: ArchParameters) -> float:
+    """a: the supernet needs conv most, then pool; skip does nothing. b: both alike."""
+    off = {(label, i) for label, idx in arch.op_removed.items() for i in idx}
+    return 0.9 - 0.3 * (("a", 1) in off) - 0.1 * (("a", 2) in off) + 0.01 * (("a", 0) in off)
+
+
+def test_op_removal_chooses_what_the_supernet_needs_whatever_the_alphas_say():
+    arch = _op_arch()
+    result = select_ops_by_removal(arch, lambda: _op_supernet_dice(arch))
+    assert result.chosen == {"a": "conv", "b": "conv"}  # b: a tie goes to the larger alpha
+    assert result.alphas_chose == {"a": "skip"}
+    assert result.drops["a"] == {"skip": pytest.approx(-0.01), "conv": pytest.approx(0.3),
+                                 "pool": pytest.approx(0.1)}
+    assert "only" not in result.drops  # a single candidate is no choice
+    assert result.evaluations == 1 + 3 + 2
+    assert arch.op_removed == {"a": set(), "b": set()}  # every candidate is back on
+    # the scores replace the alphas' probabilities, which are kept beside them; derive
+    # takes their argmax
+    arch.op_selected = result.scores
+    ops = arch.scores()["op"]
+    assert ops["a"]["probs"] == [0.0, 1.0, 0.0] and ops["a"]["alphas"][0] > 0.6
+    assert ops["only"] == {"candidates": ["conv"], "probs": [1.0]}
+
+
+def test_removed_op_candidates_weigh_nothing_and_a_last_one_runs_alone():
+    arch = _op_arch()
+    probs = arch.op_probs("a").detach()
+    with arch.switched_off([("a", 0)], ops=True):
+        masked = arch.op_probs("a").detach()
+        assert masked[0] == 0 and torch.allclose(masked[1:], probs[1:])
+        with arch.switched_off([("a", 2)], ops=True):  # as the derived network runs it
+            assert arch.op_probs("a").tolist() == [0.0, 1.0, 0.0]
+    assert torch.equal(arch.op_probs("a").detach(), probs) and not arch.removed
+
+
+def test_search_selects_ops_by_removal_and_derive_follows(small3d, tmp_path):
+    engine = _engine(small3d, tmp_path, "full", epochs=1, select_ops="removal")
+    engine.run()
+    run = engine.run_folder
+    params, record = read_json(run.arch_params), read_json(run.selection)
+    assert params["op_selection"] == "removal" and "scores" in record  # connections first
+    ops = record["ops"]
+    assert set(ops["chosen"]) == {label for label, names in engine.arch.op_candidates.items()
+                                  if len(names) > 1}
+    assert ops["evaluations"] == 1 + sum(len(d) for d in ops["drops"].values())
+    # switching a candidate off changes the supernet's forward, so its Dice
+    assert any(drop != 0 for d in ops["drops"].values() for drop in d.values())
+    for label, chosen in ops["chosen"].items():
+        drops = ops["drops"][label]
+        assert drops[chosen] == max(drops.values())
+        names = params["op"][label]["candidates"]
+        assert params["op"][label]["probs"] == [float(n == chosen) for n in names]
+    dataset = load_arrays(small3d)
+    arch = derive_architecture(engine.model, params, 0.6,
+                               [dataset.in_channels, *dataset.patch_size])
+    assert all(arch["sample"][label] == chosen for label, chosen in ops["chosen"].items())
+    assert not any(engine.arch.op_removed.values())
 
 
 def test_a_recipe_of_several_stages_is_extended_by_another_pass_and_resumes_along_it(

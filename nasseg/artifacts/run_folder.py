@@ -5,8 +5,8 @@ Layout (stable; scripts rely on it):
 ``run.json``          what was run: space, space arguments, knobs, data, engine settings
 ``split.json``        the fixed train/validation split (case indices)
 ``checkpoint.pt``     the last completed epoch, written atomically
-``arch_params.json``  op probabilities and connection scores (gates, or the selection's)
-``selection.json``    how the connections were selected (search runs that select by removal)
+``arch_params.json``  op and connection scores (probabilities and gates, or the selection's)
+``selection.json``    what the selection measured (search runs that select by removal)
 ``arch.json``         the derived architecture (search runs)
 ``model.pt``          the trained derived network (train runs)
 ``metrics.json``      validation metrics (train runs)

@@ -9,7 +9,7 @@ from nasseg.artifacts.run_folder import fresh_run_dir
 from nasseg.cli.errors import user_errors
 from nasseg.cli.options import (PatchSize, parse_assignments, relaunch_argv,
                                 steps_per_epoch_option, time_budget_option)
-from nasseg.searches.darts.config import SEARCH_STEPS_PER_EPOCH, SELECTIONS
+from nasseg.searches.darts.config import OP_SELECTIONS, SEARCH_STEPS_PER_EPOCH, SELECTIONS
 from nasseg.searches.darts.relaxation import GATE_FORMS, RELAXATIONS
 from nasseg.searches.darts.selection import DEFAULT_TOLERANCE
 
@@ -66,6 +66,11 @@ DEFAULT_DATA = "demo3d"
 @click.option("--select-tolerance", type=click.FloatRange(min=0, min_open=True),
               default=DEFAULT_TOLERANCE, show_default=True,
               help="--select removal: an input costing less Dice than this is switched off.")
+@click.option("--select-ops", type=click.Choice(list(OP_SELECTIONS)), default="alphas",
+              show_default=True,
+              help="How ops are chosen after the search: alphas takes each choice's largest "
+                   "alpha; removal the candidate whose removal costs the supernet the most Dice "
+                   "(modes full and partial).")
 @click.option("--path-dropout", type=click.FloatRange(min=0, max=1, max_open=True), default=0.0,
               show_default=True,
               help="Weight steps switch each input of a connection off with this probability "
@@ -101,7 +106,8 @@ def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: 
            gumbel_temperature: tuple[float, float], amp: bool, channels_last: bool,
            compile_: bool, patch_size: tuple[int, ...] | None, memory_budget: str | None,
            fit: str, steps_per_epoch: int | None, time_budget: float | None, select: str,
-           select_tolerance: float, path_dropout: float, extend_unlearned: int | None) -> None:
+           select_tolerance: float, select_ops: str, path_dropout: float,
+           extend_unlearned: int | None) -> None:
     """Search an architecture of SPACE on DATA; derive it into RUN/arch.json."""
     import subprocess
     import sys
@@ -135,6 +141,7 @@ def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: 
                               batch_size=batch_size, order=int(order), arch_lr=arch_lr,
                               seed=seed, deterministic=deterministic, gates=gates,
                               select=select, select_tolerance=select_tolerance,
+                              select_ops=select_ops,
                               path_dropout=path_dropout, extend_unlearned=extend_unlearned,
                               device=device, mode=mode, partial_k=partial_k,
                               gumbel_temperature=gumbel_temperature, amp=amp,

@@ -10,7 +10,7 @@ from nasseg.searches.darts.relaxation import GATE_FORMS, RELAXATIONS, get_relaxa
 from nasseg.searches.darts.selection import DEFAULT_TOLERANCE
 
 __all__ = ["SearchConfig", "DARTS_ARCH_LR", "ARCH_TRAVEL", "MAX_AUTO_ARCH_LR", "SELECTIONS",
-           "SEARCH_STEPS_PER_EPOCH"]
+           "OP_SELECTIONS", "SEARCH_STEPS_PER_EPOCH"]
 
 #: DARTS's architecture learning rate (Liu et al. 2019), used as is for long searches.
 DARTS_ARCH_LR = 3e-4
@@ -25,6 +25,8 @@ MAX_AUTO_ARCH_LR = 0.05
 SEARCH_STEPS_PER_EPOCH = 16
 #: How connections are chosen after the search: measured removal, or gate thresholds.
 SELECTIONS = ("removal", "gates")
+#: How ops are chosen after the search: the largest alpha, or measured removal.
+OP_SELECTIONS = ("alphas", "removal")
 #: Settings renamed since older ``run.json`` files were written: old key -> new key.
 _RENAMED = {"tau_gumbel": "gumbel_temperature"}
 
@@ -68,6 +70,9 @@ class SearchConfig(RunSettings):
             (:mod:`nasseg.searches.darts.selection`); ``gates`` thresholds the gates.
         select_tolerance: ``removal``: an input that costs less than this much of the
             space's selection metric (Dice) is switched off.
+        select_ops: how ops are chosen after the connections, one of :data:`OP_SELECTIONS`:
+            ``alphas`` (the default) takes the largest alpha; ``removal`` the candidate whose
+            removal costs the supernet the most Dice (a mode that mixes the candidates only).
         steps_per_epoch: weight steps (and as many architecture steps) per epoch, default
             :data:`SEARCH_STEPS_PER_EPOCH` whatever the data set's size; None: one pass over
             the weight half.
@@ -102,6 +107,7 @@ class SearchConfig(RunSettings):
     gates: str = "sigmoid"
     select: str = "removal"
     select_tolerance: float = DEFAULT_TOLERANCE
+    select_ops: str = "alphas"
     steps_per_epoch: int | None = SEARCH_STEPS_PER_EPOCH
     path_dropout: float = 0.0
     extend_unlearned: int | None = None
@@ -132,6 +138,12 @@ class SearchConfig(RunSettings):
             raise ValueError(f"gates must be one of {GATE_FORMS}, got {self.gates!r}")
         if self.select not in SELECTIONS:
             raise ValueError(f"select must be one of {SELECTIONS}, got {self.select!r}")
+        if self.select_ops not in OP_SELECTIONS:
+            raise ValueError(f"select_ops must be one of {OP_SELECTIONS}, got "
+                             f"{self.select_ops!r}")
+        if self.select_ops == "removal" and relaxation.samples:
+            raise ValueError(f"op selection by removal needs a mode that mixes the candidates; "
+                             f"mode {self.mode!r} runs one at a time")
         if not self.select_tolerance > 0:
             raise ValueError(f"select_tolerance must be positive, got {self.select_tolerance}")
         if not 0 <= self.path_dropout < 1:

@@ -14,7 +14,8 @@ segmentation loss alone). A space may take gradients of its own tensors inside i
 during the architecture step: the weights then have ``requires_grad=False`` but grad mode is on.
 
 After the last epoch the connections are selected by what the supernet loses without each
-input (``config.select``, :mod:`nasseg.searches.darts.selection`), not by their gates alone.
+input (``config.select``, :mod:`nasseg.searches.darts.selection`), not by their gates alone;
+with ``config.select_ops="removal"`` the ops are then chosen the same way, not by their alphas.
 A supernet that has not learned a class by then cannot show what that class needs: the search
 goes on for ``config.extend_unlearned`` more epochs first (once; by default as many as planned),
 another pass through the recipe's stages.
@@ -57,8 +58,9 @@ from nasseg.searches.darts.config import SearchConfig
 from nasseg.searches.darts.modes import gumbel_temperature
 from nasseg.searches.darts.path_dropout import dropout_rate, dropped_inputs
 from nasseg.searches.darts.relaxation import ArchParameters, relax
-from nasseg.searches.darts.selection import (MIN_MEASURED_CASES, RemovalSelection,
-                                             measured_cases, select_by_removal,
+from nasseg.searches.darts.selection import (MIN_MEASURED_CASES, OpSelection,
+                                             RemovalSelection, measured_cases,
+                                             select_by_removal, select_ops_by_removal,
                                              unlearned_classes)
 from nasseg.space import GATE_REG, SearchSpace, TrainingStage, schedule_in_passes
 
@@ -395,6 +397,7 @@ class DartsSearch:
             "arch_lr": self.arch_opt.param_groups[0]["lr"] if self.arch_opt else None,
             "rank_max_difference": self.rank_difference,
             "selection": self.config.select if self.arch.selected else "gates",
+            "op_selection": "removal" if self.arch.op_selected else "alphas",
             **self.arch.scores()})
 
     def _measured_dice(self) -> Validation:
@@ -459,19 +462,34 @@ class DartsSearch:
             "after_epochs": done, "epochs": self.config.epochs, "class_dice": class_dice}
         write_json(self.run_folder.config, description)
 
+    def select(self) -> dict[str, Any]:
+        """After the last epoch: select the connections (``select="removal"``), then the ops
+        (``select_ops="removal"``), by what the supernet loses without each; write what was
+        measured into ``selection.json`` (the connections' record, with the ops' under
+        ``ops``). Empty when nothing was selected by measurement."""
+        record: dict[str, Any] = {}
+        connections = self.select_connections()
+        if connections is not None:
+            record.update(connections.to_dict())
+        ops = self.select_ops()
+        if ops is not None:
+            record["ops"] = ops.to_dict()
+        if record:
+            write_json(self.run_folder.selection, record)
+            self._write_arch_params(self.config.epochs)
+            self._write_cost(self.config.epochs)
+        return record
+
     def select_connections(self) -> RemovalSelection | None:
-        """After the last epoch (``select="removal"``): score the connections by what the
-        supernet loses without each input, on the architecture half (on every training case
-        when that half is small, :func:`measured_cases`). None with ``select="gates"``, or when
-        no connection has several inputs."""
+        """``select="removal"``: score the connections by what the supernet loses without each
+        input, on the architecture half (on every training case when that half is small,
+        :func:`measured_cases`); the scores replace the gates. None with ``select="gates"``,
+        or when no connection has several inputs."""
         if self.config.select != "removal" or not any(
                 n > 1 for n in self.arch.connection_sizes.values()):
             return None
         cfg = self.config
-        if self._measured_on != "arch":
-            logger.info("selection: the architecture half has %d cases (fewer than %d), too "
-                        "few to measure on alone; measuring on %s", len(self.split["arch"]),
-                        MIN_MEASURED_CASES, self._measured_text())
+        self._say_measured_cases()
         # Each switched-off input changes the traced graph: a compiled network runs the
         # evaluations it has no graph for eagerly instead of recompiling for every one.
         with self.cost.phase("selection"), torch.compiler.set_stance("eager_on_recompile"):
@@ -483,10 +501,28 @@ class DartsSearch:
         result.class_dice = class_dice
         result.measured_on = {"halves": self._measured_on, "cases": len(self._measured)}
         self.arch.selected = result.scores
-        write_json(self.run_folder.selection, result.to_dict())
-        self._write_arch_params(self.config.epochs)
-        self._write_cost(self.config.epochs)
         return result
+
+    def select_ops(self) -> OpSelection | None:
+        """``select_ops="removal"``: choose each op by what the supernet (its connections as
+        selected) loses without it, on the cases the connections were measured on. None with
+        ``select_ops="alphas"``, or when no op choice has several candidates."""
+        if self.config.select_ops != "removal" or not any(
+                len(names) > 1 for names in self.arch.op_candidates.values()):
+            return None
+        if self.config.select != "removal" or not self.arch.selected:
+            self._say_measured_cases()
+        with self.cost.phase("selection"), torch.compiler.set_stance("eager_on_recompile"):
+            result = select_ops_by_removal(self.arch, lambda: self._measured_dice().selected,
+                                           logger.info)
+        self.arch.op_selected = result.scores
+        return result
+
+    def _say_measured_cases(self) -> None:
+        if self._measured_on != "arch":
+            logger.info("selection: the architecture half has %d cases (fewer than %d), too "
+                        "few to measure on alone; measuring on %s", len(self.split["arch"]),
+                        MIN_MEASURED_CASES, self._measured_text())
 
     def _warn_unlearned(self, class_dice: dict[str, float]) -> None:
         """Say when the supernet has not learned a class even now: the selection cannot see
@@ -577,7 +613,7 @@ class DartsSearch:
                                                          float("nan")))
                 epoch += 1
             if self.dist.is_main:
-                self.select_connections()
+                self.select()
         finally:
             log.close()
         # Every rank leaves the process group together; a rank exiting while Gloo's threads

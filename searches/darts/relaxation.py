@@ -68,6 +68,12 @@ class ArchParameters(nn.Module):
         #: per connection label, the scores a selection gave its inputs (they replace the
         #: gates in :meth:`scores`, so derive keeps what the selection measured)
         self.selected: dict[str, list[float]] = {}
+        #: op candidates switched off (weight 0) by a selection; a choice with one candidate
+        #: left runs it alone, with weight 1, as the derived network will
+        self.op_removed: dict[str, set[int]] = {}
+        #: per op label, the scores a selection gave its candidates (they replace the
+        #: probabilities in :meth:`scores`, so derive keeps the op the selection chose)
+        self.op_selected: dict[str, list[float]] = {}
         self._op_samples: dict[str, OpSample] = {}
         self._gate_samples: dict[str, Gates] = {}
 
@@ -95,8 +101,15 @@ class ArchParameters(nn.Module):
         return self.beta[key]
 
     def op_probs(self, label: str) -> torch.Tensor:
-        """softmax(alpha) of an op choice."""
-        return torch.softmax(self.alpha[self._key(label)], dim=0)
+        """softmax(alpha) of an op choice, 0 for a candidate in :attr:`op_removed`, and 1 for
+        the candidate left when every other one is removed."""
+        probs = torch.softmax(self.alpha[self._key(label)], dim=0)
+        off = self.op_removed.get(label)
+        if not off:
+            return probs
+        keep = torch.ones_like(probs)
+        keep[sorted(off)] = 0.0
+        return keep if len(off) == len(probs) - 1 else probs * keep
 
     def gate_logits(self, label: str) -> torch.Tensor:
         """The logits of a connection's gates: beta, or with ``centred`` gates beta less its
@@ -120,17 +133,18 @@ class ArchParameters(nn.Module):
         return gates
 
     @contextmanager
-    def switched_off(self, edges: Iterable[Edge]) -> Iterator[None]:
-        """Switch ``edges`` off (gate 0) inside the block; afterwards exactly the inputs that
-        were off before are off again."""
-        added = [(label, i) for label, i in edges if i not in self.removed.get(label, ())]
+    def switched_off(self, edges: Iterable[Edge], ops: bool = False) -> Iterator[None]:
+        """Switch ``edges`` off (gate 0; with ``ops``, op candidates: weight 0) inside the
+        block; afterwards exactly what was off before is off again."""
+        removed = self.op_removed if ops else self.removed
+        added = [(label, i) for label, i in edges if i not in removed.get(label, ())]
         for label, i in added:
-            self.removed.setdefault(label, set()).add(i)
+            removed.setdefault(label, set()).add(i)
         try:
             yield
         finally:
             for label, i in added:
-                self.removed[label].discard(i)
+                removed[label].discard(i)
 
     # ----- sampling modes (gumbel, binary) -----------------------------------------------------
     def resample(self) -> None:
@@ -168,8 +182,12 @@ class ArchParameters(nn.Module):
         ``probs`` are its gates, or after a selection the selection's scores (the gates are
         then kept under ``gates``)."""
         with torch.no_grad():
-            ops = {label: {"candidates": names, "probs": self.op_probs(label).tolist()}
-                   for label, names in self.op_candidates.items()}
+            ops = {}
+            for label, names in self.op_candidates.items():
+                probs = torch.softmax(self.alpha[self._key(label)], dim=0).tolist()
+                ops[label] = ({"candidates": names, "probs": self.op_selected[label],
+                               "alphas": probs} if label in self.op_selected
+                              else {"candidates": names, "probs": probs})
             connections = {}
             for label in self.connection_sizes:
                 gates = torch.sigmoid(self.gate_logits(label)).tolist()
