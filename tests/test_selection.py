@@ -279,6 +279,7 @@ def test_search_selects_ops_by_removal_and_derive_follows(small3d, tmp_path):
     assert set(ops["chosen"]) == {label for label, names in engine.arch.op_candidates.items()
                                   if len(names) > 1}
     assert ops["evaluations"] == 1 + sum(len(d) for d in ops["drops"].values())
+    assert ops["full_dice"] == record["final_dice"]  # the pruned supernet, not measured again
     # switching a candidate off changes the supernet's forward, so its Dice
     assert any(drop != 0 for d in ops["drops"].values() for drop in d.values())
     for label, chosen in ops["chosen"].items():

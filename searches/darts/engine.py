@@ -471,7 +471,7 @@ class DartsSearch:
         connections = self.select_connections()
         if connections is not None:
             record.update(connections.to_dict())
-        ops = self.select_ops()
+        ops = self.select_ops(connections.final_dice if connections is not None else None)
         if ops is not None:
             record["ops"] = ops.to_dict()
         if record:
@@ -503,18 +503,19 @@ class DartsSearch:
         self.arch.selected = result.scores
         return result
 
-    def select_ops(self) -> OpSelection | None:
+    def select_ops(self, full_dice: float | None = None) -> OpSelection | None:
         """``select_ops="removal"``: choose each op by what the supernet (its connections as
-        selected) loses without it, on the cases the connections were measured on. None with
-        ``select_ops="alphas"``, or when no op choice has several candidates."""
+        selected; ``full_dice``: its Dice, when measured already) loses without it, on the
+        cases the connections were measured on. None with ``select_ops="alphas"``, or when no
+        op choice has several candidates."""
         if self.config.select_ops != "removal" or not any(
                 len(names) > 1 for names in self.arch.op_candidates.values()):
             return None
-        if self.config.select != "removal" or not self.arch.selected:
+        if not self.arch.selected:  # the connection selection said it already
             self._say_measured_cases()
         with self.cost.phase("selection"), torch.compiler.set_stance("eager_on_recompile"):
             result = select_ops_by_removal(self.arch, lambda: self._measured_dice().selected,
-                                           logger.info)
+                                           logger.info, full_dice)
         self.arch.op_selected = result.scores
         return result
 

@@ -163,7 +163,6 @@ def select_by_removal(arch: ArchParameters, dice: Callable[[], float],
     return result
 
 
-
 @dataclass
 class OpSelection:
     """What :func:`select_ops_by_removal` measured and decided (``selection.json``, ``ops``)."""
@@ -198,7 +197,9 @@ def select_ops_by_removal(arch: ArchParameters, dice: Callable[[], float],
 
     ``dice()`` evaluates the supernet as it stands (inputs a connection selection switched off
     stay off) with one candidate's weight set to 0 and the others' softmax(alpha) weights
-    kept. Every candidate is measured in that same supernet: fixing choices one by one without
+    kept (of two candidates, the one left runs alone, as in the derived network); ``full_dice``
+    is its value with every candidate on, when the caller measured it already. Every
+    candidate is measured in that same supernet: fixing choices one by one without
     re-training degrades it (measured on the demo: Dice 0.92 -> 0.25 over 17 choices), so
     later measurements would be made in a broken network. Nothing stays switched off; the
     caller stores the returned scores (``arch.op_selected``), whose argmax derive takes.
