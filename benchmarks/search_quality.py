@@ -56,6 +56,7 @@ from nasseg.inference.predict import PredictionPlan, predict_case
 from nasseg.runtime.device import resolve_device
 from nasseg.searches.darts import SearchConfig
 from nasseg.searches.darts.config import OP_SELECTIONS, SEARCH_STEPS_PER_EPOCH
+from nasseg.searches.darts.relaxation import GATE_FORMS
 from nasseg.searches.darts.run import start_search
 from nasseg.searches.random_arch import random_architecture
 from nasseg.space import create_space
@@ -357,7 +358,7 @@ def main() -> None:
     parser.add_argument("--mode", default="full",
                         help="Relaxation of the choices (see nasseg search) "
                              "[default: %(default)s].")
-    parser.add_argument("--gates", default="sigmoid", choices=["sigmoid", "centred"],
+    parser.add_argument("--gates", default="sigmoid", choices=GATE_FORMS,
                         help="Connection gates (see nasseg search) [default: %(default)s].")
     parser.add_argument("--arch-lr", type=float, default=None,
                         help="Architecture learning rate [default: as nasseg search sets it].")
