@@ -2,6 +2,7 @@
 NaN, and a killed search resumes to exactly the architecture of an unbroken one."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,11 +14,12 @@ from conftest import kill_after_first_checkpoint
 from torch.func import functional_call
 
 from nasseg.artifacts.files import read_json
-from nasseg.artifacts.run_folder import RunFolder
+from nasseg.artifacts.run_folder import RunFolder, RunFolderError
 from nasseg.data import load_arrays
 from nasseg.runtime.guards import NonFiniteLossError
 from nasseg.runtime.seeding import seed_everything
 from nasseg.searches.darts import DartsSearch, SearchConfig
+from nasseg.searches.darts.engine import search_split
 from nasseg.space import create_space
 
 TINY = {"in_channels": 1, "num_classes": 3, "spatial_dims": 3, "features": 4, "levels": 2}
@@ -116,6 +118,32 @@ def test_nan_loss_stops_the_run_and_keeps_the_checkpoint(small3d, tmp_path):
     with pytest.raises(NonFiniteLossError, match="became nan at epoch 1, step 0"):
         engine.run()
     assert engine.run_folder.checkpoint.read_bytes() == saved
+
+
+def test_halves_are_dealt_at_random_not_in_file_order(small3d, tmp_path):
+    data = load_arrays(small3d)
+    splits = {seed: search_split(data, SearchConfig(seed=seed, steps_per_epoch=2))
+              for seed in range(6)}
+    for split in splits.values():
+        train = sorted(split["weights"] + split["arch"])
+        assert not set(train) & set(split["val"])
+        assert len(train) + len(split["val"]) == data.num_cases
+        assert abs(len(split["weights"]) - len(split["arch"])) <= 1
+    # file order would give the weights the lowest-numbered training cases at every seed
+    assert any(max(s["weights"]) > min(s["arch"]) for s in splits.values())
+    assert search_split(data, SearchConfig(seed=2)) == splits[2]
+    assert len({tuple(s["weights"]) for s in splits.values()}) > 1
+
+
+def test_resume_refuses_a_run_split_otherwise(small3d, tmp_path):
+    engine = _engine(small3d, tmp_path, epochs=1)
+    engine.run()
+    older = {"weights": sorted(engine.split["arch"]), "arch": sorted(engine.split["weights"]),
+             "val": engine.split["val"]}
+    engine.run_folder.split.write_text(json.dumps(older))
+    engine = _engine(small3d, tmp_path, epochs=2)
+    with pytest.raises(RunFolderError, match="split.json: this search split its cases"):
+        engine.resume()
 
 
 def _search_cmd(data: Path, out: Path, *extra: str) -> list[str]:
