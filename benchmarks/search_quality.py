@@ -55,6 +55,7 @@ from nasseg.inference.postprocess import remove_small_components
 from nasseg.inference.predict import PredictionPlan, predict_case
 from nasseg.runtime.device import resolve_device
 from nasseg.searches.darts import SearchConfig
+from nasseg.searches.darts.budget import FITS, check_budget
 from nasseg.searches.darts.config import OP_SELECTIONS, SEARCH_STEPS_PER_EPOCH
 from nasseg.searches.darts.relaxation import GATE_FORMS
 from nasseg.searches.darts.run import start_search
@@ -198,7 +199,8 @@ def run_seed(args: argparse.Namespace, dev: str, tests: list[HeldOut], seed: int
                               seed=seed, mode=args.mode, arch_lr=args.arch_lr,
                               gates=args.gates, path_dropout=args.path_dropout,
                               select_ops=args.select_ops, extend_unlearned=args.extend_unlearned,
-                              steps_per_epoch=args.search_steps, patch_size=args.patch_size)
+                              steps_per_epoch=args.search_steps, patch_size=args.patch_size,
+                              memory_budget=args.memory_budget, fit=args.fit)
         start_search(folder / "search", args.space, dev, knobs, space_args, config,
                      show_progress=False)
         search_s = round(time.perf_counter() - start, 1)
@@ -207,8 +209,8 @@ def run_seed(args: argparse.Namespace, dev: str, tests: list[HeldOut], seed: int
         selection = folder / "search" / "selection.json"
         unlearned = (read_json(selection, "selection").get("unlearned_classes", [])
                      if selection.exists() else [])
-        extended = read_json(folder / "search" / "run.json", "run description").get(
-            "extended_for_unlearned")
+        described = read_json(folder / "search" / "run.json", "run description")
+        extended = described.get("extended_for_unlearned")
         taus = args.taus if scores.get("connection") else [None]
         trained: dict[str, dict[str, Any]] = {}  # taus that derive the same net share a retrain
         for tau in taus:
@@ -223,6 +225,7 @@ def run_seed(args: argparse.Namespace, dev: str, tests: list[HeldOut], seed: int
                          "search_seconds": search_s,
                          "gates_decided": spread, "unlearned_classes": unlearned,
                          "extended_for_unlearned": extended,
+                         "memory_fit": described.get("memory_fit"),
                          "sample": arch["sample"], **row})
             logging.info("seed %d %s %s: held-out Dice %.3f, %d params", seed, name, tag,
                          row["dice_test"], row["params"])
@@ -325,6 +328,15 @@ def steps(text: str) -> int | None:
     return None if text == "pass" else int(text)
 
 
+def memory_budget(text: str) -> str:
+    """A search's memory budget: ``auto`` or a size such as ``8GB``."""
+    try:
+        check_budget(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--space", default="uxnet",
@@ -380,6 +392,13 @@ def main() -> None:
     parser.add_argument("--patch-size", type=parse_patch_size, default=None, metavar="SIZE",
                         help="Patch size of every search and retrain, e.g. 96x96x64 "
                              "[default: the data set's].")
+    parser.add_argument("--memory-budget", type=memory_budget, default=None, metavar="SIZE|auto",
+                        help="Size each search to this much memory before it starts, as nasseg "
+                             "search --memory-budget does (with --jobs N, a size per job; auto "
+                             "takes 80%% of the free memory) [default: no sizing].")
+    parser.add_argument("--fit", default="batch", choices=FITS,
+                        help="--memory-budget sizes the searches' batch or their patch (the "
+                             "retrains keep theirs) [default: %(default)s].")
     parser.add_argument("--features", type=int, default=8,
                         help="Channels of the first level [default: %(default)s].")
     parser.add_argument("--levels", type=int, default=3,

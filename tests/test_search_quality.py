@@ -185,6 +185,17 @@ def test_the_benchmark_refuses_a_set_too_small_to_split_in_one_line(tmp_path):
         "least 2 (a weight and an architecture half)")
 
 
+def test_the_benchmark_refuses_a_bad_memory_budget_before_it_runs(tmp_path):
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "search_quality.py"),
+                           "--memory-budget", "lots", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].endswith(
+        "error: argument --memory-budget: memory budget 'lots': expected 'auto' or a size such "
+        "as 20GB, 1.5GiB or 800M")
+    assert not (tmp_path / "o").exists()
+
+
 def test_the_summary_names_the_searches_whose_supernet_had_not_learned_a_class():
     row = {"method": "SBB + MSSA", "tau": 0.6, "dice_test": 0.77, "dice_val": 0.95,
            "params": 20483, "flops": 4e8, "gates_decided": 0.9, "search_seconds": 1600.0,
