@@ -17,6 +17,7 @@ from nasseg.artifacts.files import read_json
 from nasseg.artifacts.run_folder import RunFolder, RunFolderError
 from nasseg.data import load_arrays
 from nasseg.runtime.guards import NonFiniteLossError
+from nasseg.runtime.settings import cosine_lr
 from nasseg.runtime.seeding import seed_everything
 from nasseg.searches.darts import DartsSearch, SearchConfig
 from nasseg.searches.darts.engine import search_split
@@ -118,6 +119,21 @@ def test_nan_loss_stops_the_run_and_keeps_the_checkpoint(small3d, tmp_path):
     with pytest.raises(NonFiniteLossError, match="became nan at epoch 1, step 0"):
         engine.run()
     assert engine.run_folder.checkpoint.read_bytes() == saved
+
+
+def test_the_weight_lr_climbs_over_its_warmup_epochs(small3d, tmp_path):
+    engine = _engine(small3d, tmp_path, epochs=10, lr_warmup_epochs=2)
+    rates = []
+    enter = engine.staged.enter
+    engine.staged.enter = lambda stage, lr: (rates.append(lr), enter(stage, lr))
+    engine.run()
+    peak = engine.config.weight_lr
+    assert rates[0] == pytest.approx(cosine_lr(peak, 0, 10) / 2)
+    assert rates[1:] == pytest.approx([cosine_lr(peak, e, 10) for e in range(1, 10)])
+    # at most a fifth of the search ramps; a run written before the ramp resumes without one
+    assert cosine_lr(peak, 0, 4, ramp=4) == cosine_lr(peak, 0, 4)
+    old = {k: v for k, v in engine.config.to_dict().items() if k != "lr_warmup_epochs"}
+    assert SearchConfig.from_dict(old).lr_warmup_epochs == 0
 
 
 def test_halves_are_dealt_at_random_not_in_file_order(small3d, tmp_path):

@@ -9,7 +9,8 @@ from nasseg.artifacts.run_folder import fresh_run_dir
 from nasseg.cli.errors import user_errors
 from nasseg.cli.options import (PatchSize, parse_assignments, relaunch_argv,
                                 steps_per_epoch_option, time_budget_option)
-from nasseg.searches.darts.config import OP_SELECTIONS, SEARCH_STEPS_PER_EPOCH, SELECTIONS
+from nasseg.searches.darts.config import (LR_WARMUP_EPOCHS, OP_SELECTIONS, SEARCH_STEPS_PER_EPOCH,
+                                         SELECTIONS)
 from nasseg.searches.darts.relaxation import GATE_FORMS, RELAXATIONS
 from nasseg.searches.darts.selection import DEFAULT_TOLERANCE
 
@@ -31,6 +32,10 @@ DEFAULT_DATA = "demo3d"
               help="Search epochs, warm-up included [default: 25; with --resume: the run's own].")
 @click.option("--warmup-epochs", type=click.IntRange(min=0), default=5, show_default=True,
               help="Epochs that train weights only before the architecture moves.")
+@click.option("--lr-warmup-epochs", type=click.IntRange(min=0), default=LR_WARMUP_EPOCHS,
+              show_default=True,
+              help="Epochs over which the weight learning rate climbs to its peak (at most a "
+                   "fifth of the search; 0: none).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--order", type=click.Choice(["1", "2"]), default="1", show_default=True,
               help="DARTS first order, or second order (unrolled).")
@@ -100,7 +105,8 @@ DEFAULT_DATA = "demo3d"
 @time_budget_option
 @user_errors
 def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: int,
-           batch_size: int, order: str, arch_lr: float | None, seed: int, gates: str,
+           lr_warmup_epochs: int, batch_size: int, order: str, arch_lr: float | None,
+           seed: int, gates: str,
            knob_items: tuple[str, ...], arg_items: tuple[str, ...], device: str, workers: int,
            deterministic: bool, resume: bool, nproc: int, mode: str, partial_k: int,
            gumbel_temperature: tuple[float, float], amp: bool, channels_last: bool,
@@ -138,6 +144,7 @@ def search(space: str, data: str, out: Path | None, epochs: int, warmup_epochs: 
             out = fresh_run_dir(Path("runs"), f"{space.replace(':', '.')}-{Path(data).stem}")
         epochs = 25 if epochs is None else epochs
         config = SearchConfig(epochs=epochs, warmup_epochs=min(warmup_epochs, epochs),
+                              lr_warmup_epochs=lr_warmup_epochs,
                               batch_size=batch_size, order=int(order), arch_lr=arch_lr,
                               seed=seed, deterministic=deterministic, gates=gates,
                               select=select, select_tolerance=select_tolerance,

@@ -55,7 +55,10 @@ class RunSettings:
             raise ValueError(f"time_budget must be positive seconds, got {self.time_budget}")
 
 
-def cosine_lr(base_lr: float, epoch: int, epochs: int) -> float:
+def cosine_lr(base_lr: float, epoch: int, epochs: int, ramp: int = 0) -> float:
     """Cosine decay from ``base_lr`` to 10 % of it, a function of the epoch alone (so a resumed
-    run sets the same rate as an unbroken one)."""
-    return base_lr * (0.1 + 0.9 * (1 + math.cos(math.pi * epoch / epochs)) / 2)
+    run sets the same rate as an unbroken one); the first ``ramp`` epochs (at most a fifth of
+    ``epochs``) climb to it linearly, epoch ``e`` at ``(e + 1) / ramp`` of the rate."""
+    rate = base_lr * (0.1 + 0.9 * (1 + math.cos(math.pi * epoch / epochs)) / 2)
+    ramp = min(ramp, epochs // 5)
+    return rate * min(1.0, (epoch + 1) / ramp) if ramp else rate

@@ -297,7 +297,8 @@ class DartsSearch:
         start = time.perf_counter()
         cfg, cost, stage = self.config, self.cost, self.schedule[epoch]
         # Cosine decay of the weight learning rate to 10 %, a function of the epoch alone.
-        self.staged.enter(stage, cosine_lr(cfg.weight_lr, epoch, cfg.epochs))
+        self.staged.enter(stage, cosine_lr(cfg.weight_lr, epoch, cfg.epochs,
+                                                   cfg.lr_warmup_epochs))
         self.staged.train_mode()
         self.arch.temperature = gumbel_temperature(epoch, cfg.epochs, cfg.warmup_epochs,
                                                    *cfg.gumbel_temperature)
