@@ -296,9 +296,9 @@ class DartsSearch:
     def _epoch(self, epoch: int, log: RunLog) -> EpochSummary:
         start = time.perf_counter()
         cfg, cost, stage = self.config, self.cost, self.schedule[epoch]
-        # Cosine decay of the weight learning rate to 10 %, a function of the epoch alone.
-        self.staged.enter(stage, cosine_lr(cfg.weight_lr, epoch, cfg.epochs,
-                                                   cfg.lr_warmup_epochs))
+        # The weight learning rate: a linear ramp, then cosine decay to 10 %, a function of the
+        # epoch alone.
+        self.staged.enter(stage, cosine_lr(cfg.weight_lr, epoch, cfg.epochs, cfg.lr_warmup_epochs))
         self.staged.train_mode()
         self.arch.temperature = gumbel_temperature(epoch, cfg.epochs, cfg.warmup_epochs,
                                                    *cfg.gumbel_temperature)
