@@ -17,7 +17,9 @@ generator):
   (:mod:`nasseg.searches.random_arch`), reported as their median and their best;
 * the search's decisiveness (share of gates outside [0.3, 0.7]) and, over seeds, its stability
   (Jaccard index of kept connections, share of op choices alike);
-* each searched method against the fixed network and the random median, paired by seed.
+* each searched method against the fixed network and the random median, paired by seed;
+* with ``--retrains R``, every net retrained R times with its own seeds (its scores their mean),
+  and how far one net's Dice moves between its retrains.
 
 Writes ``OUT/search_quality.json`` (every run) and ``OUT/search_quality.md`` (the summary).
 """
@@ -70,6 +72,11 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
               "MSSA only": {"sbb": False, "mssa": True}, "SBB + MSSA": {"sbb": True, "mssa": True}},
 }
 FULL = {"uxnet": "SBB + MSSA"}
+#: Retrain ``r`` of a net takes seed ``seed + RETRAIN_SEED_STRIDE * r``; retrain 0 takes the
+#: seed itself, so ``--retrains 1`` is one retrain per net at the run's seed.
+RETRAIN_SEED_STRIDE = 1000
+#: A retrain whose held-out Dice on a class is under this has lost the class.
+LOST_CLASS_DICE = 0.1
 #: Fresh cases of a demo set scored beside its own held-out share: with demo3d's 8 alone, one
 #: misclassified object moves a net's mean Dice by about 0.06, more than the nets differ.
 FRESH_CASES = 96
@@ -158,6 +165,36 @@ def held_out_sets(data: str, fraction: float, fresh: int, out: Path
 
 def retrain(arch_path: Path, out: Path, tests: Sequence[HeldOut], args: argparse.Namespace,
             seed: int) -> dict[str, Any]:
+    """Retrain the net ``args.retrains`` times from scratch (retrain ``r`` with seed ``seed +
+    RETRAIN_SEED_STRIDE * r`` into ``out``, ``out-r1``...) and score each on the held-out cases.
+    The row's scores are their means and ``retrains`` lists each: one retrain's Dice is noisy
+    (on demo3d one net scored 0.40 to 0.94 by seed), more than the nets differ."""
+    runs = [retrain_once(arch_path, out if r == 0 else out.with_name(f"{out.name}-r{r}"),
+                         tests, args, seed + RETRAIN_SEED_STRIDE * r)
+            for r in range(args.retrains)]
+    first = runs[0]
+    return {"params": first["params"], "flops": first["flops"],
+            "train_epochs": first["train_epochs"],
+            **{key: _mean([run[key] for run in runs])
+               for key in ("dice_test", "dice_val", "train_seconds")},
+            **{key: {name: _mean([run[key][name] for run in runs]) for name in first[key]}
+               for key in ("dice_test_classes", "dice_test_cases")},
+            "retrains": [{"seed": seed + RETRAIN_SEED_STRIDE * r,
+                          **{key: run[key] for key in ("dice_test", "dice_test_classes",
+                                                       "dice_val", "train_seconds",
+                                                       "postprocessing")}}
+                         for r, run in enumerate(runs)]}
+
+
+def _mean(values: list[float | None]) -> float | None:
+    """The mean of the values that exist (a class absent from every held-out case has none)."""
+    present = [v for v in values if v is not None and v == v]
+    return statistics.mean(present) if present else None
+
+
+def retrain_once(arch_path: Path, out: Path, tests: Sequence[HeldOut], args: argparse.Namespace,
+                 seed: int) -> dict[str, Any]:
+    """One retrain of the net at ``arch_path`` with ``seed``, scored on the held-out cases."""
     config = TrainConfig(epochs=args.train_epochs, time_budget=args.train_budget, seed=seed,
                          steps_per_epoch=args.train_steps, patch_size=args.patch_size)
     start = time.perf_counter()
@@ -273,7 +310,7 @@ def summarize(rows: list[dict[str, Any]], archs: dict[tuple, list[dict]]) -> str
                          f"{statistics.mean(r['params'] for r in randoms):,.0f} | "
                          f"{statistics.mean(r['flops'] for r in randoms) / 1e9:.2f} | - | 0 | "
                          f"{statistics.mean(r['train_seconds'] for r in randoms):.0f} | - | - |")
-    lines += paired(rows)
+    lines += paired(rows) + retrain_spread(rows)
     common = [f"- {method}, tau {tau}: {', '.join(kept_by_all(found)) or 'none'}"
               for (method, tau), found in archs.items() if tau is not None and len(found) > 1]
     if common:
@@ -297,7 +334,7 @@ def summarize(rows: list[dict[str, Any]], archs: dict[tuple, list[dict]]) -> str
 
 def paired(rows: list[dict[str, Any]]) -> list[str]:
     """Each searched method against each fixed network and the random median, seed by seed
-    (one retrain seed and one held-out set per seed, so a pair differs only by the network):
+    (the same retrain seeds and held-out cases per seed, so a pair differs only by the network):
     the mean ± sd of the differences in held-out Dice and the seeds it wins."""
     def by_seed(rs: list[dict[str, Any]]) -> dict[int, float]:
         return {r["seed"]: r["dice_test"] for r in rs}
@@ -323,9 +360,32 @@ def paired(rows: list[dict[str, Any]]) -> list[str]:
     return ["", "Paired by seed (held-out Dice, searched minus control):", *lines] if lines else []
 
 
+def retrain_spread(rows: list[dict[str, Any]]) -> list[str]:
+    """How much the same net's held-out Dice moves from one retrain seed to another, and how
+    many retrains lost a class (Dice under :data:`LOST_CLASS_DICE` on it)."""
+    runs = [r["retrains"] for r in rows if len(r.get("retrains", ())) > 1]
+    if not runs:
+        return []
+    spreads = [statistics.stdev(run["dice_test"] for run in net) for net in runs]
+    lost = [run for net in runs for run in net
+            if any(d is not None and d < LOST_CLASS_DICE
+                   for d in run["dice_test_classes"].values())]
+    return ["", f"Retrain spread: each net retrained {len(runs[0])} times; the sd of one net's "
+                f"held-out Dice over its retrains is {statistics.mean(spreads):.3f} on average "
+                f"(largest {max(spreads):.3f}); {len(lost)} of {sum(map(len, runs))} retrains "
+                f"lost a class (Dice < {LOST_CLASS_DICE})."]
+
+
 def steps(text: str) -> int | None:
     """Steps per epoch: a number, or ``pass`` for one pass over the cases."""
     return None if text == "pass" else int(text)
+
+
+def at_least_one(text: str) -> int:
+    """A count of one or more."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
 
 
 def memory_budget(text: str) -> str:
@@ -383,6 +443,9 @@ def main() -> None:
                              "(see nasseg search) [default: as many as --search-epochs].")
     parser.add_argument("--train-epochs", type=int, default=30,
                         help="Retrain epochs of every net [default: %(default)s].")
+    parser.add_argument("--retrains", type=at_least_one, default=1, metavar="R",
+                        help="Retrains of every net, each from scratch with its own seed; a "
+                             "net's scores are their mean [default: %(default)s].")
     parser.add_argument("--train-budget", type=float, default=None, metavar="SECONDS",
                         help="Retrain by wall time instead of epochs (the same for every net).")
     parser.add_argument("--search-steps", type=steps, default=SEARCH_STEPS_PER_EPOCH,

@@ -3,6 +3,7 @@ search's gates are, and how alike the architectures of several searches are; and
 cases, split from a demo set or a data set folder and scored as a user's tools score them."""
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -225,3 +226,45 @@ def test_the_summary_pairs_each_search_with_the_fixed_net_and_the_random_median_
     assert lines[start + 1:start + 3] == [
         "- MSSA only, tau 0.6 against the UNet: -0.003 ± 0.040, better at 2 of 3 seeds",
         "- MSSA only, tau 0.6 against the random median: +0.017 ± 0.031, better at 2 of 3 seeds"]
+
+
+def test_each_net_is_retrained_with_its_own_seeds_and_scored_by_their_mean(tmp_path, monkeypatch):
+    import search_quality
+
+    calls = []
+
+    def once(arch_path, out, tests, args, seed):
+        calls.append((out.name, seed))
+        dice = {0: 0.9, 1000: 0.4, 2000: 0.8}[seed]
+        return {"dice_test": dice, "dice_val": dice + 0.05, "train_seconds": 10.0 + seed / 1000,
+                "params": 1234, "flops": 5e8, "train_epochs": 30, "postprocessing": None,
+                "dice_test_classes": {"bright": dice, "textured": None},
+                "dice_test_cases": {"a": dice, "b": 1.0}}
+
+    monkeypatch.setattr(search_quality, "retrain_once", once)
+    args = argparse.Namespace(retrains=3)
+    row = search_quality.retrain(tmp_path / "arch.json", tmp_path / "train-tau0.6", [], args, 0)
+    assert calls == [("train-tau0.6", 0), ("train-tau0.6-r1", 1000), ("train-tau0.6-r2", 2000)]
+    assert row["dice_test"] == pytest.approx(0.7) and row["dice_val"] == pytest.approx(0.75)
+    assert row["dice_test_classes"] == {"bright": pytest.approx(0.7), "textured": None}
+    assert row["dice_test_cases"] == {"a": pytest.approx(0.7), "b": 1.0}
+    assert [r["seed"] for r in row["retrains"]] == [0, 1000, 2000]
+    assert row["params"] == 1234 and row["train_seconds"] == pytest.approx(11.0)
+    spread = summarize([dict(row, method="UNet", tau=None, seed=0, searched=False,
+                             search_seconds=0.0, gates_decided=None)], {}).splitlines()[-1]
+    assert spread == ("Retrain spread: each net retrained 3 times; the sd of one net's held-out "
+                      "Dice over its retrains is 0.265 on average (largest 0.265); 0 of 3 "
+                      "retrains lost a class (Dice < 0.1).")
+    row["retrains"][1]["dice_test_classes"]["bright"] = 0.0
+    assert "1 of 3 retrains lost a class" in summarize(
+        [dict(row, method="UNet", tau=None, seed=0, searched=False, search_seconds=0.0,
+              gates_decided=None)], {})
+
+
+def test_the_benchmark_refuses_retrains_under_one_before_it_runs(tmp_path):
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "search_quality.py"),
+                           "--retrains", "0", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and not (tmp_path / "o").exists()
+    assert done.stderr.strip().splitlines()[-1].endswith(
+        "error: argument --retrains: expected a whole number of at least 1, got '0'")
