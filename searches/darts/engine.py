@@ -582,7 +582,7 @@ class DartsSearch:
         if not saved_path.exists():
             return
         saved = read_json(saved_path, "case split")
-        if {k: list(v) for k, v in saved.items()} != self.split:
+        if saved != self.split:
             raise RunFolderError(f"{saved_path}: this search split its cases differently from "
                                  "how this version splits them (older nasseg halved the training "
                                  "cases in file order); start a new search")
