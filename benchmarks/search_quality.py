@@ -483,6 +483,11 @@ def main() -> None:
         args.variants = args.variants or (["UNet", FULL[args.space]] if args.space in FULL
                                           else None)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    taken = [args.out / f"seed{seed}" for seed in seeds if (args.out / f"seed{seed}").exists()]
+    if taken:  # before any work: a run's folders are never overwritten
+        raise SystemExit(f"error: {taken[0]} holds an earlier benchmark's runs; give another "
+                         "--out, or --first-seed past the seeds it holds")
     args.out.mkdir(parents=True, exist_ok=True)
     try:
         if args.fresh_test is None:
@@ -493,7 +498,6 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     archs: dict[tuple, list[dict]] = {}
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        seeds = range(args.first_seed, args.first_seed + args.seeds)
         runs = [pool.submit(run_seed, args, dev, tests, seed) for seed in seeds]
         for done in as_completed(runs):  # the report is rewritten after every seed
             seed_rows, seed_archs = done.result()

@@ -268,3 +268,16 @@ def test_the_benchmark_refuses_retrains_under_one_before_it_runs(tmp_path):
     assert done.returncode == 2 and not (tmp_path / "o").exists()
     assert done.stderr.strip().splitlines()[-1].endswith(
         "error: argument --retrains: expected a whole number of at least 1, got '0'")
+
+
+def test_the_benchmark_refuses_an_out_folder_holding_its_seeds_before_it_runs(tmp_path):
+    (tmp_path / "o" / "seed1").mkdir(parents=True)
+    (tmp_path / "o" / "seed1" / "kept.txt").write_text("an earlier run")
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "search_quality.py"), "--quick",
+                           "--first-seed", "1", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'o' / 'seed1'} holds an earlier benchmark's runs; give another "
+        "--out, or --first-seed past the seeds it holds")
+    assert sorted(p.name for p in (tmp_path / "o").rglob("*")) == ["kept.txt", "seed1"]
