@@ -63,7 +63,8 @@ from nasseg.searches.darts.relaxation import GATE_FORMS
 from nasseg.searches.darts.run import start_search
 from nasseg.searches.random_arch import random_architecture
 from nasseg.space import create_space
-from nasseg.training.trainer import TRAIN_STEPS_PER_EPOCH, TrainConfig, train_architecture
+from nasseg.training.trainer import (TRAIN_EPOCHS, TRAIN_STEPS_PER_EPOCH, TrainConfig,
+                                     train_architecture)
 from report import mean_sd, save_report
 
 #: The ablation variants of a space (knobs); a space without ablations has one variant.
@@ -441,7 +442,7 @@ def main() -> None:
     parser.add_argument("--extend-unlearned", type=int, default=None, metavar="EPOCHS",
                         help="Epochs a search adds when its supernet has not learned a class "
                              "(see nasseg search) [default: as many as --search-epochs].")
-    parser.add_argument("--train-epochs", type=int, default=30,
+    parser.add_argument("--train-epochs", type=int, default=TRAIN_EPOCHS,
                         help="Retrain epochs of every net [default: %(default)s].")
     parser.add_argument("--retrains", type=at_least_one, default=1, metavar="R",
                         help="Retrains of every net, each from scratch with its own seed; a "

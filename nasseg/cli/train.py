@@ -10,7 +10,7 @@ import click
 from nasseg.cli.errors import user_errors
 from nasseg.cli.options import (PatchSize, relaunch_argv, steps_per_epoch_option,
                                 time_budget_option)
-from nasseg.training.trainer import TRAIN_STEPS_PER_EPOCH
+from nasseg.training.trainer import TRAIN_EPOCHS, TRAIN_STEPS_PER_EPOCH
 
 __all__ = ["train"]
 
@@ -20,7 +20,8 @@ __all__ = ["train"]
 @click.option("--data", default=None, help="Data set [default: the one the search used].")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Training folder [default: runs/train-<arch folder>, numbered if taken].")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="[default: 30]")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help=f"[default: {TRAIN_EPOCHS}]")
 @time_budget_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--lr", type=float, default=3e-3, show_default=True)
@@ -73,7 +74,7 @@ def train(arch: Path | None, data: str | None, out: Path | None, epochs: int | N
             raise click.UsageError("give the ARCH file to train (or --resume --out FOLDER)")
         if out is None:
             out = fresh_run_dir(Path("runs"), f"train-{arch.resolve().parent.name}")
-        config = TrainConfig(epochs=epochs or 30, time_budget=time_budget,
+        config = TrainConfig(epochs=epochs or TRAIN_EPOCHS, time_budget=time_budget,
                              batch_size=batch_size, lr=lr, seed=seed,
                              deterministic=deterministic, device=device, num_workers=workers,
                              patch_size=patch_size, steps_per_epoch=steps_per_epoch, amp=amp,
