@@ -55,10 +55,11 @@ __all__ = ["TrainConfig", "train_architecture", "resume_training", "TRAIN_STEPS_
 #: Weight steps of a retrain epoch, whatever the data set's size (see the README's budget
 #: measurements: demo3d's one pass, 16 steps, left the nets still improving at the last epoch).
 TRAIN_STEPS_PER_EPOCH = 32
-#: Epochs of a retrain. On demo3d, 60 against 30 raised the held-out Dice of each of twelve
-#: retrains (six seeds, the U-Net and a searched net; +0.02 on average) and cut the searched
-#: nets' spread over seeds from 0.033 to 0.007: at 30 a net often had not yet left the plateau
-#: where it finds the blobs but cannot tell their kinds apart (README, "Three retrains per net").
+#: Epochs of a retrain. On demo3d (twelve seeds, the U-Net and a searched net each), 60 against
+#: 30 raised the mean held-out Dice by 0.015 (U-Net) and 0.012 (searched), 19 of 24 retrains
+#: higher, and cut the searched nets' spread over seeds from 0.024 to 0.009: at 30 a net often
+#: had not yet left the plateau where it finds the blobs but cannot tell their kinds apart
+#: (README, "Three retrains per net").
 TRAIN_EPOCHS = 60
 
 
