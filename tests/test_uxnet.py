@@ -107,6 +107,20 @@ def test_ablation_switches():
     assert count_parameters(unet) == count_parameters(unet.freeze(unet.default_sample()))
 
 
+def test_fixed_ops_interpolate_jumps_of_more_than_one_level_up():
+    space = _space(knobs={"sbb": False})
+    resample = {src: space.aggregate["N1_0"].align[str(i)].resample
+                for i, src in enumerate(space.graph.connections["N1_0_in"].sources)}
+    assert isinstance(resample["N0_0"], torch.nn.Identity)
+    assert isinstance(resample["N0_1"], torch.nn.ConvTranspose3d)  # one level: the U-Net's
+    assert not any(isinstance(m, torch.nn.ConvTranspose3d) for m in resample["N0_2"].modules())
+    x = torch.randn(1, space.channels[2], 3, 3, 3)
+    y = resample["N0_2"](x)
+    assert y.shape == (1, space.channels[0], 12, 12, 12)
+    # interpolated, not painted patch by patch: neighbours inside one 4x4x4 block differ
+    assert not torch.allclose(y[..., 1, 1, 1], y[..., 2, 2, 2])
+
+
 def test_picture_shows_live_nodes_and_chosen_ops(tmp_path):
     space = _space()
     arch = _derive(space, 0.9, seed=1)
