@@ -12,18 +12,19 @@ the reduction and expansion ops of a node's T() are choices too (one per node an
 Gates are pruned at tau after the search, and nodes that feed nothing are deleted.
 
 Ablations are knobs: ``sbb=False`` fixes every op (3x3x3 convs, max pooling, transposed convs
-one level up, trilinear upsampling for longer jumps); ``mssa=False`` replaces the gated aggregation by fixed U-Net-style paths (same level and the
-level below of the previous stage); both off is a plain U-Net-like lattice. ``sbb`` defaults to
-False: on the demo the searched ops made a worse supernet at 3.5 times the cost per epoch, and
-their derived nets retrained worse than 3x3x3 convs on the searched topology (README, "Search
-quality"); ``sbb=True`` searches them as the paper does.
+one level up, trilinear upsampling for longer jumps); ``mssa=False`` replaces the gated
+aggregation by fixed U-Net-style paths (same level and the level below of the previous stage);
+both off is a plain U-Net-like lattice. ``sbb`` defaults to False: on the demo the searched
+ops made a worse supernet at 3.5 times the cost per epoch, and their derived nets retrained
+worse than 3x3x3 convs on the searched topology (README, "Search quality"); ``sbb=True``
+searches them as the paper does.
 
 A fixed jump of more than one level up interpolates, then fits channels with a 1x1 conv (as UNet
 3+'s full-scale skips do), where one level up is the U-Net's transposed conv. A transposed conv
 of stride 4 paints each coarse voxel as a separate 4x4x4 patch and weighs 16 k parameters for
 32 -> 8 channels. Measured on demo3d (60-epoch retrains, held-out Dice, six seeds): the U-Net
-plus the bottleneck -> level-0 input that most searches keep scored 0.925 with the stride-4
-transposed conv and 0.951 with interpolation (better at 6 of 6; the U-Net: 0.952).
+plus the bottleneck -> level-0 input that most searches keep scored 0.930 with the stride-4
+transposed conv and 0.951 with interpolation (+0.021 ± 0.013, better at 6 of 6; the U-Net 0.952).
 """
 from __future__ import annotations
 
