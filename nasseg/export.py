@@ -60,11 +60,18 @@ def load_trained(train_dir: str | Path) -> tuple[SearchSpace, dict[str, Any]]:
     run.require(run.model)
     try:
         state = torch.load(run.model, map_location="cpu", weights_only=False)
-        arch = state["arch"]
+        arch, weights = state["arch"], state["model"]
         model = build_derived(arch)
-        model.load_state_dict(state["model"])
     except (KeyError, RuntimeError, EOFError, OSError) as exc:
         raise FileFormatError(f"{run.model}: not a nasseg trained model ({exc})") from None
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:  # e.g. a space whose fixed ops changed since the training
+        lines = str(exc).splitlines()
+        first = (lines[1] if len(lines) > 1 else lines[0]).strip()[:300]  # the first mismatch
+        raise FileFormatError(
+            f"{run.model}: its weights do not fit the network its architecture builds with this "
+            f"version of nasseg ({first}); retrain it, or use a file it was exported to") from None
     return model.eval(), {k: v for k, v in state.items() if k != "model"}
 
 

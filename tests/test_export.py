@@ -69,3 +69,19 @@ def test_export_of_a_non_training_folder_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(cli, ["export", str(tmp_path)])
     assert result.exit_code == 1
     assert f"{tmp_path}/model.pt: missing" in result.stderr
+
+
+def test_weights_that_no_longer_fit_their_architecture_are_a_clear_error(trained, tmp_path):
+    """A model.pt trained before its space's fixed ops changed names the mismatch in one line."""
+    old = tmp_path / "old"
+    old.mkdir()
+    state = torch.load(trained / "model.pt", map_location="cpu", weights_only=False)
+    name = next(iter(state["model"]))
+    state["model"][name + "_gone"] = state["model"].pop(name)
+    torch.save(state, old / "model.pt")
+    result = CliRunner().invoke(cli, ["export", str(old)])
+    assert result.exit_code == 1
+    message = result.stderr.strip()
+    assert len(message.splitlines()) == 1, message
+    assert f"{old}/model.pt: its weights do not fit the network" in message
+    assert name in message  # the first missing key
