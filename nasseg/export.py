@@ -67,8 +67,8 @@ def load_trained(train_dir: str | Path) -> tuple[SearchSpace, dict[str, Any]]:
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:  # e.g. a space whose fixed ops changed since the training
-        lines = str(exc).splitlines()
-        first = (lines[1] if len(lines) > 1 else lines[0]).strip()[:300]  # the first mismatch
+        lines = str(exc).splitlines() or [""]
+        first = lines[min(1, len(lines) - 1)].strip()[:300]  # torch's first mismatch line
         raise FileFormatError(
             f"{run.model}: its weights do not fit the network its architecture builds with this "
             f"version of nasseg ({first}); retrain it, or use a file it was exported to") from None
