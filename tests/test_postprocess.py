@@ -1,5 +1,6 @@
-"""Post-processing decided on the validation cases: small components of a class removed only
-where that raises the validation Dice, recorded in the training folder's plan."""
+"""Post-processing decided on the validation cases: small components of a class removed under
+a default drawn from the training labels unless that lowers the validation Dice, under a larger
+threshold where that raises it; recorded in the training folder's plan."""
 from __future__ import annotations
 
 import json
@@ -41,18 +42,27 @@ def test_small_object_sizes_are_a_low_percentile_of_the_reference_components():
     assert small_object_sizes(many, 3)[1] > 100
 
 
-def test_a_threshold_is_kept_only_where_it_raises_the_validation_dice():
+def test_the_default_threshold_stays_unless_validation_scores_lower_with_it():
     ref = _blobs()
     speckled = ref.copy()
     speckled[11, 0, 0] = speckled[0, 11, 0] = 1
     chosen, before, after = choose_min_sizes([speckled], [ref], 3, {1: 125, 2: 8})
     assert chosen == {1: 16} and after == 1.0 > before  # 125/8: the specks go, the blob stays
-    # a prediction without specks gains nothing: no threshold, whatever the candidates
-    assert choose_min_sizes([ref], [ref], 3, {1: 125, 2: 8}) == ({}, 1.0, 1.0)
+    # validation without specks cannot justify it, but the training labels do: 1/8 of a small
+    # object is kept; class 2's 8/8 = 1 voxel is no threshold at all
+    assert choose_min_sizes([ref], [ref], 3, {1: 125, 2: 8}) == ({1: 16}, 1.0, 1.0)
     # a real object smaller than every candidate is never removed for nothing
     small_real = ref.copy()
     small_real[11, 11, 0:2] = 1
     assert choose_min_sizes([small_real], [small_real], 3, {1: 125})[0] == {}
+
+
+def test_a_larger_threshold_only_where_it_raises_the_validation_dice():
+    ref = _blobs()
+    speckled = ref.copy()
+    speckled[9:12, 0:3, 0:3] = 1  # 27 voxels: over 1/8 (16) of the class's small size, under 1/4
+    assert choose_min_sizes([speckled], [ref], 3, {1: 125})[0] == {1: 31}
+    assert choose_min_sizes([ref], [ref], 3, {1: 125})[0] == {1: 16}
 
 
 def test_training_records_its_post_processing_and_can_be_told_not_to(small3d, tmp_path):

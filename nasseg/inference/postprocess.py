@@ -7,8 +7,15 @@ per-case Dice a user is scored by counts such a case as 0 for that class. On the
 held-out cases a net "fails" (case Dice below 0.7) are specks of tens of voxels, not missed
 objects. The candidate thresholds come from the training labels: fractions of the size of the
 class's small reference objects (the 5th percentile of their sizes, so that a fragment cut off
-by another object does not set the scale). A class keeps a threshold only where it raises the
-validation cases' mean Dice.
+by another object does not set the scale).
+
+The smallest candidate, 1/8 of a small object, is the default: the training labels alone say a
+component that small is not an object of the class. A class keeps it unless it lowers the
+validation cases' mean Dice, and takes a larger candidate only where that raises it. A handful
+of validation cases rarely shows the specks a held-out set does: under the former rule (no
+threshold unless validation gained), 12 searched nets and 12 U-Nets on demo3d kept none for
+most classes and scored 0.939 and 0.947 on 104 held-out cases; with the default, 0.959 and
+0.958, the spread over seeds halved.
 """
 from __future__ import annotations
 
@@ -86,22 +93,24 @@ def _mean_case_dice(preds: Sequence[np.ndarray], refs: Sequence[np.ndarray],
 
 def choose_min_sizes(preds: Sequence[np.ndarray], refs: Sequence[np.ndarray], num_classes: int,
                      small: Mapping[int, int]) -> tuple[dict[int, int], float, float]:
-    """Per class in turn, the candidate threshold (:data:`CANDIDATE_FRACTIONS` of its
-    small-object size ``small[c]``, :func:`small_object_sizes`) under which the validation
-    predictions ``preds`` score best against ``refs``; a class keeps none unless one raises
-    the mean per-case Dice. Returns the thresholds and the mean per-case Dice before and
-    after."""
+    """Per class in turn, the threshold the validation predictions ``preds`` support against
+    ``refs``: the default, :data:`CANDIDATE_FRACTIONS` [0] of the class's small-object size
+    ``small[c]`` (:func:`small_object_sizes`; none where that is under 2 voxels), unless it
+    lowers the mean per-case Dice; a larger candidate where it raises it. Returns the
+    thresholds and the mean per-case Dice before and after."""
     before = current = _mean_case_dice(preds, refs, num_classes)
     chosen: dict[int, int] = {}
     kept = list(preds)  # the predictions with the thresholds chosen so far applied
     for c, size in sorted(small.items()):
         parts = [_components(p, c) for p in kept]  # labelled once for every candidate
         best, best_score, best_preds = 0, current, kept
-        for fraction in CANDIDATE_FRACTIONS:
-            threshold = max(2, round(size * fraction))
+        for i, fraction in enumerate(CANDIDATE_FRACTIONS):
+            threshold = round(size * fraction)
+            if threshold < 2:
+                continue
             trial = [_without_small(p, part, threshold) for p, part in zip(kept, parts)]
             score = _mean_case_dice(trial, refs, num_classes)
-            if score > best_score:
+            if score > best_score or (i == 0 and score == best_score):
                 best, best_score, best_preds = threshold, score, trial
         if best:
             chosen[c], current, kept = best, best_score, best_preds
