@@ -216,7 +216,7 @@ def run_seed(args: argparse.Namespace, dev: str, tests: list[HeldOut], seed: int
     rows, archs = [], {}
     space_args = {"features": args.features, "levels": args.levels}
     variants = VARIANTS.get(args.space, {"searched": {}})
-    for name in args.variants or list(variants):
+    for name in list(variants) if args.variants is None else args.variants:
         knobs = dict(variants[name], **args.knob)
         folder = args.out / f"seed{seed}" / name.replace(" ", "").replace("+", "_")
         supernet = create_space(args.space, knobs=knobs, **space_args)
@@ -413,8 +413,9 @@ def main() -> None:
                         help="Seeds run from this one on (to split a benchmark across runs).")
     parser.add_argument("--jobs", type=int, default=1,
                         help="Seeds run side by side in this many processes (threads shared).")
-    parser.add_argument("--variants", nargs="+", default=None,
-                        help="Variants to run [default: all of the space's].")
+    parser.add_argument("--variants", nargs="*", default=None,
+                        help="Variants to run [default: all of the space's]; none given: "
+                             "only the random architectures.")
     parser.add_argument("--knob", nargs="*", default=[], metavar="LABEL=VALUE",
                         help="Knobs fixed for every variant (e.g. gate_reg=1).")
     parser.add_argument("--taus", nargs="+", type=float, default=[0.6, 0.75, 0.9],
@@ -481,8 +482,8 @@ def main() -> None:
     if args.quick:
         args.seeds, args.random, args.search_epochs, args.warmup_epochs = 1, 2, 4, 2
         args.train_epochs, args.taus = 2, [0.6]
-        args.variants = args.variants or (["UNet", FULL[args.space]] if args.space in FULL
-                                          else None)
+        if args.variants is None and args.space in FULL:
+            args.variants = ["UNet", FULL[args.space]]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     taken = [args.out / f"seed{seed}" for seed in seeds if (args.out / f"seed{seed}").exists()]
