@@ -281,3 +281,20 @@ def test_the_benchmark_refuses_an_out_folder_holding_its_seeds_before_it_runs(tm
         f"error: {tmp_path / 'o' / 'seed1'} holds an earlier benchmark's runs; give another "
         "--out, or --first-seed past the seeds it holds")
     assert sorted(p.name for p in (tmp_path / "o").rglob("*")) == ["kept.txt", "seed1"]
+
+
+def test_no_variants_named_runs_only_the_random_architectures(small3d, tmp_path, monkeypatch):
+    import search_quality
+
+    trained = []
+
+    def retrain(arch_path, out, tests, args, seed):
+        trained.append(out.relative_to(tmp_path).as_posix())
+        return {"dice_test": 0.5, "params": 1}
+
+    monkeypatch.setattr(search_quality, "retrain", retrain)
+    args = argparse.Namespace(jobs=1, space="uxnet", variants=[], knob={}, random=2,
+                              random_variant=None, out=tmp_path, **ARGS)
+    rows, archs = search_quality.run_seed(args, str(small3d), [], 3)
+    assert trained == ["seed3/random0/train", "seed3/random1/train"] and archs == {}
+    assert [r["method"] for r in rows] == ["random", "random"]
