@@ -65,6 +65,14 @@ def test_a_larger_threshold_only_where_it_raises_the_validation_dice():
     assert choose_min_sizes([ref], [ref], 3, {1: 125})[0] == {1: 16}
 
 
+def test_a_class_of_one_voxel_fragments_has_no_default_but_may_lose_single_voxels():
+    ref = _blobs()
+    speckled = ref.copy()
+    speckled[11, 0, 0] = 1
+    assert choose_min_sizes([ref], [ref], 3, {1: 1})[0] == {}
+    assert choose_min_sizes([speckled], [ref], 3, {1: 1})[0] == {1: 2}
+
+
 def test_training_records_its_post_processing_and_can_be_told_not_to(small3d, tmp_path):
     arch, _ = random_architecture("uxnet", str(small3d), 0, tmp_path / "arch.json",
                                   {"sbb": False, "mssa": False}, {"features": 4, "levels": 2})

@@ -105,12 +105,11 @@ def choose_min_sizes(preds: Sequence[np.ndarray], refs: Sequence[np.ndarray], nu
         parts = [_components(p, c) for p in kept]  # labelled once for every candidate
         best, best_score, best_preds = 0, current, kept
         for i, fraction in enumerate(CANDIDATE_FRACTIONS):
-            threshold = round(size * fraction)
-            if threshold < 2:
-                continue
+            default = i == 0 and round(size * fraction) >= 2
+            threshold = max(2, round(size * fraction))
             trial = [_without_small(p, part, threshold) for p, part in zip(kept, parts)]
             score = _mean_case_dice(trial, refs, num_classes)
-            if score > best_score or (i == 0 and score == best_score):
+            if score > best_score or (default and score == best_score):
                 best, best_score, best_preds = threshold, score, trial
         if best:
             chosen[c], current, kept = best, best_score, best_preds
