@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from nasseg.artifacts.files import FileFormatError, atomic_path
+from nasseg.artifacts.files import FileFormatError, atomic_path, error_line
 from nasseg.artifacts.run_folder import RunFolder
 from nasseg.derive import build_derived
 from nasseg.space import SearchSpace
@@ -67,11 +67,10 @@ def load_trained(train_dir: str | Path) -> tuple[SearchSpace, dict[str, Any]]:
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:  # e.g. a space whose fixed ops changed since the training
-        lines = str(exc).splitlines() or [""]
-        first = lines[min(1, len(lines) - 1)].strip()[:300]  # torch's first mismatch line
         raise FileFormatError(
             f"{run.model}: its weights do not fit the network its architecture builds with this "
-            f"version of nasseg ({first}); retrain it, or use a file it was exported to") from None
+            f"version of nasseg ({error_line(exc)}); retrain it, or use a file it was exported "
+            "to") from None
     return model.eval(), {k: v for k, v in state.items() if k != "model"}
 
 

@@ -162,6 +162,21 @@ def test_resume_refuses_a_run_split_otherwise(small3d, tmp_path):
         engine.resume()
 
 
+def test_resume_names_weights_that_do_not_fit_in_one_line(small3d, tmp_path):
+    """A checkpoint of a space whose modules changed since (a renamed weight here)."""
+    _engine(small3d, tmp_path, epochs=1).run()
+    path = tmp_path / "run" / "checkpoint.pt"
+    state = torch.load(path, weights_only=False)
+    name = next(iter(state["model"]))
+    state["model"][name + "_gone"] = state["model"].pop(name)
+    torch.save(state, path)
+    with pytest.raises(RunFolderError) as caught:
+        _engine(small3d, tmp_path, epochs=2).resume()
+    message = str(caught.value)
+    assert len(message.splitlines()) == 1 and message.startswith(f"{path}: unreadable or not")
+    assert name in message
+
+
 def _search_cmd(data: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "nasseg.cli", "search", "--data", str(data), "--out", str(out),
             "--epochs", "4", "--warmup-epochs", "1", "--steps-per-epoch", "4", "--seed", "3",

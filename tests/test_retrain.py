@@ -87,6 +87,22 @@ def test_resume_needs_a_training_folder(tmp_path):
     assert result.exit_code == 1 and "missing" in result.stderr
 
 
+def test_resume_names_weights_that_do_not_fit_in_one_line(arch_file, tmp_path):
+    out = tmp_path / "t"
+    result = CliRunner().invoke(cli, ["train", str(arch_file), "--out", str(out), "--epochs",
+                                      "1", "--steps-per-epoch", "1", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    name = next(iter(state["model"]))
+    state["model"][name + "_gone"] = state["model"].pop(name)
+    torch.save(state, out / "checkpoint.pt")
+    result = CliRunner().invoke(cli, ["train", "--resume", "--out", str(out)])
+    assert result.exit_code == 1
+    errors = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(errors) == 1 and f"{out}/checkpoint.pt: unreadable or not" in errors[0]
+    assert name in errors[0]
+
+
 def test_an_epoch_can_be_set_in_steps_for_search_and_retrain(small3d, tmp_path):
     """Fixed steps per epoch, more than one pass over the few cases of a search half holds."""
     result = CliRunner().invoke(cli, ["search", "--data", str(small3d), "--out", str(tmp_path / "s"),

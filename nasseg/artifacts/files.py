@@ -15,11 +15,22 @@ from typing import IO, Any, Iterator
 
 import torch
 
-__all__ = ["atomic_path", "write_json", "read_json", "save_torch", "FileFormatError"]
+__all__ = ["atomic_path", "write_json", "read_json", "save_torch", "FileFormatError",
+           "error_line"]
 
 
 class FileFormatError(ValueError):
     """A file nasseg reads is missing, unreadable or not in the expected format."""
+
+
+def error_line(exc: BaseException, limit: int = 300) -> str:
+    """One line of ``exc``'s message, for an error that must stay one line: its first, or for
+    torch's state-dict errors ("Error(s) in loading state_dict ...") the first mismatch."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    pick = 1 if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else 0
+    return lines[pick][:limit]
 
 
 @contextmanager

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from nasseg import __version__
-from nasseg.artifacts.files import read_json, save_torch, write_json
+from nasseg.artifacts.files import error_line, read_json, save_torch, write_json
 from nasseg.artifacts.pictures import draw_training
 from nasseg.artifacts.run_folder import RunFolder, RunFolderError
 from nasseg.data import (CaseSet, load_data, locate_data_spec, record_data_spec,
@@ -209,7 +209,8 @@ class _Retrain:
             self.staged.optimizer.load_state_dict(state["optimizer"])
             self.precision.load_state_dict(state.get("scaler"))
         except (RuntimeError, KeyError, EOFError, ValueError, OSError) as exc:
-            raise RunFolderError(f"{path}: unreadable or not from this training ({exc})") from None
+            raise RunFolderError(f"{path}: unreadable or not from this training "
+                                 f"({error_line(exc)})") from None
         set_rng_state(state["rng"])
         self.best, self.history = dict(state["best"]), list(state["history"])
         self.start_epoch = int(state["epochs_done"])

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nasseg.artifacts.files import read_json, save_torch, write_json
+from nasseg.artifacts.files import error_line, read_json, save_torch, write_json
 from nasseg.artifacts.pictures import draw_search
 from nasseg.artifacts.run_folder import RunFolder, RunFolderError
 from nasseg.data import CaseSet, split_indices
@@ -562,7 +562,8 @@ class DartsSearch:
                 self.arch_opt.load_state_dict(state["arch_opt"])
             self.precision.load_state_dict(state.get("scaler"))
         except (RuntimeError, KeyError, EOFError, ValueError) as exc:
-            raise RunFolderError(f"{path}: unreadable or not from this search ({exc})") from None
+            raise RunFolderError(f"{path}: unreadable or not from this search "
+                                 f"({error_line(exc)})") from None
         set_rng_state(state["rng"])
         self.history = list(state["history"])
         self.start_epoch = int(state["epochs_done"])
