@@ -63,7 +63,8 @@ def load_trained(train_dir: str | Path) -> tuple[SearchSpace, dict[str, Any]]:
         arch, weights = state["arch"], state["model"]
         model = build_derived(arch)
     except (KeyError, RuntimeError, EOFError, OSError) as exc:
-        raise FileFormatError(f"{run.model}: not a nasseg trained model ({exc})") from None
+        raise FileFormatError(f"{run.model}: not a nasseg trained model "
+                              f"({error_line(exc)})") from None
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:  # e.g. a space whose fixed ops changed since the training

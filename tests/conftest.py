@@ -72,3 +72,13 @@ def kill_after_first_checkpoint(cmd: Sequence[str], folder: Path, epochs: int, *
     done = torch.load(folder / "checkpoint.pt", weights_only=False)["epochs_done"]
     assert 1 <= done < epochs, "the kill should land mid-run"
     return done
+
+
+def rename_first_weight(source: Path, target: Path | None = None) -> str:
+    """Save the checkpoint ``source`` (to ``target``, default: itself) with its first network
+    weight renamed, as a space whose modules changed since would see it; return the old name."""
+    state = torch.load(source, map_location="cpu", weights_only=False)
+    name = next(iter(state["model"]))
+    state["model"][name + "_gone"] = state["model"].pop(name)
+    torch.save(state, target or source)
+    return name

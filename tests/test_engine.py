@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import kill_after_first_checkpoint
+from conftest import kill_after_first_checkpoint, rename_first_weight
 from torch.func import functional_call
 
 from nasseg.artifacts.files import read_json
@@ -166,10 +166,7 @@ def test_resume_names_weights_that_do_not_fit_in_one_line(small3d, tmp_path):
     """A checkpoint of a space whose modules changed since (a renamed weight here)."""
     _engine(small3d, tmp_path, epochs=1).run()
     path = tmp_path / "run" / "checkpoint.pt"
-    state = torch.load(path, weights_only=False)
-    name = next(iter(state["model"]))
-    state["model"][name + "_gone"] = state["model"].pop(name)
-    torch.save(state, path)
+    name = rename_first_weight(path)
     with pytest.raises(RunFolderError) as caught:
         _engine(small3d, tmp_path, epochs=2).resume()
     message = str(caught.value)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import rename_first_weight
 
 from nasseg.cli import cli
 from nasseg.export import load_trained
@@ -75,10 +76,7 @@ def test_weights_that_no_longer_fit_their_architecture_are_a_clear_error(trained
     """A model.pt trained before its space's fixed ops changed names the mismatch in one line."""
     old = tmp_path / "old"
     old.mkdir()
-    state = torch.load(trained / "model.pt", map_location="cpu", weights_only=False)
-    name = next(iter(state["model"]))
-    state["model"][name + "_gone"] = state["model"].pop(name)
-    torch.save(state, old / "model.pt")
+    name = rename_first_weight(trained / "model.pt", old / "model.pt")
     result = CliRunner().invoke(cli, ["export", str(old)])
     assert result.exit_code == 1
     message = result.stderr.strip()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import kill_after_first_checkpoint
+from conftest import kill_after_first_checkpoint, rename_first_weight
 
 from nasseg.cli import cli
 
@@ -92,10 +92,7 @@ def test_resume_names_weights_that_do_not_fit_in_one_line(arch_file, tmp_path):
     result = CliRunner().invoke(cli, ["train", str(arch_file), "--out", str(out), "--epochs",
                                       "1", "--steps-per-epoch", "1", "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    state = torch.load(out / "checkpoint.pt", weights_only=False)
-    name = next(iter(state["model"]))
-    state["model"][name + "_gone"] = state["model"].pop(name)
-    torch.save(state, out / "checkpoint.pt")
+    name = rename_first_weight(out / "checkpoint.pt")
     result = CliRunner().invoke(cli, ["train", "--resume", "--out", str(out)])
     assert result.exit_code == 1
     errors = [ln for ln in result.stderr.splitlines() if ln.strip()]
