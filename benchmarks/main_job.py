@@ -40,10 +40,15 @@ SPACE, BASELINE = "uxnet", "UNet"
 
 def nasseg(args: list[str], env: dict[str, str]) -> float:
     """Run ``nasseg ARGS`` in its own process (this interpreter); its wall time in seconds.
-    A failure ends the benchmark with the command's own error line."""
+    A failure ends the benchmark with the command's own error line.
+
+    It runs in the benchmark's own folder (every path is absolute): in a checkout's root,
+    ``python -m`` would import the source folder ``nasseg/``, which lacks the ``spaces`` and
+    ``searches`` packages that only an install maps into it."""
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "nasseg.cli", *args], env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                          cwd=env["NASSEG_HOME"], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
     if done.returncode:
         said = done.stderr.strip().splitlines()
         raise SystemExit(f"error: nasseg {' '.join(args)} failed: "
@@ -131,9 +136,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.out.exists():
         raise SystemExit(f"error: {args.out} exists; a benchmark's runs are never overwritten")
+    args.out = args.out.resolve()
+    if Path(args.data).exists():
+        args.data = str(Path(args.data).resolve())
+    (args.out / "home").mkdir(parents=True)
     fresh = (FRESH_CASES if args.data in DEMO_SETS else 0) if args.fresh_test is None \
         else args.fresh_test
-    env = dict(os.environ, NASSEG_HOME=str((args.out / "home").resolve()))
+    os.environ["NASSEG_HOME"] = str(args.out / "home")  # here and in every command
+    env = dict(os.environ)
     search = run_search(args.out / "search", args.data, args.search_args.split(), env)
     print(f"search: {search['search_seconds']:.0f} s, {search['derived_params']:,} parameters",
           flush=True)
