@@ -76,8 +76,8 @@ def train_and_score(name: str, arch: Path, seed: int, out: Path, extra: list[str
     metrics = read_json(folder / "metrics.json", "training metrics")
     row = {"net": name, "seed": seed, "params": metrics["params"],
            "train_seconds": round(seconds, 1), "dice_val": metrics["dice_mean"],
-           "dice_val_postprocessed": metrics["postprocessing"].get("dice_mean_after",
-                                                                   metrics["dice_mean"])}
+           "dice_val_postprocessed": (metrics["postprocessing"] or {}).get(  # None: switched off
+               "dice_mean_after", metrics["dice_mean"])}
     if tests:
         row.update(held_out_scores(folder, tests))
     return row

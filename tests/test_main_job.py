@@ -17,7 +17,8 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 def test_main_job_benchmark_trains_both_nets_and_reports_the_difference(small3d, tmp_path):
     out = tmp_path / "bench"
     done = _run("--data", str(small3d), "--out", str(out), "--seeds", "1", "--jobs", "1",
-                "--search-args", "--epochs 2 --warmup-epochs 1", "--train-args", "--epochs 1")
+                "--search-args", "--epochs 2 --warmup-epochs 1",
+                "--train-args", "--epochs 1 --no-postprocess")
     assert done.returncode == 0, done.stderr
     report = json.loads((out / "main_job.json").read_text())
     rows = {r["net"]: r for r in report["rows"]}
@@ -28,6 +29,7 @@ def test_main_job_benchmark_trains_both_nets_and_reports_the_difference(small3d,
     assert rows["UNet"]["params"] != rows["searched"]["params"]
     assert rows["searched"]["search_seconds"] > 0 and rows["searched"]["search_peak_mb"] > 0
     assert "dice_test" not in rows["UNet"]        # no fresh cases for a non-demo set
+    assert rows["UNet"]["dice_val_postprocessed"] == rows["UNet"]["dice_val"]  # none decided
     table = (out / "main_job.md").read_text()
     difference = rows["searched"]["dice_val"] - rows["UNet"]["dice_val"]
     assert f"{difference:+.3f}" in table and "ahead at" in table
