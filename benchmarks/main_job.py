@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -144,7 +145,7 @@ def main() -> None:
         else args.fresh_test
     os.environ["NASSEG_HOME"] = str(args.out / "home")  # here and in every command
     env = dict(os.environ)
-    search = run_search(args.out / "search", args.data, args.search_args.split(), env)
+    search = run_search(args.out / "search", args.data, shlex.split(args.search_args), env)
     print(f"search: {search['search_seconds']:.0f} s, {search['derived_params']:,} parameters",
           flush=True)
     baseline, _ = random_architecture(SPACE, args.data, 0, args.out / f"{BASELINE}-arch.json",
@@ -157,7 +158,7 @@ def main() -> None:
                                (BASELINE, baseline))]
     with ThreadPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(lambda job: train_and_score(
-            *job, args.out, args.train_args.split(), dict(env, OMP_NUM_THREADS=threads),
+            *job, args.out, shlex.split(args.train_args), dict(env, OMP_NUM_THREADS=threads),
             tests), jobs))
     for r in rows:
         r.update(search)  # every row: the main job it belongs to
