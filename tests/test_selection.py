@@ -65,6 +65,27 @@ def test_removal_keeps_what_the_supernet_uses_whatever_the_gates_say():
     assert scores["a_in"]["probs"] == a and scores["a_in"]["gates"] == gates_before["a_in"]
 
 
+@pytest.mark.parametrize("keep_at", [0.5, 0.6, 0.75])
+def test_an_input_costing_the_tolerance_scores_keep_at_and_kept_ones_no_less(keep_at):
+    """Deriving at ``keep_at`` (the space's default tau) keeps exactly what the selection
+    kept: an input that costs the tolerance scores ``keep_at``, one that costs more, more."""
+    arch = ArchParameters()
+    arch.add_connection("x_in", 3)
+    costs = {0: 0.01, 1: 0.04, 2: 0.0}  # at the tolerance, four times it, nothing
+
+    def dice() -> float:
+        return 0.9 - sum(costs[i] for i in arch.removed.get("x_in", ()))
+
+    result = select_by_removal(arch, dice, tolerance=0.01, keep_at=keep_at)
+    at_tolerance, essential, useless = result.scores["x_in"]
+    assert at_tolerance == pytest.approx(keep_at)
+    assert essential == pytest.approx(0.04 / (0.04 + 0.01 * (1 - keep_at) / keep_at))
+    assert useless == 0.0 and arch.removed["x_in"] == {2}
+    assert result.to_dict()["keep_at"] == keep_at
+    with pytest.raises(ValueError, match="kept input"):
+        select_by_removal(arch, dice, tolerance=0.01, keep_at=1.0)
+
+
 def test_a_full_dice_measured_already_is_not_measured_again():
     calls = []
 
@@ -140,6 +161,15 @@ def test_search_selects_connections_and_derive_follows(select, small3d, tmp_path
         if choice["kind"] == "connection":
             assert all(choice["scores"][i] >= 0.6 for i in choice["kept"]
                        if len(choice["kept"]) > 1), label
+    if select == "removal":  # at the space's default tau: the net the selection measured
+        assert read_json(run.selection)["keep_at"] == engine.model.default_tau
+        default = derive_architecture(engine.model, params, engine.model.default_tau,
+                                      [dataset.in_channels, *dataset.patch_size])
+        for label, choice in default["choices"].items():
+            if choice["kind"] == "connection" and choice["kept"]:  # a live node
+                measured = set(range(len(choice["sources"]))) - engine.arch.removed.get(label,
+                                                                                      set())
+                assert set(choice["kept"]) == measured, label
 
 
 def test_a_supernet_that_has_not_learned_a_class_searches_on_once(small3d, tmp_path, caplog):

@@ -254,7 +254,8 @@ class DartsSearch:
             grads = torch.autograd.grad(val_loss, self.arch_params + weights,
                                         allow_unused=True)
         n = len(self.arch_params)
-        d_arch = [torch.zeros_like(p) if g is None else g for p, g in zip(self.arch_params, grads[:n])]
+        d_arch = [torch.zeros_like(p) if g is None else g
+                  for p, g in zip(self.arch_params, grads[:n])]
         d_w = [torch.zeros_like(w) if g is None else g for w, g in zip(weights, grads[n:])]
         eps = 0.01 / (torch.sqrt(sum((g * g).sum() for g in d_w)) + 1e-12)
 
@@ -506,7 +507,8 @@ class DartsSearch:
             class_dice = self._class_dice(full)
             self._warn_unlearned(class_dice)
             result = select_by_removal(self.arch, lambda: self._measured_dice().selected,
-                                       cfg.select_tolerance, logger.info, full.selected)
+                                       cfg.select_tolerance, logger.info, full.selected,
+                                       keep_at=self.model.default_tau)
         result.class_dice = class_dice
         result.measured_on = {"halves": self._measured_on, "cases": len(self._measured)}
         self.arch.selected = result.scores
@@ -606,7 +608,8 @@ class DartsSearch:
                  "world_size": self.dist.world_size,
                  "epochs_planned": self.config.epochs,
                  "time_budget": self.budget.to_dict() if self.budget else None}
-        write_json(self.run_folder.cost, self.cost.card(epochs_done, self.device, self.config, extra))
+        write_json(self.run_folder.cost,
+                   self.cost.card(epochs_done, self.device, self.config, extra))
 
     def run(self) -> ArchParameters:
         """Search from the current epoch to the last; checkpoint after every epoch."""

@@ -17,10 +17,15 @@ the architecture half:
    input; nothing is re-trained). Of two redundant inputs the first goes, and the second, now
    needed, stays.
 
-The score of an input is ``drop / (drop + tolerance)`` with its last measured drop (0 for an
-input that went): deriving at tau keeps the inputs whose removal costs at least
-``tau / (1 - tau) * tolerance`` Dice, so tau 0.6 / 0.75 / 0.9 ask for 1.5 / 3 / 9 times the
-tolerance. Single-input connections score 1: such a node lives or dies by its consumers.
+The score of an input is ``drop / (drop + k * tolerance)`` with its last measured drop (0 for an
+input that went) and ``k = (1 - keep_at) / keep_at``: an input that costs exactly the tolerance
+scores ``keep_at``, the space's default tau. So deriving at the default tau derives exactly the
+net the selection measured (a node keeps its last input, as derive does), and a higher tau asks
+more: ``tau / (1 - tau) * k`` times the tolerance (UXNet, default 0.6: tau 0.75 / 0.9 ask for
+2 / 6 times). Until 2026-12-01 the scale was fixed (``k = 1``), so UXNet's default tau asked
+1.5 times the tolerance and cut, unmeasured, inputs the selection had kept, and with them the
+nodes they fed (README, "The derived net is the measured net"). Single-input connections
+score 1: such a node lives or dies by its consumers.
 
 Few architecture cases make a poor measurement. Searched on 8 brain-tissue cases (3 in the
 architecture half), the supernets fitted their weight half far better than the architecture
@@ -76,6 +81,8 @@ class RemovalSelection:
 
     tolerance: float
     full_dice: float
+    #: the score of an input that costs exactly the tolerance (the space's default tau)
+    keep_at: float = 0.5
     final_dice: float = float("nan")
     evaluations: int = 0
     #: per connection label, the derivation score of every input
@@ -89,7 +96,8 @@ class RemovalSelection:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready record."""
-        return {"method": "removal", "tolerance": self.tolerance, "full_dice": self.full_dice,
+        return {"method": "removal", "tolerance": self.tolerance, "keep_at": self.keep_at,
+                "full_dice": self.full_dice,
                 "final_dice": self.final_dice, "evaluations": self.evaluations,
                 "class_dice": self.class_dice,
                 "unlearned_classes": unlearned_classes(self.class_dice),
@@ -102,26 +110,33 @@ def unlearned_classes(class_dice: Mapping[str, float]) -> list[str]:
     return [name for name, dice in class_dice.items() if dice < UNLEARNED_DICE]
 
 
-def _score(drop: float, tolerance: float) -> float:
+def _score(drop: float, tolerance: float, keep_at: float) -> float:
+    """The derivation score of an input whose removal costs ``drop``: ``keep_at`` at the
+    tolerance, towards 1 for an essential input, 0 for one the supernet does not miss."""
     drop = max(drop, 0.0)
-    return drop / (drop + tolerance)
+    return drop / (drop + tolerance * (1.0 - keep_at) / keep_at)
 
 
 def select_by_removal(arch: ArchParameters, dice: Callable[[], float],
                       tolerance: float = DEFAULT_TOLERANCE,
                       progress: Callable[[str], None] | None = None,
-                      full_dice: float | None = None) -> RemovalSelection:
+                      full_dice: float | None = None,
+                      keep_at: float = 0.5) -> RemovalSelection:
     """Score every connection input of the supernet behind ``arch`` by the Dice lost without it.
 
     ``dice()`` evaluates the supernet (in eval mode, on data the weights were not trained on)
     with the inputs in ``arch.removed`` switched off; ``full_dice`` is its value with every
     input on, when the caller measured it already. The inputs the selection switched off
-    stay in ``arch.removed``; the caller stores the returned scores (``arch.selected``).
+    stay in ``arch.removed``; the caller stores the returned scores (``arch.selected``), on
+    which an input the selection kept scores at least ``keep_at`` (the space's default tau).
     """
     if not tolerance > 0:
         raise ValueError(f"the selection tolerance must be positive Dice, got {tolerance}")
+    if not 0.0 < keep_at < 1.0:
+        raise ValueError(f"the score of a kept input must lie in (0, 1), got {keep_at}")
     say = progress or (lambda message: None)
-    result = RemovalSelection(tolerance, dice() if full_dice is None else full_dice)
+    result = RemovalSelection(tolerance, dice() if full_dice is None else full_dice,
+                              keep_at=keep_at)
     result.evaluations = 1
     removable = [(label, i) for label, n in arch.connection_sizes.items() if n > 1
                  for i in range(n)]
@@ -159,7 +174,8 @@ def select_by_removal(arch: ArchParameters, dice: Callable[[], float],
         f"{result.full_dice:.4f} -> {current:.4f} ({result.evaluations} evaluations)")
     for label, n in arch.connection_sizes.items():
         result.scores[label] = [1.0 if n == 1 else 0.0 if (label, i) in off
-                                else _score(last_drop[(label, i)], tolerance) for i in range(n)]
+                                else _score(last_drop[(label, i)], tolerance, keep_at)
+                                for i in range(n)]
     return result
 
 
