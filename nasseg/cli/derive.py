@@ -14,7 +14,8 @@ __all__ = ["derive"]
 @click.command()
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("--tau", type=float, default=None,
-              help="Keep connections whose gate sigmoid(beta) >= tau, in (0, 1) "
+              help="Keep connections whose score (the gate sigmoid(beta), or after a "
+                   "selection by removal its measured score) >= tau, in (0, 1) "
                    "[default: the space's own].")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Where to write the architecture [default: RUN/arch.json].")

@@ -66,8 +66,9 @@ DEFAULT_DATA = "demo3d"
 @click.option("--select", type=click.Choice(list(SELECTIONS)), default="removal",
               show_default=True,
               help="How connections are chosen after the search: removal measures the Dice "
-                   "the supernet loses without each input (score drop/(drop+tolerance), kept "
-                   "at score >= tau); gates keeps each input whose gate >= tau.")
+                   "the supernet loses without each input (an input costing the tolerance "
+                   "scores the space's default tau, so derive's default keeps what the "
+                   "selection kept); gates keeps each input whose gate >= tau.")
 @click.option("--select-tolerance", type=click.FloatRange(min=0, min_open=True),
               default=DEFAULT_TOLERANCE, show_default=True,
               help="--select removal: an input costing less Dice than this is switched off.")
