@@ -128,7 +128,8 @@ def select_by_removal(arch: ArchParameters, dice: Callable[[], float],
     with the inputs in ``arch.removed`` switched off; ``full_dice`` is its value with every
     input on, when the caller measured it already. The inputs the selection switched off
     stay in ``arch.removed``; the caller stores the returned scores (``arch.selected``), on
-    which an input the selection kept scores at least ``keep_at`` (the space's default tau).
+    which an input kept for what it costs scores at least ``keep_at`` (the space's default
+    tau; a node's last input, kept whatever it costs, may score less).
     """
     if not tolerance > 0:
         raise ValueError(f"the selection tolerance must be positive Dice, got {tolerance}")
