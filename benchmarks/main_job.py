@@ -32,7 +32,7 @@ import torch
 from nasseg.artifacts.files import read_json
 from nasseg.data import DEMO_SETS, fresh_demo_cases
 from nasseg.searches.random_arch import random_architecture
-from report import mean_sd, save_report
+from report import mean_sd, paired_evidence, save_report
 from search_quality import FRESH_CASES, VARIANTS, held_out_scores
 
 #: The hand-made baseline: the main job's space with nothing searched.
@@ -112,7 +112,8 @@ def summarize(search: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"{len(diffs[s])}" for s in scores) + " |")
     if len(by_seed) > 1:
         lines += ["", "Median difference: " + ", ".join(
-            f"{s} {statistics.median(diffs[s]):+.3f}" for s in scores)]
+            f"{s} {statistics.median(diffs[s]):+.3f} ({paired_evidence(diffs[s])})"
+            for s in scores)]
     return "\n".join(lines)
 
 

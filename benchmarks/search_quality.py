@@ -17,7 +17,8 @@ generator):
   (:mod:`nasseg.searches.random_arch`), reported as their median and their best;
 * the search's decisiveness (share of gates outside [0.3, 0.7]) and, over seeds, its stability
   (Jaccard index of kept connections, share of op choices alike);
-* each searched method against the fixed network and the random median, paired by seed;
+* each searched method against the fixed network and the random median, paired by seed, with
+  the standard error of the mean difference and a sign-flip test's p-value;
 * with ``--retrains R``, every net retrained R times with its own seeds (its scores their mean),
   and how far one net's Dice moves between its retrains.
 
@@ -65,7 +66,7 @@ from nasseg.searches.random_arch import random_architecture
 from nasseg.space import create_space
 from nasseg.training.trainer import (TRAIN_EPOCHS, TRAIN_STEPS_PER_EPOCH, TrainConfig,
                                      train_architecture)
-from report import mean_sd, save_report
+from report import mean_sd, paired_evidence, save_report
 
 #: The ablation variants of a space (knobs); a space without ablations has one variant.
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
@@ -357,7 +358,7 @@ def paired(rows: list[dict[str, Any]]) -> list[str]:
             diffs = [mine[s] - control[s] for s in seeds]
             lines.append(f"- {method}{'' if tau is None else f', tau {tau}'} against {name}: "
                          f"{mean_sd(diffs, signed=True)}, better at {sum(d > 0 for d in diffs)} "
-                         f"of {len(seeds)} seeds")
+                         f"of {len(seeds)} seeds ({paired_evidence(diffs)})")
     return ["", "Paired by seed (held-out Dice, searched minus control):", *lines] if lines else []
 
 

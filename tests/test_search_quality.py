@@ -27,6 +27,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))  # the benchmark is a script beside its report module
 from search_quality import (held_out_scores, held_out_sets, split_held_out,  # noqa: E402
                             summarize)
+from report import EXACT_SIGN_FLIPS, paired_evidence, sign_flip_p  # noqa: E402
 from test_real_data import make_msd  # noqa: E402
 
 
@@ -223,9 +224,30 @@ def test_the_summary_pairs_each_search_with_the_fixed_net_and_the_random_median_
     lines = summarize(rows, {}).splitlines()
     start = lines.index("Paired by seed (held-out Dice, searched minus control):")
     # differences -0.05 / +0.02 / +0.02 against the UNet; medians 0.85 / 0.91 / 0.95
+    # of the 8 sign flips of (-0.05, +0.02, +0.02) all have a sum as far from 0 as -0.01; of
+    # (+0.05, +0.01, -0.01) 6 have one as far as +0.05
     assert lines[start + 1:start + 3] == [
-        "- MSSA only, tau 0.6 against the UNet: -0.003 ± 0.040, better at 2 of 3 seeds",
-        "- MSSA only, tau 0.6 against the random median: +0.017 ± 0.031, better at 2 of 3 seeds"]
+        "- MSSA only, tau 0.6 against the UNet: -0.003 ± 0.040, better at 2 of 3 seeds "
+        "(standard error 0.023, sign-flip p = 1.00)",
+        "- MSSA only, tau 0.6 against the random median: +0.017 ± 0.031, better at 2 of 3 seeds "
+        "(standard error 0.018, sign-flip p = 0.75)"]
+
+
+def test_the_sign_flip_test_is_exact_for_few_pairs_and_never_zero_when_sampled():
+    # five wins: only the observed signs and their mirror are as extreme, 2 of 32
+    assert sign_flip_p([0.01, 0.02, 0.01, 0.03, 0.02]) == pytest.approx(2 / 32)
+    # a mean difference of 0: every assignment is as far from 0
+    assert sign_flip_p([0.02, -0.02]) == 1.0
+    # sum 0.04; the flips sum to +-0.06, +-0.04, +-0.02, 0: 4 of 8 reach 0.04
+    assert sign_flip_p([0.03, 0.02, -0.01]) == pytest.approx(4 / 8)
+    # beyond the exact range the draws estimate it, counting the observed assignment
+    wins = [0.01] * (EXACT_SIGN_FLIPS + 4)
+    assert sign_flip_p(wins, draws=999) == pytest.approx(1 / 1000)
+    assert paired_evidence([0.01]) == "-"
+    assert paired_evidence([0.01] * 10).endswith("sign-flip p = 0.0020")  # 2 of 1024
+    assert paired_evidence(wins).endswith("sign-flip p < 0.0001")
+    with pytest.raises(ValueError, match="at least one"):
+        sign_flip_p([])
 
 
 def test_each_net_is_retrained_with_its_own_seeds_and_scored_by_their_mean(tmp_path, monkeypatch):
