@@ -112,7 +112,7 @@ def summarize(search: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"{len(diffs[s])}" for s in scores) + " |")
     if len(by_seed) > 1:
         lines += ["", "Median difference: " + ", ".join(
-            f"{s} {statistics.median(diffs[s]):+.3f} ({paired_evidence(diffs[s])})"
+            f"{s} {statistics.median(diffs[s]):+.3f} (the mean's {paired_evidence(diffs[s])})"
             for s in scores)]
     return "\n".join(lines)
 
