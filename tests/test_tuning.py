@@ -219,8 +219,11 @@ def test_killed_worker_trial_is_retried_on_the_journal(tmp_path, small3d):
     while not mid_trial and victim.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
         if journal.exists():
-            running = _journal_study(tmp_path / "study", "study").get_trials(
-                states=(TrialState.RUNNING,))
+            try:
+                study = _journal_study(tmp_path / "study", "study")
+            except KeyError:  # the workers create the file before they record the study in it
+                continue
+            running = study.get_trials(states=(TrialState.RUNNING,))
             mid_trial = any(t.user_attrs.get("worker", {}).get("pid") == victim.pid and
                             (Path(t.user_attrs.get("trial_dir", "-")) / "train" / "run.json"
                              ).exists() for t in running)
