@@ -20,11 +20,15 @@ __all__ = ["save_report", "mean_sd", "sign_flip_p", "paired_evidence", "group_ro
 def save_report(out: Path, name: str, args: argparse.Namespace, rows: list[dict[str, Any]],
                 table: str) -> None:
     """Write ``out/NAME.json`` and ``out/NAME.md``; print the table and where the JSON is."""
-    write_json(out / f"{name}.json", {"settings": {k: str(v) for k, v in vars(args).items()},
-                                      "rows": rows})
+    write_json(out / f"{name}.json", {"settings": report_settings(args), "rows": rows})
     (out / f"{name}.md").write_text(table + "\n", encoding="utf-8")
     print(table)
     print(json.dumps({"written": str(out / f"{name}.json")}))
+
+
+def report_settings(args: argparse.Namespace) -> dict[str, str]:
+    """A benchmark's options as its report records them (each value as text)."""
+    return {k: str(v) for k, v in vars(args).items()}
 
 
 def mean_sd(values: Iterable[float | None], signed: bool = False) -> str:

@@ -22,6 +22,9 @@ generator):
 * with ``--retrains R``, every net retrained R times with its own seeds (its scores their mean),
   and how far one net's Dice moves between its retrains.
 
+``--resume`` continues a killed or extended benchmark in ``--out``: finished searches and
+retrains are reused, killed ones continue from their checkpoints, and only what is missing runs.
+
 Writes ``OUT/search_quality.json`` (every run) and ``OUT/search_quality.md`` (the summary).
 """
 from __future__ import annotations
@@ -31,16 +34,18 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
-from nasseg.artifacts.files import read_json
+from nasseg.artifacts.files import read_json, write_json
+from nasseg.artifacts.run_folder import RunFolder
 from nasseg.cli.options import parse_patch_size
 from nasseg.data import (DEMO_SETS, DataError, SegmentationData, fresh_demo_cases, load_data,
                          save_arrays)
@@ -61,12 +66,12 @@ from nasseg.searches.darts import SearchConfig
 from nasseg.searches.darts.budget import FITS, check_budget
 from nasseg.searches.darts.config import OP_SELECTIONS, SEARCH_STEPS_PER_EPOCH
 from nasseg.searches.darts.relaxation import GATE_FORMS
-from nasseg.searches.darts.run import start_search
+from nasseg.searches.darts.run import resume_search, start_search
 from nasseg.searches.random_arch import random_architecture
 from nasseg.space import create_space
 from nasseg.training.trainer import (TRAIN_EPOCHS, TRAIN_STEPS_PER_EPOCH, TrainConfig,
-                                     train_architecture)
-from report import mean_sd, paired_evidence, save_report
+                                     resume_training, train_architecture)
+from report import mean_sd, paired_evidence, report_settings, save_report
 
 #: The ablation variants of a space (knobs); a space without ablations has one variant.
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
@@ -82,6 +87,14 @@ LOST_CLASS_DICE = 0.1
 #: Fresh cases of a demo set scored beside its own held-out share: with demo3d's 8 alone, one
 #: misclassified object moves a net's mean Dice by about 0.06, more than the nets differ.
 FRESH_CASES = 96
+#: A finished search's or retrain's outcome, kept in its run folder: ``--resume`` reuses it.
+OUTCOME = "benchmark_outcome.json"
+#: The settings a seed's runs were made with: ``OUT/seedN/benchmark_settings.json``.
+SETTINGS = "benchmark_settings.json"
+#: Options that decide which runs a benchmark holds, not how each runs: a resumed benchmark may
+#: change them (add seeds, variants, taus, random nets or retrains); the others must match.
+EXTENT_OPTIONS = {"out", "seeds", "first_seed", "jobs", "variants", "taus", "random", "retrains",
+                  "resume"}
 
 
 #: Held-out cases: an in-memory part of an array set, or the raw cases of a data set folder.
@@ -196,15 +209,53 @@ def _mean(values: list[float | None]) -> float | None:
 
 def retrain_once(arch_path: Path, out: Path, tests: Sequence[HeldOut], args: argparse.Namespace,
                  seed: int) -> dict[str, Any]:
-    """One retrain of the net at ``arch_path`` with ``seed``, scored on the held-out cases."""
+    """One retrain of the net at ``arch_path`` with ``seed``, scored on the held-out cases (a
+    finished one's outcome reused, a killed one continued: see :func:`run_or_continue`)."""
     config = TrainConfig(epochs=args.train_epochs, time_budget=args.train_budget, seed=seed,
                          steps_per_epoch=args.train_steps, patch_size=args.patch_size)
-    start = time.perf_counter()
-    metrics = train_architecture(arch_path, out, None, config)
-    return {**held_out_scores(out, tests), "dice_val": metrics["dice_mean"],
-            "train_epochs": metrics["epochs"], "params": metrics["params"],
-            "flops": metrics["flops"], "train_seconds": round(time.perf_counter() - start, 1),
-            "postprocessing": metrics["postprocessing"]}
+
+    def train() -> dict[str, Any]:
+        metrics, seconds = run_or_continue(
+            out, lambda: train_architecture(arch_path, out, None, config),
+            lambda: resume_training(out))
+        return {**held_out_scores(out, tests), "dice_val": metrics["dice_mean"],
+                "train_epochs": metrics["epochs"], "params": metrics["params"],
+                "flops": metrics["flops"], "train_seconds": seconds,
+                "postprocessing": metrics["postprocessing"]}
+
+    return remembered(out, train)
+
+
+def remembered(run_dir: Path, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The outcome of the run in ``run_dir``: the one kept there by an earlier benchmark (only
+    ``--resume`` lets a benchmark meet its earlier runs), else ``compute()``'s, kept there."""
+    kept = run_dir / OUTCOME
+    if kept.exists():
+        logging.info("%s: finished earlier, reused", run_dir)
+        return read_json(kept, "benchmark outcome")
+    outcome = compute()
+    write_json(kept, outcome)
+    return outcome
+
+
+def run_or_continue(run_dir: Path, start: Callable[[], Any], resume: Callable[[], Any]
+                    ) -> tuple[Any, float]:
+    """Run a search or a retrain into ``run_dir`` with ``start``, or, where a killed benchmark
+    left it with a checkpoint, continue it with ``resume``. Returns its result and its wall
+    seconds, the killed sessions' included (from its cost card)."""
+    run = RunFolder(run_dir)
+    earlier = 0.0
+    clock = time.perf_counter()
+    if run.config.exists() and run.checkpoint.exists():
+        logging.info("%s: killed earlier, continued from its checkpoint", run_dir)
+        if run.cost.exists():
+            earlier = read_json(run.cost, "cost card")["wall_seconds"]
+        result = resume()
+    else:
+        if run.config.exists():  # killed before its first checkpoint: nothing to continue
+            shutil.rmtree(run_dir)
+        result = start()
+    return result, round(earlier + time.perf_counter() - clock, 1)
 
 
 def run_seed(args: argparse.Namespace, dev: str, tests: list[HeldOut], seed: int
@@ -233,16 +284,23 @@ def run_seed(args: argparse.Namespace, dev: str, tests: list[HeldOut], seed: int
             logging.info("seed %d %s: held-out Dice %.3f, %d params", seed, name,
                          row["dice_test"], row["params"])
             continue
-        start = time.perf_counter()
         config = SearchConfig(epochs=args.search_epochs, warmup_epochs=args.warmup_epochs,
                               seed=seed, mode=args.mode, arch_lr=args.arch_lr,
                               gates=args.gates, path_dropout=args.path_dropout,
                               select_ops=args.select_ops, extend_unlearned=args.extend_unlearned,
                               steps_per_epoch=args.search_steps, patch_size=args.patch_size,
                               memory_budget=args.memory_budget, fit=args.fit)
-        start_search(folder / "search", args.space, dev, knobs, space_args, config,
-                     show_progress=False)
-        search_s = round(time.perf_counter() - start, 1)
+        search_dir = folder / "search"
+
+        def search() -> dict[str, float]:
+            _, seconds = run_or_continue(
+                search_dir,
+                lambda: start_search(search_dir, args.space, dev, knobs, space_args, config,
+                                     show_progress=False),
+                lambda: resume_search(search_dir, show_progress=False))
+            return {"search_seconds": seconds}
+
+        search_s = remembered(search_dir, search)["search_seconds"]
         scores = read_json(folder / "search" / "arch_params.json", "architecture parameters")
         spread = gate_spread(scores)
         selection = folder / "search" / "selection.json"
@@ -399,6 +457,29 @@ def memory_budget(text: str) -> str:
     return text
 
 
+def check_out_folder(args: argparse.Namespace, seeds: range) -> None:
+    """Before any work: refuse to overwrite an earlier benchmark's runs, and, with
+    ``--resume``, to continue a seed's runs with other settings than they were made with."""
+    taken = [args.out / f"seed{seed}" for seed in seeds if (args.out / f"seed{seed}").exists()]
+    if taken and not args.resume:
+        raise SystemExit(f"error: {taken[0]} holds an earlier benchmark's runs; give another "
+                         "--out, --first-seed past the seeds it holds, or --resume")
+    now = report_settings(args)
+    for folder in taken:
+        recorded = folder / SETTINGS
+        if not recorded.exists():
+            raise SystemExit(f"error: {recorded}: missing, so the settings of the runs in "
+                             f"{folder} are unknown; they cannot be resumed")
+        earlier = read_json(recorded, "benchmark settings")
+        differ = sorted(key for key in earlier.keys() & now.keys()
+                        if key not in EXTENT_OPTIONS and earlier[key] != now[key])
+        if differ:
+            option = "--" + differ[0].replace("_", "-")
+            raise SystemExit(f"error: {recorded}: its runs were made with {option} "
+                             f"{earlier[differ[0]]}, not {now[differ[0]]}; resume with the "
+                             "same settings")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--space", default="uxnet",
@@ -475,6 +556,11 @@ def main() -> None:
                         help="Also score on N new cases of a demo set's generator, never "
                              "among its own (a held-out set large enough to measure with) "
                              f"[default: {FRESH_CASES} for a demo set, else 0].")
+    parser.add_argument("--resume", action="store_true",
+                        help="Continue a benchmark in --out: reuse its finished searches and "
+                             "retrains, continue its killed ones from their checkpoints, run "
+                             "what is missing (more seeds, variants, taus, random nets or "
+                             "retrains may be asked for; every other setting must match).")
     parser.add_argument("--quick", action="store_true",
                         help="Smoke run: 1 seed, UNet and the full space, 4+2 epochs, 2 random.")
     args = parser.parse_args()
@@ -486,18 +572,18 @@ def main() -> None:
         if args.variants is None and args.space in FULL:
             args.variants = ["UNet", FULL[args.space]]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.fresh_test is None:
+        args.fresh_test = FRESH_CASES if args.data in DEMO_SETS else 0
     seeds = range(args.first_seed, args.first_seed + args.seeds)
-    taken = [args.out / f"seed{seed}" for seed in seeds if (args.out / f"seed{seed}").exists()]
-    if taken:  # before any work: a run's folders are never overwritten
-        raise SystemExit(f"error: {taken[0]} holds an earlier benchmark's runs; give another "
-                         "--out, or --first-seed past the seeds it holds")
+    check_out_folder(args, seeds)
     args.out.mkdir(parents=True, exist_ok=True)
     try:
-        if args.fresh_test is None:
-            args.fresh_test = FRESH_CASES if args.data in DEMO_SETS else 0
         dev, tests = held_out_sets(args.data, args.test_fraction, args.fresh_test, args.out)
     except DataError as exc:
         raise SystemExit(f"error: {exc}") from None
+    for seed in seeds:  # what a seed's runs are made with, for a later --resume to check
+        if not (args.out / f"seed{seed}" / SETTINGS).exists():
+            write_json(args.out / f"seed{seed}" / SETTINGS, report_settings(args))
     rows: list[dict[str, Any]] = []
     archs: dict[tuple, list[dict]] = {}
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:

@@ -301,8 +301,101 @@ def test_the_benchmark_refuses_an_out_folder_holding_its_seeds_before_it_runs(tm
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
         f"error: {tmp_path / 'o' / 'seed1'} holds an earlier benchmark's runs; give another "
-        "--out, or --first-seed past the seeds it holds")
+        "--out, --first-seed past the seeds it holds, or --resume")
     assert sorted(p.name for p in (tmp_path / "o").rglob("*")) == ["kept.txt", "seed1"]
+
+
+def test_a_resume_is_refused_where_a_seeds_runs_were_made_with_other_settings(tmp_path):
+    seed = tmp_path / "o" / "seed0"
+    seed.mkdir(parents=True)
+    command = [sys.executable, str(BENCHMARKS / "search_quality.py"), "--quick", "--resume",
+               "--out", str(tmp_path / "o")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: {seed / 'benchmark_settings.json'}: missing, so the settings of the runs in "
+        f"{seed} are unknown; they cannot be resumed")
+    (seed / "benchmark_settings.json").write_text(json.dumps(
+        {"train_epochs": "30", "seeds": "3", "taus": "[0.6]"}))
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: {seed / 'benchmark_settings.json'}: its runs were made with --train-epochs 30, "
+        "not 2; resume with the same settings")
+    assert sorted(p.name for p in (tmp_path / "o").rglob("*")) == [
+        "benchmark_settings.json", "seed0"]
+
+
+def _benchmark_args(out, **changes):
+    """run_seed's settings for a benchmark of tiny searches and retrains."""
+    return argparse.Namespace(**{
+        "jobs": 1, "space": "uxnet", "variants": ["MSSA only"], "knob": {}, "random": 1,
+        "random_variant": None, "out": out, "search_epochs": 2, "warmup_epochs": 1,
+        "mode": "full", "arch_lr": None, "gates": "sigmoid", "path_dropout": 0.0,
+        "select_ops": "alphas", "extend_unlearned": 0, "search_steps": 2, "patch_size": None,
+        "memory_budget": None, "fit": "batch", "taus": [0.6], "train_epochs": 2,
+        "train_budget": None, "train_steps": 2, "retrains": 1, **ARGS, **changes})
+
+
+def _count_runs(monkeypatch, module):
+    """The names of the search and retrain entry points the benchmark calls, in order."""
+    calls = []
+    for name in ("start_search", "resume_search", "train_architecture", "resume_training"):
+        real = getattr(module, name)
+
+        def counted(*args, _real=real, _name=name, **kwargs):
+            calls.append(_name)
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def test_a_resumed_benchmark_reuses_its_finished_runs_and_runs_what_is_missing(
+        small3d, tmp_path, monkeypatch):
+    import search_quality
+
+    calls = _count_runs(monkeypatch, search_quality)
+    dev, tests = held_out_sets(str(small3d), 0.25, 0, tmp_path)
+    rows, _ = search_quality.run_seed(_benchmark_args(tmp_path), dev, tests, 0)
+    assert calls == ["start_search", "train_architecture", "train_architecture"]
+    calls.clear()
+    again, _ = search_quality.run_seed(_benchmark_args(tmp_path, retrains=2), dev, tests, 0)
+    assert calls == ["train_architecture", "train_architecture"]  # the second retrains alone
+    assert [[r["seed"] for r in row["retrains"]] for row in again] == [[0, 1000], [0, 1000]]
+    for first, second in zip(rows, again):
+        assert second["search_seconds"] == first["search_seconds"]
+        assert second["retrains"][0]["dice_test"] == first["dice_test"]
+        assert second["retrains"][0]["train_seconds"] == first["train_seconds"]
+
+
+def test_a_killed_retrain_is_continued_from_its_checkpoint(small3d, tmp_path, monkeypatch):
+    import search_quality
+
+    class Killed(Exception):
+        pass
+
+    def kill(epoch, value):
+        raise Killed
+
+    dev, tests = held_out_sets(str(small3d), 0.25, 0, tmp_path)
+    arch_path, _ = random_architecture("uxnet", dev, 0, tmp_path / "arch.json", {}, ARGS)
+    args = _benchmark_args(tmp_path, train_epochs=3)
+    config = TrainConfig(epochs=3, seed=7, steps_per_epoch=2)
+    with pytest.raises(Killed):  # killed after its first epoch's checkpoint
+        train_architecture(arch_path, tmp_path / "killed", None, config, on_epoch=kill)
+    calls = _count_runs(monkeypatch, search_quality)
+    outcome = search_quality.retrain_once(arch_path, tmp_path / "killed", tests, args, 7)
+    assert calls == ["resume_training"] and outcome["train_epochs"] == 3
+    sessions = json.loads((tmp_path / "killed" / "cost.json").read_text())["sessions"]
+    assert [s["epochs"] for s in sessions] == [[0, 1], [1, 3]]
+    assert outcome["train_seconds"] >= sessions[0]["wall_seconds"]
+    # killed before its first checkpoint: nothing to continue, so it starts again
+    (tmp_path / "early").mkdir()
+    shutil.copy(tmp_path / "killed" / "run.json", tmp_path / "early" / "run.json")
+    calls.clear()
+    outcome = search_quality.retrain_once(arch_path, tmp_path / "early", tests, args, 7)
+    assert calls == ["train_architecture"] and outcome["train_epochs"] == 3
+    assert (tmp_path / "early" / "benchmark_outcome.json").exists()
 
 
 def test_no_variants_named_runs_only_the_random_architectures(small3d, tmp_path, monkeypatch):
