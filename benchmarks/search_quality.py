@@ -44,7 +44,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from nasseg.artifacts.files import read_json, write_json
+from nasseg.artifacts.files import error_line, read_json, write_json
 from nasseg.artifacts.run_folder import RunFolder
 from nasseg.cli.options import parse_patch_size
 from nasseg.data import (DEMO_SETS, DataError, SegmentationData, fresh_demo_cases, load_data,
@@ -586,14 +586,26 @@ def main() -> None:
             write_json(args.out / f"seed{seed}" / SETTINGS, report_settings(args))
     rows: list[dict[str, Any]] = []
     archs: dict[tuple, list[dict]] = {}
+    failed: dict[int, str] = {}
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        runs = [pool.submit(run_seed, args, dev, tests, seed) for seed in seeds]
+        runs = {pool.submit(run_seed, args, dev, tests, seed): seed for seed in seeds}
         for done in as_completed(runs):  # the report is rewritten after every seed
-            seed_rows, seed_archs = done.result()
+            try:
+                seed_rows, seed_archs = done.result()
+            except Exception as exc:  # e.g. out of memory: the other seeds go on
+                logging.error("seed %d failed", runs[done], exc_info=exc)
+                failed[runs[done]] = error_line(exc)
+                continue
             rows += seed_rows
             for key, arch in seed_archs.items():
                 archs.setdefault(key, []).append(arch)
             save_report(args.out, "search_quality", args, rows, summarize(rows, archs))
+    if failed:
+        first = min(failed)
+        which = f"seed{'s' if len(failed) > 1 else ''} {', '.join(map(str, sorted(failed)))}"
+        raise SystemExit(f"error: {which} failed (seed {first}: {failed[first]}); the report "
+                         "holds the other seeds' runs, and --resume reuses every run that "
+                         "finished")
 
 
 if __name__ == "__main__":

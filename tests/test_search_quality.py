@@ -413,3 +413,30 @@ def test_no_variants_named_runs_only_the_random_architectures(small3d, tmp_path,
     rows, archs = search_quality.run_seed(args, str(small3d), [], 3)
     assert trained == ["seed3/random0/train", "seed3/random1/train"] and archs == {}
     assert [r["method"] for r in rows] == ["random", "random"]
+
+
+def test_a_failed_seed_leaves_the_others_reported_and_fails_in_one_line(tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import search_quality
+
+    def run_seed(args, dev, tests, seed):
+        if seed == 1:
+            raise RuntimeError("CPU out of memory: tried to allocate 9 GB\nmore detail")
+        return [{"method": "UNet", "seed": seed, "dice_test": 0.8}], {}
+
+    monkeypatch.setattr(search_quality, "ProcessPoolExecutor",
+                        lambda jobs, mp_context: ThreadPoolExecutor(jobs))
+    monkeypatch.setattr(search_quality, "run_seed", run_seed)
+    monkeypatch.setattr(search_quality, "held_out_sets", lambda *args: ("dev.npz", []))
+    monkeypatch.setattr(search_quality, "summarize", lambda rows, archs: f"{len(rows)} rows")
+    monkeypatch.setattr(sys, "argv", ["search_quality.py", "--seeds", "3", "--jobs", "2",
+                                      "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit) as failure:
+        search_quality.main()
+    assert str(failure.value) == (
+        "error: seed 1 failed (seed 1: CPU out of memory: tried to allocate 9 GB); the report "
+        "holds the other seeds' runs, and --resume reuses every run that finished")
+    report = json.loads((tmp_path / "o" / "search_quality.json").read_text())
+    assert sorted(row["seed"] for row in report["rows"]) == [0, 2]
+
