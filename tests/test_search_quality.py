@@ -356,10 +356,14 @@ def test_a_resumed_benchmark_reuses_its_finished_runs_and_runs_what_is_missing(
 
     calls = _count_runs(monkeypatch, search_quality)
     dev, tests = held_out_sets(str(small3d), 0.25, 0, tmp_path)
-    rows, _ = search_quality.run_seed(_benchmark_args(tmp_path), dev, tests, 0)
+    rows, _ = search_quality.run_seed(_benchmark_args(tmp_path / "a"), dev, tests, 0)
     assert calls == ["start_search", "train_architecture", "train_architecture"]
+    # a seed run elsewhere (a benchmark split over machines) joins another --out by a copy
+    shutil.copytree(tmp_path / "a" / "seed0", tmp_path / "b" / "seed0")
+    shutil.rmtree(tmp_path / "a")
     calls.clear()
-    again, _ = search_quality.run_seed(_benchmark_args(tmp_path, retrains=2), dev, tests, 0)
+    again, _ = search_quality.run_seed(_benchmark_args(tmp_path / "b", retrains=2), dev, tests,
+                                       0)
     assert calls == ["train_architecture", "train_architecture"]  # the second retrains alone
     assert [[r["seed"] for r in row["retrains"]] for row in again] == [[0, 1000], [0, 1000]]
     for first, second in zip(rows, again):
