@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import multiprocessing
 import os
 import shutil
@@ -71,7 +72,7 @@ from nasseg.searches.random_arch import random_architecture
 from nasseg.space import create_space
 from nasseg.training.trainer import (TRAIN_EPOCHS, TRAIN_STEPS_PER_EPOCH, TrainConfig,
                                      resume_training, train_architecture)
-from report import mean_sd, paired_evidence, report_settings, save_report
+from report import group_rows, mean_sd, paired_evidence, report_settings, save_report
 
 #: The ablation variants of a space (knobs); a space without ablations has one variant.
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
@@ -414,26 +415,58 @@ def paired(rows: list[dict[str, Any]]) -> list[str]:
             if len(seeds) < 2:
                 continue
             diffs = [mine[s] - control[s] for s in seeds]
-            lines.append(f"- {method}{'' if tau is None else f', tau {tau}'} against {name}: "
+            lines.append(f"- {method_label(method, tau)} against {name}: "
                          f"{mean_sd(diffs, signed=True)}, better at {sum(d > 0 for d in diffs)} "
                          f"of {len(seeds)} seeds ({paired_evidence(diffs)})")
     return ["", "Paired by seed (held-out Dice, searched minus control):", *lines] if lines else []
 
 
+def method_label(method: str, tau: float | None) -> str:
+    """A method as the report names it: with its tau where it has one."""
+    return method if tau is None else f"{method}, tau {tau}"
+
+
 def retrain_spread(rows: list[dict[str, Any]]) -> list[str]:
-    """How much the same net's held-out Dice moves from one retrain seed to another, and how
-    many retrains lost a class (Dice under :data:`LOST_CLASS_DICE` on it)."""
-    runs = [r["retrains"] for r in rows if len(r.get("retrains", ())) > 1]
-    if not runs:
+    """How much one net's held-out Dice moves between its retrains, per method: the sd over
+    retrains pooled over its nets, and how many retrains lost a class (Dice under
+    :data:`LOST_CLASS_DICE` on it). Each searched method's spread is then set against each
+    fixed net's seed by seed (the same retrain seeds and validation cases), because a net that
+    retrains unreliably needs more retrains, and a mean over seeds hides it."""
+    retrained = [r for r in rows if len(r.get("retrains", ())) > 1]
+    if not retrained:
         return []
-    spreads = [statistics.stdev(run["dice_test"] for run in net) for net in runs]
-    lost = [run for net in runs for run in net
-            if any(d is not None and d < LOST_CLASS_DICE
-                   for d in run["dice_test_classes"].values())]
-    return ["", f"Retrain spread: each net retrained {len(runs[0])} times; the sd of one net's "
-                f"held-out Dice over its retrains is {statistics.mean(spreads):.3f} on average "
-                f"(largest {max(spreads):.3f}); {len(lost)} of {sum(map(len, runs))} retrains "
-                f"lost a class (Dice < {LOST_CLASS_DICE})."]
+
+    def dice(row: dict[str, Any]) -> list[float]:
+        return [run["dice_test"] for run in row["retrains"]]
+
+    lines = ["", "Retrain spread (the sd of one net's held-out Dice over its "
+             f"{len(retrained[0]['retrains'])} retrains, pooled over its seeds):"]
+    by_method = group_rows(retrained, lambda r: (r["method"], r["tau"]))
+    for (method, tau), rs in by_method.items():
+        dof = sum(len(r["retrains"]) - 1 for r in rs)
+        pooled = math.sqrt(sum(statistics.variance(dice(r)) * (len(r["retrains"]) - 1)
+                               for r in rs) / dof)
+        lost = sum(any(d is not None and d < LOST_CLASS_DICE
+                       for d in run["dice_test_classes"].values())
+                   for r in rs for run in r["retrains"])
+        lines.append(f"- {method_label(method, tau)}: {pooled:.3f} (largest "
+                     f"{max(statistics.stdev(dice(r)) for r in rs):.3f}); {lost} of "
+                     f"{sum(len(r['retrains']) for r in rs)} retrains lost a class "
+                     f"(Dice < {LOST_CLASS_DICE})")
+    for (method, tau), mine in by_method.items():
+        if not mine[0]["searched"]:
+            continue
+        for (fixed, _), theirs in by_method.items():
+            if theirs[0]["searched"] or fixed == "random":
+                continue
+            sd = {r["seed"]: statistics.stdev(dice(r)) for r in theirs}
+            diffs = [statistics.stdev(dice(r)) - sd[r["seed"]] for r in mine if r["seed"] in sd]
+            if len(diffs) > 1:
+                lines.append(f"- {method_label(method, tau)} against the {fixed}, seed by seed: "
+                             f"sd {mean_sd(diffs, signed=True)}, wider at "
+                             f"{sum(d > 0 for d in diffs)} of {len(diffs)} seeds "
+                             f"({paired_evidence(diffs)})")
+    return lines
 
 
 def steps(text: str) -> int | None:

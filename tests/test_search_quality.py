@@ -27,7 +27,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))  # the benchmark is a script beside its report module
 from search_quality import (held_out_scores, held_out_sets, split_held_out,  # noqa: E402
                             summarize)
-from report import EXACT_SIGN_FLIPS, paired_evidence, sign_flip_p  # noqa: E402
+from report import (EXACT_SIGN_FLIPS, least_sign_flip_p, paired_evidence,  # noqa: E402
+                    sign_flip_p)
 from test_real_data import make_msd  # noqa: E402
 
 
@@ -228,9 +229,9 @@ def test_the_summary_pairs_each_search_with_the_fixed_net_and_the_random_median_
     # (+0.05, +0.01, -0.01) 6 have one as far as +0.05
     assert lines[start + 1:start + 3] == [
         "- MSSA only, tau 0.6 against the UNet: -0.003 ± 0.040, better at 2 of 3 seeds "
-        "(standard error 0.023, sign-flip p = 1.00)",
+        "(standard error 0.023, sign-flip p = 1.00; 3 seeds cannot give p below 0.25)",
         "- MSSA only, tau 0.6 against the random median: +0.017 ± 0.031, better at 2 of 3 seeds "
-        "(standard error 0.018, sign-flip p = 0.75)"]
+        "(standard error 0.018, sign-flip p = 0.75; 3 seeds cannot give p below 0.25)"]
 
 
 def test_the_sign_flip_test_is_exact_for_few_pairs_and_never_zero_when_sampled():
@@ -244,10 +245,43 @@ def test_the_sign_flip_test_is_exact_for_few_pairs_and_never_zero_when_sampled()
     wins = [0.01] * (EXACT_SIGN_FLIPS + 4)
     assert sign_flip_p(wins, draws=999) == pytest.approx(1 / 1000)
     assert paired_evidence([0.01]) == "-"
-    assert paired_evidence([0.01] * 10).endswith("sign-flip p = 0.0020")  # 2 of 1024
-    assert paired_evidence(wins).endswith("sign-flip p < 0.0001")
+    assert "sign-flip p = 0.0020;" in paired_evidence([0.01] * 10)  # 2 of 1024
+    assert "sign-flip p < 0.0001;" in paired_evidence(wins)
     with pytest.raises(ValueError, match="at least one"):
         sign_flip_p([])
+
+
+def test_the_evidence_says_what_its_seeds_can_resolve():
+    # five pairs that all agree reach only 2 of 32: no run of five seeds can show p <= 0.05
+    assert least_sign_flip_p(5) == pytest.approx(1 / 16)
+    assert least_sign_flip_p(6) == pytest.approx(1 / 32)
+    assert paired_evidence([0.01, 0.02, 0.01, 0.03, 0.02]).endswith(
+        "sign-flip p = 0.06; 5 seeds cannot give p below 0.06")
+    # sd 0.01095 over six pairs: standard error 0.00447, 2.8 of them 0.0125
+    assert paired_evidence([0.01, -0.01] * 3) == (
+        "standard error 0.004, sign-flip p = 1.00; finds ±0.013 with 80 % power")
+
+
+def test_the_retrain_spread_is_pooled_per_method_and_paired_with_the_fixed_net_by_seed():
+    def row(method, seed, dice, searched):
+        return {"method": method, "tau": 0.6 if searched else None, "seed": seed,
+                "searched": searched, "dice_test": sum(dice) / len(dice), "dice_val": 0.9,
+                "params": 1000, "flops": 1e8, "gates_decided": 1.0 if searched else None,
+                "search_seconds": 9.0 if searched else 0.0, "train_seconds": 1.0,
+                "retrains": [{"dice_test": d, "dice_test_classes": {"a": d}} for d in dice]}
+
+    rows = [row("UNet", 0, [0.90, 0.92], False), row("UNet", 1, [0.85, 0.85], False),
+            row("MSSA only", 0, [0.80, 0.90], True), row("MSSA only", 1, [0.88, 0.86], True)]
+    lines = summarize(rows, {}).splitlines()
+    start = lines.index("Retrain spread (the sd of one net's held-out Dice over its 2 retrains, "
+                        "pooled over its seeds):")
+    # variances 0.0002 and 0 (UNet), 0.005 and 0.0002 (searched): pooled sqrt(0.0001), sqrt(0.0026)
+    # sd differences by seed 0.0707 - 0.0141 and 0.0141 - 0: both wider
+    assert lines[start + 1:] == [
+        "- UNet: 0.010 (largest 0.014); 0 of 4 retrains lost a class (Dice < 0.1)",
+        "- MSSA only, tau 0.6: 0.051 (largest 0.071); 0 of 4 retrains lost a class (Dice < 0.1)",
+        "- MSSA only, tau 0.6 against the UNet, seed by seed: sd +0.035 ± 0.030, wider at 2 of 2 "
+        "seeds (standard error 0.021, sign-flip p = 0.50; 2 seeds cannot give p below 0.50)"]
 
 
 def test_each_net_is_retrained_with_its_own_seeds_and_scored_by_their_mean(tmp_path, monkeypatch):
@@ -274,9 +308,7 @@ def test_each_net_is_retrained_with_its_own_seeds_and_scored_by_their_mean(tmp_p
     assert row["params"] == 1234 and row["train_seconds"] == pytest.approx(11.0)
     spread = summarize([dict(row, method="UNet", tau=None, seed=0, searched=False,
                              search_seconds=0.0, gates_decided=None)], {}).splitlines()[-1]
-    assert spread == ("Retrain spread: each net retrained 3 times; the sd of one net's held-out "
-                      "Dice over its retrains is 0.265 on average (largest 0.265); 0 of 3 "
-                      "retrains lost a class (Dice < 0.1).")
+    assert spread == "- UNet: 0.265 (largest 0.265); 0 of 3 retrains lost a class (Dice < 0.1)"
     row["retrains"][1]["dice_test_classes"]["bright"] = 0.0
     assert "1 of 3 retrains lost a class" in summarize(
         [dict(row, method="UNet", tau=None, seed=0, searched=False, search_seconds=0.0,
