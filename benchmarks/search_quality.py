@@ -439,19 +439,21 @@ def retrain_spread(rows: list[dict[str, Any]]) -> list[str]:
     def dice(row: dict[str, Any]) -> list[float]:
         return [run["dice_test"] for run in row["retrains"]]
 
-    lines = ["", "Retrain spread (the sd of one net's held-out Dice over its "
-             f"{len(retrained[0]['retrains'])} retrains, pooled over its seeds):"]
+    lines = ["", "Retrain spread (the sd of one net's held-out Dice over its retrains, pooled "
+             "over the method's nets):"]
     by_method = group_rows(retrained, lambda r: (r["method"], r["tau"]))
     for (method, tau), rs in by_method.items():
         dof = sum(len(r["retrains"]) - 1 for r in rs)
         pooled = math.sqrt(sum(statistics.variance(dice(r)) * (len(r["retrains"]) - 1)
                                for r in rs) / dof)
+        seeds = len({r["seed"] for r in rs})
         lost = sum(any(d is not None and d < LOST_CLASS_DICE
                        for d in run["dice_test_classes"].values())
                    for r in rs for run in r["retrains"])
         lines.append(f"- {method_label(method, tau)}: {pooled:.3f} (largest "
-                     f"{max(statistics.stdev(dice(r)) for r in rs):.3f}); {lost} of "
-                     f"{sum(len(r['retrains']) for r in rs)} retrains lost a class "
+                     f"{max(statistics.stdev(dice(r)) for r in rs):.3f}) over "
+                     f"{sum(len(r['retrains']) for r in rs)} retrains at "
+                     f"{seeds} seed{'s' * (seeds > 1)}; {lost} lost a class "
                      f"(Dice < {LOST_CLASS_DICE})")
     for (method, tau), mine in by_method.items():
         if not mine[0]["searched"]:

@@ -273,13 +273,14 @@ def test_the_retrain_spread_is_pooled_per_method_and_paired_with_the_fixed_net_b
     rows = [row("UNet", 0, [0.90, 0.92], False), row("UNet", 1, [0.85, 0.85], False),
             row("MSSA only", 0, [0.80, 0.90], True), row("MSSA only", 1, [0.88, 0.86], True)]
     lines = summarize(rows, {}).splitlines()
-    start = lines.index("Retrain spread (the sd of one net's held-out Dice over its 2 retrains, "
-                        "pooled over its seeds):")
+    start = lines.index("Retrain spread (the sd of one net's held-out Dice over its retrains, "
+                        "pooled over the method's nets):")
     # variances 0.0002 and 0 (UNet), 0.005 and 0.0002 (searched): pooled sqrt(0.0001), sqrt(0.0026)
     # sd differences by seed 0.0707 - 0.0141 and 0.0141 - 0: both wider
     assert lines[start + 1:] == [
-        "- UNet: 0.010 (largest 0.014); 0 of 4 retrains lost a class (Dice < 0.1)",
-        "- MSSA only, tau 0.6: 0.051 (largest 0.071); 0 of 4 retrains lost a class (Dice < 0.1)",
+        "- UNet: 0.010 (largest 0.014) over 4 retrains at 2 seeds; 0 lost a class (Dice < 0.1)",
+        "- MSSA only, tau 0.6: 0.051 (largest 0.071) over 4 retrains at 2 seeds; 0 lost a class "
+        "(Dice < 0.1)",
         "- MSSA only, tau 0.6 against the UNet, seed by seed: sd +0.035 ± 0.030, wider at 2 of 2 "
         "seeds (standard error 0.021, sign-flip p = 0.50; 2 seeds cannot give p below 0.50)"]
 
@@ -308,9 +309,10 @@ def test_each_net_is_retrained_with_its_own_seeds_and_scored_by_their_mean(tmp_p
     assert row["params"] == 1234 and row["train_seconds"] == pytest.approx(11.0)
     spread = summarize([dict(row, method="UNet", tau=None, seed=0, searched=False,
                              search_seconds=0.0, gates_decided=None)], {}).splitlines()[-1]
-    assert spread == "- UNet: 0.265 (largest 0.265); 0 of 3 retrains lost a class (Dice < 0.1)"
+    assert spread == ("- UNet: 0.265 (largest 0.265) over 3 retrains at 1 seed; 0 lost a class "
+                      "(Dice < 0.1)")
     row["retrains"][1]["dice_test_classes"]["bright"] = 0.0
-    assert "1 of 3 retrains lost a class" in summarize(
+    assert "over 3 retrains at 1 seed; 1 lost a class" in summarize(
         [dict(row, method="UNet", tau=None, seed=0, searched=False, search_seconds=0.0,
               gates_decided=None)], {})
 
