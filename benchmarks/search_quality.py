@@ -209,15 +209,16 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def retrain_once(arch_path: Path, out: Path, tests: Sequence[HeldOut], args: argparse.Namespace,
-                 seed: int) -> dict[str, Any]:
-    """One retrain of the net at ``arch_path`` with ``seed``, scored on the held-out cases (a
-    finished one's outcome reused, a killed one continued: see :func:`run_or_continue`)."""
+                 seed: int, data: str | None = None) -> dict[str, Any]:
+    """One retrain of the net at ``arch_path`` with ``seed`` on ``data`` (default: the data it
+    was searched on), scored on the held-out cases (a finished one's outcome reused, a killed
+    one continued: see :func:`run_or_continue`)."""
     config = TrainConfig(epochs=args.train_epochs, time_budget=args.train_budget, seed=seed,
                          steps_per_epoch=args.train_steps, patch_size=args.patch_size)
 
     def train() -> dict[str, Any]:
         metrics, seconds = run_or_continue(
-            out, lambda: train_architecture(arch_path, out, None, config),
+            out, lambda: train_architecture(arch_path, out, data, config),
             lambda: resume_training(out))
         return {**held_out_scores(out, tests), "dice_val": metrics["dice_mean"],
                 "train_epochs": metrics["epochs"], "params": metrics["params"],
@@ -492,9 +493,11 @@ def memory_budget(text: str) -> str:
     return text
 
 
-def check_out_folder(args: argparse.Namespace, seeds: range) -> None:
+def check_out_folder(args: argparse.Namespace, seeds: range,
+                     extent: set[str] = EXTENT_OPTIONS) -> None:
     """Before any work: refuse to overwrite an earlier benchmark's runs, and, with
-    ``--resume``, to continue a seed's runs with other settings than they were made with."""
+    ``--resume``, to continue a seed's runs with other settings than they were made with (the
+    ``extent`` options excepted: they say which runs, not how each runs)."""
     taken = [args.out / f"seed{seed}" for seed in seeds if (args.out / f"seed{seed}").exists()]
     if taken and not args.resume:
         raise SystemExit(f"error: {taken[0]} holds an earlier benchmark's runs; give another "
@@ -507,7 +510,7 @@ def check_out_folder(args: argparse.Namespace, seeds: range) -> None:
                              f"{folder} are unknown; they cannot be resumed")
         earlier = read_json(recorded, "benchmark settings")
         differ = sorted(key for key in earlier.keys() & now.keys()
-                        if key not in EXTENT_OPTIONS and earlier[key] != now[key])
+                        if key not in extent and earlier[key] != now[key])
         if differ:
             option = "--" + differ[0].replace("_", "-")
             raise SystemExit(f"error: {recorded}: its runs were made with {option} "
