@@ -34,10 +34,9 @@ from nasseg.artifacts.files import FileFormatError, error_line, write_json
 from nasseg.cli.options import parse_patch_size
 from nasseg.data import DEMO_SETS, DataError
 from nasseg.searches.random_arch import random_architecture
-from nasseg.training.trainer import TRAIN_EPOCHS, TRAIN_STEPS_PER_EPOCH
 from report import group_rows, mean_sd, paired_evidence, report_settings, save_report
-from search_quality import (FRESH_CASES, SETTINGS, VARIANTS, HeldOut, at_least_one,
-                            check_out_folder, held_out_sets, retrain_once, steps)
+from search_quality import (FRESH_CASES, SETTINGS, VARIANTS, HeldOut, add_retrain_options,
+                            at_least_one, check_out_folder, held_out_sets, retrain_once)
 
 #: Options that decide which retrains a comparison holds, not how each runs: a resumed
 #: comparison may add nets or seeds (and change its baseline); the others must match.
@@ -172,19 +171,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="The seeds run from this one on [default: %(default)s].")
     parser.add_argument("--jobs", type=at_least_one, default=1,
                         help="Retrains run side by side in this many processes (threads shared).")
-    parser.add_argument("--train-epochs", type=int, default=TRAIN_EPOCHS,
-                        help="Retrain epochs of every net [default: %(default)s].")
-    parser.add_argument("--train-steps", type=steps, default=TRAIN_STEPS_PER_EPOCH,
-                        help="Steps per retrain epoch, or 'pass' [default: %(default)s].")
-    parser.add_argument("--train-budget", type=float, default=None, metavar="SECONDS",
-                        help="Retrain by wall time instead of epochs (the same for every net).")
+    add_retrain_options(parser)
     parser.add_argument("--patch-size", type=parse_patch_size, default=None, metavar="SIZE",
                         help="Patch size of every retrain [default: the data set's].")
-    parser.add_argument("--test-fraction", type=float, default=0.2,
-                        help="The last cases held out for scoring [default: %(default)s].")
-    parser.add_argument("--fresh-test", type=int, default=None, metavar="N",
-                        help="Also score on N new cases of a demo set's generator "
-                             f"[default: {FRESH_CASES} for a demo set, else 0].")
     parser.add_argument("--resume", action="store_true",
                         help="Continue a comparison in --out: reuse its finished retrains, "
                              "continue killed ones, run what is missing (more nets or seeds).")

@@ -518,6 +518,23 @@ def check_out_folder(args: argparse.Namespace, seeds: range,
                              "same settings")
 
 
+def add_retrain_options(parser: argparse.ArgumentParser) -> None:
+    """The options of how every net is retrained and scored, shared by the benchmarks that
+    retrain nets: the budget and the held-out cases."""
+    parser.add_argument("--train-epochs", type=int, default=TRAIN_EPOCHS,
+                        help="Retrain epochs of every net [default: %(default)s].")
+    parser.add_argument("--train-budget", type=float, default=None, metavar="SECONDS",
+                        help="Retrain by wall time instead of epochs (the same for every net).")
+    parser.add_argument("--train-steps", type=steps, default=TRAIN_STEPS_PER_EPOCH,
+                        help="Steps per retrain epoch, or 'pass' [default: %(default)s].")
+    parser.add_argument("--test-fraction", type=float, default=0.2,
+                        help="The last cases held out for scoring [default: %(default)s].")
+    parser.add_argument("--fresh-test", type=int, default=None, metavar="N",
+                        help="Also score on N new cases of a demo set's generator, never "
+                             "among its own (a held-out set large enough to measure with) "
+                             f"[default: {FRESH_CASES} for a demo set, else 0].")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--space", default="uxnet",
@@ -545,6 +562,7 @@ def main() -> None:
     parser.add_argument("--random-variant", default=None,
                         help="The variant random architectures are drawn from [default: the "
                              "space as `nasseg search` searches it].")
+    add_retrain_options(parser)
     parser.add_argument("--search-epochs", type=int, default=25,
                         help="Search epochs, warm-up included [default: %(default)s].")
     parser.add_argument("--warmup-epochs", type=int, default=5,
@@ -563,17 +581,11 @@ def main() -> None:
     parser.add_argument("--extend-unlearned", type=int, default=None, metavar="EPOCHS",
                         help="Epochs a search adds when its supernet has not learned a class "
                              "(see nasseg search) [default: as many as --search-epochs].")
-    parser.add_argument("--train-epochs", type=int, default=TRAIN_EPOCHS,
-                        help="Retrain epochs of every net [default: %(default)s].")
     parser.add_argument("--retrains", type=at_least_one, default=1, metavar="R",
                         help="Retrains of every net, each from scratch with its own seed; a "
                              "net's scores are their mean [default: %(default)s].")
-    parser.add_argument("--train-budget", type=float, default=None, metavar="SECONDS",
-                        help="Retrain by wall time instead of epochs (the same for every net).")
     parser.add_argument("--search-steps", type=steps, default=SEARCH_STEPS_PER_EPOCH,
                         help="Weight steps per search epoch, or 'pass' [default: %(default)s].")
-    parser.add_argument("--train-steps", type=steps, default=TRAIN_STEPS_PER_EPOCH,
-                        help="Steps per retrain epoch, or 'pass' [default: %(default)s].")
     parser.add_argument("--patch-size", type=parse_patch_size, default=None, metavar="SIZE",
                         help="Patch size of every search and retrain, e.g. 96x96x64 "
                              "[default: the data set's].")
@@ -588,12 +600,6 @@ def main() -> None:
                         help="Channels of the first level [default: %(default)s].")
     parser.add_argument("--levels", type=int, default=3,
                         help="Resolution levels [default: %(default)s].")
-    parser.add_argument("--test-fraction", type=float, default=0.2,
-                        help="The last cases held out for scoring [default: %(default)s].")
-    parser.add_argument("--fresh-test", type=int, default=None, metavar="N",
-                        help="Also score on N new cases of a demo set's generator, never "
-                             "among its own (a held-out set large enough to measure with) "
-                             f"[default: {FRESH_CASES} for a demo set, else 0].")
     parser.add_argument("--resume", action="store_true",
                         help="Continue a benchmark in --out: reuse its finished searches and "
                              "retrains, continue its killed ones from their checkpoints, run "
