@@ -58,12 +58,8 @@ def fixed_variant_net(args: argparse.Namespace, first: dict[str, Any], dev: str)
     """Write the arch file of the first net's space in variant ``args.fixed_variant`` (every
     knob of it set, nothing left to search) into ``OUT``, with the first net's space settings."""
     space = first["space"]
-    variants = VARIANTS.get(space, {})
-    if args.fixed_variant not in variants:
-        raise SystemExit(f"error: --fixed-variant {args.fixed_variant}: the {space} space has "
-                         f"{', '.join(variants) or 'no variants'}")
     path = args.out / f"arch-{args.fixed_variant}.json"
-    _, arch = random_architecture(space, dev, 0, path, variants[args.fixed_variant],
+    _, arch = random_architecture(space, dev, 0, path, VARIANTS[space][args.fixed_variant],
                                   first["space_args"])
     if any(entry["kind"] != "knob" for entry in arch["choices"].values()):
         raise SystemExit(f"error: --fixed-variant {args.fixed_variant}: the {space} space "
@@ -137,16 +133,20 @@ def seed_effect(dice: dict[str, dict[int, float]]) -> list[str]:
 
 
 def read_nets(args: argparse.Namespace) -> dict[str, Path]:
-    """The nets by label, each arch file read and checked before any retrain starts."""
+    """The nets by label, each arch file read and checked (and the fixed variant named) before
+    anything is written."""
     labels = [label for label, _ in args.nets] + list(filter(None, [args.fixed_variant]))
     twice = next((label for label in labels if labels.count(label) > 1), None)
     if twice:
         raise SystemExit(f"error: two nets are labelled {twice}; name them LABEL=PATH")
-    for _, path in args.nets:
-        try:
-            read_arch(path)
-        except FileFormatError as exc:
-            raise SystemExit(f"error: {exc}") from None
+    try:
+        space = [read_arch(path)["space"] for _, path in args.nets][0]
+    except FileFormatError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    variants = VARIANTS.get(space, {})
+    if args.fixed_variant and args.fixed_variant not in variants:
+        raise SystemExit(f"error: --fixed-variant {args.fixed_variant}: the {space} space has "
+                         f"{', '.join(variants) or 'no variants'}")
     return dict(args.nets)
 
 

@@ -12,7 +12,7 @@ from nasseg.searches.random_arch import random_architecture
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))  # the benchmark is a script beside its report module
-from compare_nets import named_net, summarize  # noqa: E402
+from compare_nets import main, named_net, summarize  # noqa: E402
 from report import paired_evidence  # noqa: E402
 
 TINY = ["--train-epochs", "1", "--train-steps", "2", "--test-fraction", "0.25"]
@@ -58,15 +58,15 @@ def test_the_summary_pairs_every_net_with_the_baseline_by_seed_and_splits_off_th
 
 def test_nets_retrain_at_every_seed_against_the_fixed_unet_and_a_resume_adds_seeds(
         small3d, tmp_path):
-    nets = [random_architecture("uxnet", str(small3d), k, tmp_path / f"r{k}" / "arch.json",
-                                space_args={"features": 4, "levels": 3})[0] for k in (1, 2)]
+    net = random_architecture("uxnet", str(small3d), 1, tmp_path / "r1" / "arch.json",
+                              space_args={"features": 4, "levels": 3})[0]
     out = tmp_path / "cmp"
-    done = _compare(*map(str, nets), "--fixed-variant", "UNet", "--data", str(small3d),
+    done = _compare(str(net), "--fixed-variant", "UNet", "--data", str(small3d),
                     "--out", str(out), "--retrain-seeds", "2", "--first-seed", "7", *TINY)
     assert done.returncode == 0, done.stderr
     report = json.loads((out / "compare_nets.json").read_text())
     assert [(r["seed"], r["net"]) for r in report["rows"]] == [
-        (7, "r1/arch"), (7, "r2/arch"), (7, "UNet"), (8, "r1/arch"), (8, "r2/arch"), (8, "UNet")]
+        (7, "r1/arch"), (7, "UNet"), (8, "r1/arch"), (8, "UNet")]
     unet = json.loads((out / "arch-UNet.json").read_text())
     assert {r["params"] for r in report["rows"] if r["net"] == "UNet"} == {unet["params"]}
     assert all(0 <= r["dice_test"] <= 1 and r["train_epochs"] == 1 for r in report["rows"])
@@ -75,19 +75,20 @@ def test_nets_retrain_at_every_seed_against_the_fixed_unet_and_a_resume_adds_see
     assert "- r1/arch: " in table and "better at" in table and "of 2 seeds" in table
     first = {(r["seed"], r["net"]): r["dice_test"] for r in report["rows"]}
     # a third seed: the first two seeds' retrains are reused, only the new one's run
-    done = _compare(*map(str, nets), "--fixed-variant", "UNet", "--data", str(small3d),
+    done = _compare(str(net), "--fixed-variant", "UNet", "--data", str(small3d),
                     "--out", str(out), "--retrain-seeds", "3", "--first-seed", "7", "--resume",
                     *TINY)
     assert done.returncode == 0, done.stderr
-    assert done.stderr.count("finished earlier, reused") == 6
+    assert done.stderr.count("finished earlier, reused") == 4
     rows = json.loads((out / "compare_nets.json").read_text())["rows"]
-    assert len(rows) == 9 and {(r["seed"], r["net"]): r["dice_test"]
+    assert len(rows) == 6 and {(r["seed"], r["net"]): r["dice_test"]
                                for r in rows if r["seed"] < 9} == first
     assert "The retrain seed: the nets' mean Dice by seed has sd" in (
         out / "compare_nets.md").read_text()
 
 
-@pytest.mark.parametrize("problem", ["missing", "not an arch", "same label", "bad baseline"])
+@pytest.mark.parametrize("problem", ["missing", "not an arch", "same label", "bad baseline",
+                                     "bad variant"])
 def test_a_bad_net_is_refused_in_one_line_before_any_retrain(small3d, tmp_path, problem):
     net = random_architecture("uxnet", str(small3d), 1, tmp_path / "a" / "arch.json",
                               space_args={"features": 4, "levels": 3})[0]
@@ -102,9 +103,12 @@ def test_a_bad_net_is_refused_in_one_line_before_any_retrain(small3d, tmp_path, 
                        "them LABEL=PATH"),
         "bad baseline": ([f"x={net}", f"y={net}", "--baseline", "z"],
                          "error: --baseline z: no such net (nets: x, y)"),
+        "bad variant": ([f"x={net}", "--fixed-variant", "Plain"],
+                        "error: --fixed-variant Plain: the uxnet space has UNet, SBB only, "
+                        "MSSA only, SBB + MSSA"),
     }[problem]
     out = tmp_path / "cmp"
-    done = _compare(*args, "--data", str(small3d), "--out", str(out), *TINY)
-    assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1] == expected
-    assert not list(out.rglob("seed*"))
+    with pytest.raises(SystemExit) as refused:  # the message is the command's one stderr line
+        main([*args, "--data", str(small3d), "--out", str(out), *TINY])
+    assert str(refused.value) == expected
+    assert not out.exists()
