@@ -114,7 +114,9 @@ def summarize(rows: list[dict[str, Any]], baseline: str) -> str:
 
 def seed_effect(dice: dict[str, dict[int, float]]) -> list[str]:
     """How far the retrain seed moves every net alike, against what is left of a retrain once
-    its net and its seed are accounted for (additive fit over the seeds every net finished)."""
+    its net and its seed are accounted for: a two-way fit (net + seed) over the seeds every net
+    finished, the seed's share estimated as the variance of the seeds' means less what the
+    residual alone gives a mean of that many nets. Pairing by seed removes only that share."""
     seeds = sorted(set.intersection(*(set(d) for d in dice.values())))
     if len(dice) < 2 or len(seeds) < 3:
         return []
@@ -124,12 +126,12 @@ def seed_effect(dice: dict[str, dict[int, float]]) -> list[str]:
     residual = [d[s] - net_mean[net] - seed_mean[s] + grand
                 for net, d in dice.items() for s in seeds]
     dof = (len(dice) - 1) * (len(seeds) - 1)
-    return ["", f"The retrain seed: the nets' mean Dice by seed has sd "
-                f"{statistics.stdev(seed_mean.values()):.4f} over {len(seeds)} seeds; once each "
-                f"net's mean and each seed's are removed, sd "
-                f"{math.sqrt(sum(r * r for r in residual) / dof):.4f} is left ({dof} degrees "
-                "of freedom). Where the first is the larger, pairing by seed is what makes the "
-                "nets comparable."]
+    left = sum(r * r for r in residual) / dof
+    shared = max(0.0, statistics.variance(seed_mean.values()) - left / len(dice))
+    return ["", f"The retrain seed: it moves every net alike by sd {math.sqrt(shared):.4f} "
+                f"(over {len(seeds)} seeds); once each net's mean and each seed's are removed, "
+                f"sd {math.sqrt(left):.4f} is left ({dof} degrees of freedom). Pairing by seed "
+                "removes the first from a difference, not the second."]
 
 
 def read_nets(args: argparse.Namespace) -> dict[str, Path]:
@@ -140,9 +142,10 @@ def read_nets(args: argparse.Namespace) -> dict[str, Path]:
     if twice:
         raise SystemExit(f"error: two nets are labelled {twice}; name them LABEL=PATH")
     try:
-        space = [read_arch(path)["space"] for _, path in args.nets][0]
+        spaces = [read_arch(path)["space"] for _, path in args.nets]
     except FileFormatError as exc:
         raise SystemExit(f"error: {exc}") from None
+    space = spaces[0]  # the fixed variant is built in the first net's space
     variants = VARIANTS.get(space, {})
     if args.fixed_variant and args.fixed_variant not in variants:
         raise SystemExit(f"error: --fixed-variant {args.fixed_variant}: the {space} space has "

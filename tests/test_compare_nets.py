@@ -45,10 +45,11 @@ def test_the_summary_pairs_every_net_with_the_baseline_by_seed_and_splits_off_th
     assert lines.index("Paired by retrain seed (held-out Dice, net minus UNet):") > 0
     assert f"- a: +0.030 ± 0.008, better at 4 of 4 seeds ({paired_evidence(diffs)})" in lines
     assert any(line.startswith("- b: +0.020 ± 0.022, better at 3 of 4 seeds") for line in lines)
-    # seed means 0.79, 0.8467, 0.81, 0.89: sd 0.0440; residuals' sd over (3-1)(4-1) = 6 dof
-    assert lines[-1].startswith("The retrain seed: the nets' mean Dice by seed has sd 0.0440 "
-                                "over 4 seeds; once each net's mean and each seed's are "
-                                "removed, sd 0.0115 is left (6 degrees of freedom).")
+    # seed means 0.79, 0.8467, 0.81, 0.89 (sd 0.0440); residuals' sd over (3-1)(4-1) = 6 dof
+    # 0.0115; the seed's share: sqrt(0.0440^2 - 0.0115^2 / 3 nets) = 0.0435
+    assert lines[-1].startswith("The retrain seed: it moves every net alike by sd 0.0435 (over "
+                                "4 seeds); once each net's mean and each seed's are removed, "
+                                "sd 0.0115 is left (6 degrees of freedom).")
     # a seed one net has not finished is shown, and left out of that net's pairs
     partial = _rows(dice) + _rows({"a": [0.9]}, first_seed=14)
     lines = summarize(partial, "UNet").splitlines()
@@ -83,7 +84,7 @@ def test_nets_retrain_at_every_seed_against_the_fixed_unet_and_a_resume_adds_see
     rows = json.loads((out / "compare_nets.json").read_text())["rows"]
     assert len(rows) == 6 and {(r["seed"], r["net"]): r["dice_test"]
                                for r in rows if r["seed"] < 9} == first
-    assert "The retrain seed: the nets' mean Dice by seed has sd" in (
+    assert "The retrain seed: it moves every net alike by sd" in (
         out / "compare_nets.md").read_text()
 
 
