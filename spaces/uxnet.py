@@ -170,10 +170,14 @@ class UXNetSpace(SearchSpace):
         return Connection(f"{name}_in", len(srcs), align, kept=list(range(len(srcs))))
 
     def _block(self, name: str, level: int) -> nn.Module:
+        """Two normal ops; the output node's second one ends at its norm, before the head."""
         c = self.channels[level]
-        make = lambda n: normal_op(n, self.dims, c)  # noqa: E731
-        return nn.Sequential(*[self._op(f"{name}_op{k}", NORMAL_OPS, _FIXED_NORMAL, make, name)
-                               for k in (1, 2)])
+
+        def ops(k: int) -> nn.Module:
+            final_activation = not (k == 2 and name == self.output)
+            make = lambda n: normal_op(n, self.dims, c, final_activation)  # noqa: E731
+            return self._op(f"{name}_op{k}", NORMAL_OPS, _FIXED_NORMAL, make, name)
+        return nn.Sequential(ops(1), ops(2))
 
     # ----- forward ----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -41,6 +41,34 @@ def test_ops_keep_or_rescale_the_size(dims, shape):
         assert y.shape[:2] == (1, 2) and tuple(y.shape[2:]) == tuple(2 * s for s in shape)
 
 
+@pytest.mark.parametrize("dims,levels", [(2, 1), (3, 2)])
+def test_interpolating_expansion_projects_before_it_upsamples(dims, levels):
+    """The 1x1 conv runs at the coarse size, yet the op equals upsample -> conv -> norm -> act."""
+    op = expansion_op("trilinear", dims, 8, 2, levels)().eval()
+    x = torch.randn(2, 8, *[5] * dims)
+    mode = "bilinear" if dims == 2 else "trilinear"
+    upsampled_first = op.proj(torch.nn.functional.interpolate(
+        x, scale_factor=2 ** levels, mode=mode, align_corners=False))
+    convolved = []
+    op.proj[0].register_forward_hook(lambda m, i, o: convolved.append(o.shape))
+    assert torch.allclose(op(x), upsampled_first, atol=1e-5)
+    assert convolved[-1][2:] == x.shape[2:]  # the conv saw the coarse map
+
+
+@pytest.mark.parametrize("knobs", [{"sbb": True}, {"sbb": False, "mssa": False}])
+def test_head_reads_the_output_nodes_features_before_their_activation(knobs):
+    """Below zero the head sees the norm's full value, not LeakyReLU's 1/100 of it."""
+    torch.manual_seed(0)
+    space = _space(knobs=knobs).eval()
+    seen = {}
+    space.head.register_forward_hook(lambda m, i, o: seen.update(head=i[0]))
+    inner = space.blocks["N1_0"]
+    inner.register_forward_hook(lambda m, i, o: seen.update(inner=o))
+    space(torch.randn(1, 1, 16, 16, 16))
+    assert seen["head"].min() < -0.5  # a norm's output: about -3 at 4096 voxels
+    assert seen["inner"].min() > -0.1  # every other node ends with its LeakyReLU
+
+
 def test_aggregation_topology_follows_equation_one():
     space = _space(levels=5, spatial_dims=2)
     assert [len(row) for row in space.grid] == [5, 4, 3, 2, 1]  # N(1,4), N(2,3)... dropped

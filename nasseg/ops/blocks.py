@@ -23,32 +23,40 @@ class ConvNormAct(nn.Sequential):
         kernel: kernel size, a scalar or one value per axis (e.g. (3, 3, 1)).
         dilation: dilation, a scalar or one value per axis.
         stride: stride; the output is ``ceil(size / stride)`` along each axis.
+        activation: end with the LeakyReLU (default); False stops at the norm, for a layer
+            whose output a linear head reads (see ``normal_op``).
     """
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int,
                  kernel: int | Sequence[int] = 3, dilation: int | Sequence[int] = 1,
-                 stride: int | Sequence[int] = 1) -> None:
+                 stride: int | Sequence[int] = 1, activation: bool = True) -> None:
         kernel_t = expand_kernel(kernel, spatial_dims)
         dilation_t = expand_kernel(dilation, spatial_dims)
         padding = tuple(d * (k - 1) // 2 for k, d in zip(kernel_t, dilation_t))
-        super().__init__(
+        layers: list[nn.Module] = [
             conv_type(spatial_dims)(in_channels, out_channels, kernel_t, stride=stride,
                                     padding=padding, dilation=dilation_t, bias=False),
-            norm_type(spatial_dims)(out_channels, affine=True),
-            nn.LeakyReLU(0.01, inplace=True),
-        )
+            norm_type(spatial_dims)(out_channels, affine=True)]
+        if activation:
+            layers.append(nn.LeakyReLU(0.01, inplace=True))
+        super().__init__(*layers)
 
 
 class StackedConv(nn.Sequential):
     """Several :class:`ConvNormAct` in a row; the first maps ``in_channels`` to ``out_channels``.
 
-    ``kernels`` lists one kernel per layer, e.g. ``[(3, 3, 1), (1, 1, 3)]`` for a pseudo-3D conv.
+    ``kernels`` lists one kernel per layer, e.g. ``[(3, 3, 1), (1, 1, 3)]`` for a pseudo-3D conv;
+    ``final_activation=False`` leaves the last layer without its LeakyReLU.
     """
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int,
-                 kernels: Sequence[int | Sequence[int]], dilation: int = 1) -> None:
+                 kernels: Sequence[int | Sequence[int]], dilation: int = 1,
+                 final_activation: bool = True) -> None:
+        last = len(kernels) - 1
         layers = [ConvNormAct(spatial_dims, in_channels if i == 0 else out_channels, out_channels,
-                              kernel=k, dilation=dilation) for i, k in enumerate(kernels)]
+                              kernel=k, dilation=dilation,
+                              activation=final_activation or i < last)
+                  for i, k in enumerate(kernels)]
         super().__init__(*layers)
 
 

@@ -23,17 +23,23 @@ REDUCTION_OPS = ("max_pool", "avg_pool", "conv_stride2")
 EXPANSION_OPS = ("transpose", "trilinear")
 
 
-def normal_op(name: str, spatial_dims: int, channels: int) -> Callable[[], nn.Module]:
-    """A factory of the normal op ``name`` (channels in = channels out, size kept)."""
-    c, d = channels, spatial_dims
+def normal_op(name: str, spatial_dims: int, channels: int,
+              final_activation: bool = True) -> Callable[[], nn.Module]:
+    """A factory of the normal op ``name`` (channels in = channels out, size kept).
+
+    ``final_activation=False`` ends the op at its norm: the output head reads it that way, so a
+    channel that is below zero on every foreground voxel still tells the classes apart (after a
+    LeakyReLU they differ by 1/100 of that, and a retrain can lose a class for good).
+    """
+    c, d, act = channels, spatial_dims, final_activation
     table: dict[str, Callable[[], nn.Module]] = {
-        "conv3": lambda: ConvNormAct(d, c, c, 3),
-        "conv3x3x1": lambda: ConvNormAct(d, c, c, (3, 3, 1)),
-        "conv5": lambda: ConvNormAct(d, c, c, 5),
-        "p3d": lambda: StackedConv(d, c, c, [(3, 3, 1), (1, 1, 3)]),
-        "conv3x2": lambda: StackedConv(d, c, c, [3, 3]),
-        "dil3": lambda: ConvNormAct(d, c, c, 3, dilation=2),
-        "dil5": lambda: ConvNormAct(d, c, c, 5, dilation=2),
+        "conv3": lambda: ConvNormAct(d, c, c, 3, activation=act),
+        "conv3x3x1": lambda: ConvNormAct(d, c, c, (3, 3, 1), activation=act),
+        "conv5": lambda: ConvNormAct(d, c, c, 5, activation=act),
+        "p3d": lambda: StackedConv(d, c, c, [(3, 3, 1), (1, 1, 3)], final_activation=act),
+        "conv3x2": lambda: StackedConv(d, c, c, [3, 3], final_activation=act),
+        "dil3": lambda: ConvNormAct(d, c, c, 3, dilation=2, activation=act),
+        "dil5": lambda: ConvNormAct(d, c, c, 5, dilation=2, activation=act),
     }
     if name not in table:
         raise ValueError(f"unknown normal op {name!r}; known: {NORMAL_OPS}")
@@ -53,7 +59,13 @@ class _PoolProject(nn.Module):
 
 
 class _InterpProject(nn.Module):
-    """Bi/trilinear upsampling by ``factor`` then a 1x1 conv to match channels."""
+    """Bi/trilinear upsampling by ``factor`` then a 1x1 conv -> norm -> act to match channels.
+
+    The 1x1 conv runs before the upsampling: both are linear and the interpolation weights sum
+    to one, so the order gives the same function, but this one interpolates ``cout`` channels
+    instead of ``cin`` and convolves ``factor^d`` times fewer voxels (a jump of two levels up
+    in UXNet: 8 channels instead of 32 at full resolution).
+    """
 
     def __init__(self, spatial_dims: int, cin: int, cout: int, factor: int) -> None:
         super().__init__()
@@ -62,8 +74,9 @@ class _InterpProject(nn.Module):
         self.proj = ConvNormAct(spatial_dims, cin, cout, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(F.interpolate(x, scale_factor=self.factor, mode=self.mode,
-                                       align_corners=False))
+        conv, norm, act = self.proj
+        return act(norm(F.interpolate(conv(x), scale_factor=self.factor, mode=self.mode,
+                                      align_corners=False)))
 
 
 def reduction_op(name: str, spatial_dims: int, cin: int, cout: int, levels: int
