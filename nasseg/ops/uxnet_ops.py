@@ -59,10 +59,10 @@ class _PoolProject(nn.Module):
 
 
 class _InterpProject(nn.Module):
-    """Bi/trilinear upsampling by ``factor`` then a 1x1 conv -> norm -> act to match channels.
+    """Upsample by ``factor`` (bi/trilinear) and match channels: 1x1 conv, upsample, norm, act.
 
-    The 1x1 conv runs before the upsampling: both are linear and the interpolation weights sum
-    to one, so the order gives the same function, but this one interpolates ``cout`` channels
+    The conv runs before the upsampling: both are linear and the interpolation weights sum to
+    one, so this equals upsampling first, but it interpolates ``cout`` channels
     instead of ``cin`` and convolves ``factor^d`` times fewer voxels (a jump of two levels up
     in UXNet: 8 channels instead of 32 at full resolution).
     """
