@@ -59,13 +59,9 @@ class _PoolProject(nn.Module):
 
 
 class _InterpProject(nn.Module):
-    """Upsample by ``factor`` (bi/trilinear) and match channels: 1x1 conv, upsample, norm, act.
-
-    The conv runs before the upsampling: both are linear and the interpolation weights sum to
-    one, so this equals upsampling first, but it interpolates ``cout`` channels
-    instead of ``cin`` and convolves ``factor^d`` times fewer voxels (a jump of two levels up
-    in UXNet: 8 channels instead of 32 at full resolution).
-    """
+    """Upsample by ``factor`` (bi/trilinear) and match channels: a 1x1 unit resized after its
+    conv (:meth:`ConvNormAct.resized`), so a jump of two levels up interpolates ``cout``
+    channels, not ``cin``."""
 
     def __init__(self, spatial_dims: int, cin: int, cout: int, factor: int) -> None:
         super().__init__()
@@ -74,9 +70,8 @@ class _InterpProject(nn.Module):
         self.proj = ConvNormAct(spatial_dims, cin, cout, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        conv, norm, act = self.proj
-        return act(norm(F.interpolate(conv(x), scale_factor=self.factor, mode=self.mode,
-                                      align_corners=False)))
+        return self.proj.resized(x, lambda t: F.interpolate(t, scale_factor=self.factor,
+                                                            mode=self.mode, align_corners=False))
 
 
 def reduction_op(name: str, spatial_dims: int, cin: int, cout: int, levels: int
