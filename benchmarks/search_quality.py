@@ -41,8 +41,9 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 
 from nasseg.artifacts.files import error_line, read_json, write_json
@@ -134,24 +135,21 @@ def split_held_out(data: str, fraction: float, out: Path) -> tuple[str, HeldOut]
 
 
 @torch.no_grad()
-def held_out_scores(train_dir: Path, tests: Sequence[HeldOut]) -> dict[str, Any]:
-    """Dice of the trained network on every held-out set's cases, whole cases by sliding
-    window (raw cases on their own grid, through the training set's preprocessing), after the
-    post-processing its training decided: the mean foreground Dice over all of them, its mean
-    per class, and each case's mean."""
+def held_out_labels(train_dir: Path, tests: Sequence[HeldOut]
+                    ) -> Iterator[tuple[str, np.ndarray, np.ndarray, Any]]:
+    """Every held-out case segmented by the trained network in ``train_dir``: whole cases by
+    sliding window (raw cases on their own grid, through the training set's preprocessing),
+    after the post-processing its training decided. Yields (case id, prediction, reference
+    label map, voxel spacing or None)."""
     model, state = load_trained(train_dir)
     plan = PredictionPlan.from_dict(state["plan"])
     device = resolve_device("auto")
     model.to(device).eval()
-    per_case = {}
     for test in tests:
         if isinstance(test, RawDataset):
             for raw in test.cases:
                 label = predict_case(model, plan, raw, test.folder, device=device)
-                per_case[raw.case_id] = case_metrics(label, read_label(raw),
-                                                     len(test.class_names),
-                                                     spacing=read_spacing(raw),
-                                                     class_names=test.class_names)
+                yield raw.case_id, label, read_label(raw), read_spacing(raw)
             continue
         predict_fn = network_predict_fn(model)
         for i in range(test.num_cases):
@@ -159,10 +157,16 @@ def held_out_scores(train_dir: Path, tests: Sequence[HeldOut]) -> dict[str, Any]
             probs = sliding_window_predict(predict_fn, torch.from_numpy(case.image).to(device),
                                            plan.patch_size, view=model.data_view())
             label = remove_small_components(probs.argmax(0).cpu().numpy(), plan.min_component)
-            per_case[case.case_id] = case_metrics(label, case.label,
-                                                  len(test.class_names),
-                                                  class_names=test.class_names)
-    summary = summarize_cases(per_case, tests[0].class_names)
+            yield case.case_id, label, case.label, None
+
+
+def held_out_scores(train_dir: Path, tests: Sequence[HeldOut]) -> dict[str, Any]:
+    """Dice of the trained network on every held-out set's cases (:func:`held_out_labels`):
+    the mean foreground Dice over all of them, its mean per class, and each case's mean."""
+    names = tests[0].class_names
+    per_case = {case: case_metrics(label, ref, len(names), spacing=spacing, class_names=names)
+                for case, label, ref, spacing in held_out_labels(train_dir, tests)}
+    summary = summarize_cases(per_case, names)
     return {"dice_test": float(summary["mean_dice"]), "dice_test_classes": summary["dice"],
             "dice_test_cases": {case: m["mean_dice"] for case, m in per_case.items()}}
 
