@@ -34,6 +34,7 @@ from nasseg.artifacts.files import FileFormatError, error_line, write_json
 from nasseg.cli.options import parse_patch_size
 from nasseg.data import DEMO_SETS, DataError
 from nasseg.searches.random_arch import random_architecture
+from nasseg.space import create_space
 from report import group_rows, mean_sd, paired_evidence, report_settings, save_report
 from search_quality import (FRESH_CASES, SETTINGS, VARIANTS, HeldOut, add_retrain_options,
                             at_least_one, check_out_folder, held_out_sets, retrain_once)
@@ -56,11 +57,15 @@ def named_net(text: str) -> tuple[str, Path]:
 
 def fixed_variant_net(args: argparse.Namespace, first: dict[str, Any], dev: str) -> Path:
     """Write the arch file of the first net's space in variant ``args.fixed_variant`` (every
-    knob of it set, nothing left to search) into ``OUT``, with the first net's space settings."""
+    knob of it set, nothing left to search) into ``OUT``, with the first net's space settings
+    and those of its knobs the variant has too (UXNet's ``image_skip``, say), so that the two
+    nets differ only in what the variant fixes."""
     space = first["space"]
     path = args.out / f"arch-{args.fixed_variant}.json"
-    _, arch = random_architecture(space, dev, 0, path, VARIANTS[space][args.fixed_variant],
-                                  first["space_args"])
+    variant = VARIANTS[space][args.fixed_variant]
+    declared = create_space(space, knobs=variant, **first["space_args"]).knob_specs
+    knobs = {**{k: v for k, v in first["knobs"].items() if k in declared}, **variant}
+    _, arch = random_architecture(space, dev, 0, path, knobs, first["space_args"])
     if any(entry["kind"] != "knob" for entry in arch["choices"].values()):
         raise SystemExit(f"error: --fixed-variant {args.fixed_variant}: the {space} space "
                          "still has choices to search in it, so it is not one fixed net")

@@ -20,8 +20,9 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from nasseg.artifacts.files import FileFormatError, error_line
-from nasseg.data import DEMO_SETS, DataError
+from nasseg.artifacts.files import error_line
+from nasseg.cli.errors import USER_ERRORS
+from nasseg.data import DEMO_SETS
 from nasseg.evaluation.error_anatomy import ERROR_PLACES, add_counts, error_anatomy
 from report import save_report
 from search_quality import FRESH_CASES, HeldOut, held_out_labels, held_out_sets
@@ -95,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for label, folder in args.nets:
             rows.append(anatomy_row(label, folder, tests))
             logging.info("%s: %s wrong voxels", label, f"{rows[-1]['counts']['wrong']:,}")
-    except (DataError, FileFormatError) as exc:
+    except USER_ERRORS as exc:
         raise SystemExit(f"error: {error_line(exc)}") from None
     save_report(args.out, "error_anatomy", args, rows, anatomy_table(rows, tests[0].class_names))
 

@@ -79,6 +79,7 @@ class UXNetSpace(SearchSpace):
         stages: stages, the encoder included (default: ``levels``, ending in one node).
 
     Knobs: ``sbb`` (default False: fixed 3x3x3 blocks) and ``mssa`` (ablation switches),
+    ``image_skip`` (default False; True: the 1x1 head reads the image beside the output node),
     ``gate_reg`` (weight of the sparsity regularizer J on the gates).
     """
 
@@ -96,6 +97,7 @@ class UXNetSpace(SearchSpace):
         self.channels = [features * 2 ** j for j in range(levels)]
         self.sbb = self.knob("sbb", [True, False], default=False)
         self.mssa = self.knob("mssa", [True, False])
+        self.image_skip = self.knob("image_skip", [False, True])
 
         # Topology: every node with its candidate sources.
         self.grid = [[node_name(i, j) for j in range(levels - i)] for i in range(stages)]
@@ -122,7 +124,10 @@ class UXNetSpace(SearchSpace):
                 if sources[name]:
                     self.aggregate[name] = self._aggregation(name, j, sources[name])
                 self.blocks[name] = self._block(name, j)
-        self.head = OutputHead(spatial_dims, self.channels[0], num_classes)
+        # With ``image_skip`` the head also reads the image: each voxel's own intensity reaches
+        # the decision without passing through the blocks' 3x3x3 smoothing.
+        self.head = OutputHead(spatial_dims, self.channels[0] + in_channels * self.image_skip,
+                               num_classes)
 
     # ----- topology ---------------------------------------------------------------------------
     def _sources(self, stage: int, level: int) -> list[str]:
@@ -196,7 +201,8 @@ class UXNetSpace(SearchSpace):
                     srcs = self._sources_of(name)
                     agg = self.aggregate[name]([feats[s] for s in srcs], sizes[j])
                 feats[name] = self.blocks[name](agg)
-        return self.head(feats[self.output])
+        last = feats[self.output]
+        return self.head(torch.cat([last, x], dim=1) if self.image_skip else last)
 
     def _sources_of(self, name: str) -> list[str]:
         stage, level = (int(p) for p in name[1:].split("_"))

@@ -12,7 +12,7 @@ from nasseg.searches.random_arch import random_architecture
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))  # the benchmark is a script beside its report module
-from compare_nets import main, named_net, summarize  # noqa: E402
+from compare_nets import fixed_variant_net, main, named_net, summarize  # noqa: E402
 from report import paired_evidence  # noqa: E402
 
 TINY = ["--train-epochs", "1", "--train-steps", "2", "--test-fraction", "0.25"]
@@ -113,3 +113,15 @@ def test_a_bad_net_is_refused_in_one_line_before_any_retrain(small3d, tmp_path, 
         main([*args, "--data", str(small3d), "--out", str(out), *TINY])
     assert str(refused.value) == expected
     assert not out.exists()
+
+
+def test_the_fixed_variant_keeps_the_first_nets_other_knobs(small3d, tmp_path):
+    """The U-Net built beside a net searched with ``image_skip`` gets the skip too: the two
+    differ only in what the variant fixes."""
+    import argparse
+    net = random_architecture("uxnet", str(small3d), 1, tmp_path / "arch.json",
+                              {"image_skip": True}, {"features": 4})[1]
+    args = argparse.Namespace(out=tmp_path, fixed_variant="UNet")
+    unet = json.loads(fixed_variant_net(args, net, str(small3d)).read_text())
+    assert unet["knobs"] == {"image_skip": True, "mssa": False, "sbb": False}
+    assert net["knobs"]["mssa"] is True and "gate_reg" in net["knobs"]

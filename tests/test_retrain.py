@@ -13,6 +13,7 @@ import torch
 from click.testing import CliRunner
 from conftest import kill_after_first_checkpoint, rename_first_weight
 
+from nasseg.artifacts.arch_file import build_derived
 from nasseg.cli import cli
 
 TINY = ["--space", "unet", "--space-arg", "features=4", "--space-arg", "levels=2",
@@ -78,8 +79,18 @@ def test_arch_file_missing_a_choice_gives_one_line(arch_file, tmp_path):
     assert len(errors) == 1 and "Traceback" not in result.stderr
     line = errors[0]
     assert str(bad) in line
-    assert "lacks enc0_op, upsample" in line
+    assert "lacks enc0_op (space" in line  # the knob takes its default; the op cannot
     assert not (tmp_path / "t").exists()
+
+
+def test_a_knob_added_since_the_file_was_written_takes_its_default(arch_file):
+    """An arch file written before a knob existed still builds, as the net it was derived as."""
+    arch = json.loads(arch_file.read_text())
+    written = build_derived(arch)
+    upsample = arch["sample"].pop("upsample")
+    older = build_derived(arch)
+    assert upsample == "transpose" == older.knob_values["upsample"]
+    assert [p.shape for p in older.parameters()] == [p.shape for p in written.parameters()]
 
 
 def test_resume_needs_a_training_folder(tmp_path):

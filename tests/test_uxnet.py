@@ -69,6 +69,25 @@ def test_head_reads_the_output_nodes_features_before_their_activation(knobs):
     assert seen["inner"].min() > -0.1  # every other node ends with its LeakyReLU
 
 
+@pytest.mark.parametrize("knobs", [{"sbb": False, "mssa": False}, {"sbb": False}])
+def test_image_skip_feeds_each_voxels_intensity_to_the_head(knobs):
+    """With ``image_skip`` the 1x1 head reads the image too: one voxel's intensity moves that
+    voxel's logits through the head's own weights, which the blocks alone could not carry."""
+    torch.manual_seed(0)
+    plain = _space(knobs=knobs)
+    skip = _space(knobs={**knobs, "image_skip": True}).eval()
+    assert count_parameters(skip) - count_parameters(plain) == 3  # one input channel, 3 classes
+    seen = {}
+    skip.head.register_forward_hook(lambda m, i, o: seen.update(head=i[0]))
+    x = torch.randn(1, 1, 16, 16, 16)
+    logits = skip(x)
+    assert seen["head"].shape[1] == 3 and torch.equal(seen["head"][:, -1:], x)
+    weights = skip.head.conv.weight[:, -1].flatten().clone()
+    with torch.no_grad():
+        skip.head.conv.weight[:, -1] = 0
+    assert torch.allclose(logits - skip(x), weights.view(1, 3, 1, 1, 1) * x, atol=1e-5)
+
+
 def test_aggregation_topology_follows_equation_one():
     space = _space(levels=5, spatial_dims=2)
     assert [len(row) for row in space.grid] == [5, 4, 3, 2, 1]  # N(1,4), N(2,3)... dropped

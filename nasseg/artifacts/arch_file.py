@@ -65,8 +65,9 @@ def write_arch(path: str | Path, arch: dict[str, Any]) -> None:
 def build_derived(arch: dict[str, Any], source: str | Path = "architecture") -> SearchSpace:
     """Build the derived (frozen) network an architecture file describes.
 
-    The sample is checked against its space first: a label the space does not have, or a
-    choice or knob the sample lacks, raises :class:`SampleError` naming ``source``. The check
+    The sample is checked against its space first: a label the space does not have, or an op
+    or connection choice the sample lacks, raises :class:`SampleError` naming ``source``; a
+    knob it lacks (one added to the space since) takes the knob's default. The check
     draws no random numbers (the RNG is restored after it), so a derived net's initial weights
     depend on the seed alone, not on the size of the supernet it came from.
     """
@@ -78,6 +79,10 @@ def build_derived(arch: dict[str, Any], source: str | Path = "architecture") -> 
                                  **arch["space_args"])
     except (KnobError, SampleError, TypeError) as exc:
         raise SampleError(f"{source}: {exc}") from None
+    # A knob added to the space after the file was written takes its default, which keeps the
+    # net the file was derived as; a missing op or connection choice cannot be filled in.
+    sample = {**{label: space.knob_values[label] for label, info in space.choice_infos.items()
+                 if info.kind == "knob" and label not in sample}, **sample}
     missing = sorted(set(space.choice_infos) - set(sample))
     unknown = sorted(set(sample) - set(space.choice_infos))
     if missing or unknown:
