@@ -46,8 +46,8 @@ EXTENT_OPTIONS = {"out", "nets", "fixed_variant", "baseline", "retrain_seeds", "
 
 
 def named_net(text: str) -> tuple[str, Path]:
-    """A net on the command line: ``LABEL=PATH`` or ``PATH`` (labelled by its folder and
-    file name, e.g. ``search/arch``)."""
+    """A net on the command line: ``LABEL=PATH`` or ``PATH`` (an arch file or a trained run
+    folder, labelled by its parent folder and its name without suffix, e.g. ``search/arch``)."""
     label, sep, path = text.partition("=")
     if sep:
         return label, Path(path)

@@ -24,18 +24,9 @@ from nasseg.artifacts.files import error_line
 from nasseg.cli.errors import USER_ERRORS
 from nasseg.data import DEMO_SETS
 from nasseg.evaluation.error_anatomy import ERROR_PLACES, add_counts, error_anatomy
+from compare_nets import named_net
 from report import save_report
 from search_quality import FRESH_CASES, HeldOut, held_out_labels, held_out_sets
-
-
-def named_run(text: str) -> tuple[str, Path]:
-    """A net on the command line: ``LABEL=TRAIN_DIR`` or ``TRAIN_DIR`` (labelled by its
-    parent's and its own name, e.g. ``seed7000/UNet``)."""
-    label, sep, path = text.partition("=")
-    if sep:
-        return label, Path(path)
-    given = Path(text)
-    return "/".join(filter(None, (given.parent.name, given.name))), given
 
 
 def anatomy_row(label: str, train_dir: Path, tests: Sequence[HeldOut]) -> dict[str, Any]:
@@ -70,7 +61,7 @@ def anatomy_table(rows: list[dict[str, Any]], class_names: Sequence[str]) -> str
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("nets", nargs="+", type=named_run, metavar="[LABEL=]TRAIN_DIR",
+    parser.add_argument("nets", nargs="+", type=named_net, metavar="[LABEL=]TRAIN_DIR",
                         help="Trained run folders (each holding model.pt).")
     parser.add_argument("--data", default="demo3d",
                         help="The data set the nets were trained on: a demo set, a data set "
