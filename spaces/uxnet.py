@@ -79,7 +79,8 @@ class UXNetSpace(SearchSpace):
         stages: stages, the encoder included (default: ``levels``, ending in one node).
 
     Knobs: ``sbb`` (default False: fixed 3x3x3 blocks) and ``mssa`` (ablation switches),
-    ``image_skip`` (default False; True: the 1x1 head reads the image beside the output node),
+    ``image_skip`` (default True: the 1x1 head reads the image beside the output node; an
+    ``arch.json`` written before the knob existed holds the net without it),
     ``gate_reg`` (weight of the sparsity regularizer J on the gates).
     """
 
@@ -97,7 +98,7 @@ class UXNetSpace(SearchSpace):
         self.channels = [features * 2 ** j for j in range(levels)]
         self.sbb = self.knob("sbb", [True, False], default=False)
         self.mssa = self.knob("mssa", [True, False])
-        self.image_skip = self.knob("image_skip", [False, True])
+        self.image_skip = self.knob("image_skip", [True, False], absent=False)
 
         # Topology: every node with its candidate sources.
         self.grid = [[node_name(i, j) for j in range(levels - i)] for i in range(stages)]

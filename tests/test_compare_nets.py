@@ -116,12 +116,12 @@ def test_a_bad_net_is_refused_in_one_line_before_any_retrain(small3d, tmp_path, 
 
 
 def test_the_fixed_variant_keeps_the_first_nets_other_knobs(small3d, tmp_path):
-    """The U-Net built beside a net searched with ``image_skip`` gets the skip too: the two
-    differ only in what the variant fixes."""
+    """The U-Net built beside a net searched without ``image_skip`` (on by default) lacks the
+    skip too: the two differ only in what the variant fixes."""
     import argparse
     net = random_architecture("uxnet", str(small3d), 1, tmp_path / "arch.json",
-                              {"image_skip": True}, {"features": 4})[1]
+                              {"image_skip": False}, {"features": 4})[1]
     args = argparse.Namespace(out=tmp_path, fixed_variant="UNet")
     unet = json.loads(fixed_variant_net(args, net, str(small3d)).read_text())
-    assert unet["knobs"] == {"image_skip": True, "mssa": False, "sbb": False}
+    assert unet["knobs"] == {"image_skip": False, "mssa": False, "sbb": False}
     assert net["knobs"]["mssa"] is True and "gate_reg" in net["knobs"]

@@ -6,6 +6,7 @@ import random
 import pytest
 import torch
 
+from nasseg.artifacts.arch_file import build_derived
 from nasseg.derive import count_parameters, derive_architecture, draw_architecture
 from nasseg.ops import EXPANSION_OPS, NORMAL_OPS, REDUCTION_OPS, expansion_op, normal_op, reduction_op
 from nasseg.space import create_space
@@ -74,8 +75,9 @@ def test_image_skip_feeds_each_voxels_intensity_to_the_head(knobs):
     """With ``image_skip`` the 1x1 head reads the image too: one voxel's intensity moves that
     voxel's logits through the head's own weights, which the blocks alone could not carry."""
     torch.manual_seed(0)
-    plain = _space(knobs=knobs)
-    skip = _space(knobs={**knobs, "image_skip": True}).eval()
+    plain = _space(knobs={**knobs, "image_skip": False})
+    skip = _space(knobs=knobs).eval()  # the default
+    assert skip.image_skip and not plain.image_skip
     assert count_parameters(skip) - count_parameters(plain) == 3  # one input channel, 3 classes
     seen = {}
     skip.head.register_forward_hook(lambda m, i, o: seen.update(head=i[0]))
@@ -86,6 +88,17 @@ def test_image_skip_feeds_each_voxels_intensity_to_the_head(knobs):
     with torch.no_grad():
         skip.head.conv.weight[:, -1] = 0
     assert torch.allclose(logits - skip(x), weights.view(1, 3, 1, 1, 1) * x, atol=1e-5)
+
+
+def test_a_file_written_before_image_skip_existed_builds_the_net_without_it():
+    """``image_skip`` is on by default, but an ``arch.json`` that lacks it was derived (and
+    measured) without it: it must keep building that net, not gain an input channel."""
+    args = {"in_channels": 1, "num_classes": 3, "spatial_dims": 3, "features": 2}
+    knobs = {"sbb": False, "mssa": False}
+    older = build_derived({"space": "uxnet", "space_args": args, "knobs": knobs,
+                           "sample": knobs})
+    assert not older.image_skip and older.head.conv.in_channels == 2
+    assert create_space("uxnet", knobs=knobs, **args).image_skip
 
 
 def test_aggregation_topology_follows_equation_one():

@@ -67,9 +67,10 @@ def build_derived(arch: dict[str, Any], source: str | Path = "architecture") -> 
 
     The sample is checked against its space first: a label the space does not have, or an op
     or connection choice the sample lacks, raises :class:`SampleError` naming ``source``; a
-    knob it lacks (one added to the space since) takes the knob's default. The check
-    draws no random numbers (the RNG is restored after it), so a derived net's initial weights
-    depend on the seed alone, not on the size of the supernet it came from.
+    knob it lacks (one added to the space since) takes the value the space says a file without
+    it stands for. The check draws no random numbers (the RNG is restored after it), so a
+    derived net's initial weights depend on the seed alone, not on the size of the supernet it
+    came from.
     """
     sample = arch["sample"]
     try:
@@ -79,9 +80,9 @@ def build_derived(arch: dict[str, Any], source: str | Path = "architecture") -> 
                                  **arch["space_args"])
     except (KnobError, SampleError, TypeError) as exc:
         raise SampleError(f"{source}: {exc}") from None
-    # A knob added to the space after the file was written takes its default, which keeps the
-    # net the file was derived as; a missing op or connection choice cannot be filled in.
-    sample = {**{label: space.knob_values[label] for label, info in space.choice_infos.items()
+    # A knob added to the space after the file was written takes the value that keeps the net
+    # the file was derived as; a missing op or connection choice cannot be filled in.
+    sample = {**{label: space.knob_absent[label] for label, info in space.choice_infos.items()
                  if info.kind == "knob" and label not in sample}, **sample}
     missing = sorted(set(space.choice_infos) - set(sample))
     unknown = sorted(set(sample) - set(space.choice_infos))

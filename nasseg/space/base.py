@@ -117,6 +117,8 @@ class SearchSpace(ModelSpace):
         self.choice_infos: dict[str, ChoiceInfo] = {}
         self.knob_specs: dict[str, nm.Mutable] = {}
         self.knob_values: dict[str, Any] = {}
+        #: Per knob, the value an architecture file without it stands for (see :meth:`knob`).
+        self.knob_absent: dict[str, Any] = {}
         self.knob_conditions: dict[str, dict[str, list[Any]]] = {}
         self._live: set[str] | None = None
         self.loss_fn = DiceCELoss()
@@ -209,7 +211,7 @@ class SearchSpace(ModelSpace):
     def knob(self, label: str, values: Sequence[Any] | None = None, *,
              low: float | None = None, high: float | None = None, log: bool = False,
              integer: bool = False, default: Any = None,
-             active_if: Condition | None = None) -> Any:
+             active_if: Condition | None = None, absent: Any = None) -> Any:
         """A hyperparameter or variant, fixed for one run; returns its value for this instance.
 
         Give ``values`` for a categorical knob, or ``low``/``high`` (with ``log`` and ``integer``)
@@ -217,6 +219,9 @@ class SearchSpace(ModelSpace):
         (``--set``), else ``default`` (the first value or the range's low end when omitted).
         ``active_if={"other": [values...]}`` makes the knob apply only while knobs declared
         before it take those values; while inactive it takes ``default`` and is not tuned.
+        ``absent`` is the value an architecture file written before the knob existed stands for
+        (default: ``default``): set it when a new knob's default is not the net those files hold,
+        or when a knob's default changes, so that they still build the net they were derived as.
         """
         if values is not None:
             default = values[0] if default is None else default
@@ -239,6 +244,7 @@ class SearchSpace(ModelSpace):
             value = current_fixed_knobs().get(label, default)
         value = check_knob_value(mutable, value)
         self.knob_values[label] = value
+        self.knob_absent[label] = value if absent is None else check_knob_value(mutable, absent)
         return value
 
     # ----- the method's recipe: what the engine, trainer, inference and export ask ---------
