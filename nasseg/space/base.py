@@ -244,7 +244,7 @@ class SearchSpace(ModelSpace):
             value = current_fixed_knobs().get(label, default)
         value = check_knob_value(mutable, value)
         self.knob_values[label] = value
-        self.knob_absent[label] = value if absent is None else check_knob_value(mutable, absent)
+        self.knob_absent[label] = check_knob_value(mutable, default if absent is None else absent)
         return value
 
     # ----- the method's recipe: what the engine, trainer, inference and export ask ---------
