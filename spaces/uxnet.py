@@ -99,6 +99,8 @@ class UXNetSpace(SearchSpace):
         self.sbb = self.knob("sbb", [True, False], default=False)
         self.mssa = self.knob("mssa", [True, False])
         self.image_skip = self.knob("image_skip", [True, False], absent=False)
+        self.search_resampling = self.sbb or self.knob(
+            "search_resampling", [False, True], active_if={"sbb": [False]}, absent=False)
 
         # Topology: every node with its candidate sources.
         self.grid = [[node_name(i, j) for j in range(levels - i)] for i in range(stages)]
@@ -147,9 +149,10 @@ class UXNetSpace(SearchSpace):
 
     # ----- modules ----------------------------------------------------------------------------
     def _op(self, label: str, names: Sequence[str], fixed: str,
-            make: Callable[[str], Callable[[], nn.Module]], node: str) -> nn.Module:
-        """An op choice among ``names`` with SBB, else the fixed op."""
-        if not self.sbb:
+            make: Callable[[str], Callable[[], nn.Module]], node: str,
+            searched: bool) -> nn.Module:
+        """An op choice among ``names`` if ``searched``, else the fixed op."""
+        if not searched:
             return make(fixed)()
         return self.op_choice(label, {n: make(n) for n in names}, node=node)
 
@@ -161,12 +164,14 @@ class UXNetSpace(SearchSpace):
         elif src_level < level:
             k = level - src_level
             resample = self._op(f"{name}_down", REDUCTION_OPS, _FIXED_REDUCTION,
-                                lambda n: reduction_op(n, d, cin, cout, k), name)
+                                lambda n: reduction_op(n, d, cin, cout, k), name,
+                                self.search_resampling)
         else:
             k = src_level - level
             fixed = _FIXED_EXPANSION if k == 1 else _FIXED_LONG_EXPANSION
             resample = self._op(f"{name}_up", EXPANSION_OPS, fixed,
-                                lambda n: expansion_op(n, d, cin, cout, k), name)
+                                lambda n: expansion_op(n, d, cin, cout, k), name,
+                                self.search_resampling)
         return _Align(resample, d)
 
     def _aggregation(self, name: str, level: int, srcs: list[str]) -> Connection:
@@ -182,7 +187,7 @@ class UXNetSpace(SearchSpace):
         def ops(k: int) -> nn.Module:
             final_activation = not (k == 2 and name == self.output)
             make = lambda n: normal_op(n, self.dims, c, final_activation)  # noqa: E731
-            return self._op(f"{name}_op{k}", NORMAL_OPS, _FIXED_NORMAL, make, name)
+            return self._op(f"{name}_op{k}", NORMAL_OPS, _FIXED_NORMAL, make, name, self.sbb)
         return nn.Sequential(ops(1), ops(2))
 
     # ----- forward ----------------------------------------------------------------------------
