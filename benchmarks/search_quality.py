@@ -77,8 +77,10 @@ from report import group_rows, mean_sd, paired_evidence, report_settings, save_r
 
 #: The ablation variants of a space (knobs); a space without ablations has one variant.
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
-    "uxnet": {"UNet": {"sbb": False, "mssa": False}, "SBB only": {"sbb": True, "mssa": False},
-              "MSSA only": {"sbb": False, "mssa": True}, "SBB + MSSA": {"sbb": True, "mssa": True}},
+    "uxnet": {"UNet": {"sbb": False, "mssa": False, "search_resampling": False},
+              "SBB only": {"sbb": True, "mssa": False},
+              "MSSA only": {"sbb": False, "mssa": True, "search_resampling": False},
+              "SBB + MSSA": {"sbb": True, "mssa": True}},
 }
 FULL = {"uxnet": "SBB + MSSA"}
 #: Retrain ``r`` of a net takes seed ``seed + RETRAIN_SEED_STRIDE * r``; retrain 0 takes the

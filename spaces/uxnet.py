@@ -17,7 +17,8 @@ aggregation by fixed U-Net-style paths (same level and the level below of the pr
 both off is a plain U-Net-like lattice. ``sbb`` defaults to False: on the demo the searched
 ops made a worse supernet at 3.5 times the cost per epoch, and their derived nets retrained
 worse than 3x3x3 convs on the searched topology (README, "Search quality"); ``sbb=True``
-searches them as the paper does.
+searches them as the paper does. ``search_resampling=True`` with ``sbb=False`` searches only the
+reduction and expansion ops, the blocks staying 3x3x3.
 
 A fixed jump of more than one level up interpolates, then fits channels with a 1x1 conv (as UNet
 3+'s full-scale skips do), where one level up is the U-Net's transposed conv. A transposed conv
@@ -81,6 +82,8 @@ class UXNetSpace(SearchSpace):
     Knobs: ``sbb`` (default False: fixed 3x3x3 blocks) and ``mssa`` (ablation switches),
     ``image_skip`` (default True: the 1x1 head reads the image beside the output node; an
     ``arch.json`` written before the knob existed holds the net without it),
+    ``search_resampling`` (without SBB: choose each node's reduction and expansion op among the
+    paper's sets while the blocks stay 3x3x3; off by default and in older files),
     ``gate_reg`` (weight of the sparsity regularizer J on the gates).
     """
 
@@ -99,8 +102,9 @@ class UXNetSpace(SearchSpace):
         self.sbb = self.knob("sbb", [True, False], default=False)
         self.mssa = self.knob("mssa", [True, False])
         self.image_skip = self.knob("image_skip", [True, False], absent=False)
-        self.search_resampling = self.sbb or self.knob(
-            "search_resampling", [False, True], active_if={"sbb": [False]}, absent=False)
+        resampling = self.knob("search_resampling", [False, True], active_if={"sbb": [False]},
+                               absent=False)
+        self.search_resampling = self.sbb or resampling  # SBB searches every op
 
         # Topology: every node with its candidate sources.
         self.grid = [[node_name(i, j) for j in range(levels - i)] for i in range(stages)]

@@ -123,5 +123,6 @@ def test_the_fixed_variant_keeps_the_first_nets_other_knobs(small3d, tmp_path):
                               {"image_skip": False}, {"features": 4})[1]
     args = argparse.Namespace(out=tmp_path, fixed_variant="UNet")
     unet = json.loads(fixed_variant_net(args, net, str(small3d)).read_text())
-    assert unet["knobs"] == {"image_skip": False, "mssa": False, "sbb": False}
+    assert unet["knobs"] == {"image_skip": False, "mssa": False, "sbb": False,
+                             "search_resampling": False}
     assert net["knobs"]["mssa"] is True and "gate_reg" in net["knobs"]

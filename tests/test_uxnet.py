@@ -167,6 +167,34 @@ def test_ablation_switches():
     assert count_parameters(unet) == count_parameters(unet.freeze(unet.default_sample()))
 
 
+@pytest.mark.parametrize("mssa", [True, False])
+def test_search_resampling_searches_only_the_ops_between_levels(mssa):
+    """``search_resampling`` makes T()'s reduction and expansion ops choices (one per node and
+    direction, the paper's sets) and leaves every block a fixed 3x3x3 conv."""
+    space = _space(knobs={"sbb": False, "mssa": mssa, "search_resampling": True})
+    ops = {label: info.candidates for label, info in space.choice_infos.items()
+           if info.kind == "op"}
+    assert ops and not any("_op" in label for label in ops)
+    assert {c for c in ops.values()} == {REDUCTION_OPS, EXPANSION_OPS}
+    assert {label.split("_")[-1] for label in ops} == {"down", "up"}
+    assert all(label.endswith("_down") == (ops[label] == REDUCTION_OPS) for label in ops)
+    chosen = {label: cands[-1] for label, cands in ops.items()}
+    net = space.freeze({**space.default_sample(), **chosen})
+    assert not any(isinstance(m, torch.nn.ConvTranspose3d) for m in net.modules())
+    assert net(torch.randn(1, 1, 12, 12, 12)).shape == (1, 3, 12, 12, 12)
+    # with sbb the knob is inactive: every op is searched whatever it says
+    assert _space(knobs={"sbb": True, "search_resampling": False}).search_resampling
+
+
+def test_a_file_written_before_search_resampling_existed_builds_fixed_resampling():
+    args = {"in_channels": 1, "num_classes": 3, "spatial_dims": 3, "features": 2}
+    knobs = {"sbb": False, "mssa": False, "image_skip": True}
+    older = build_derived({"space": "uxnet", "space_args": args, "knobs": knobs,
+                           "sample": knobs})
+    assert not older.search_resampling
+    assert any(isinstance(m, torch.nn.ConvTranspose3d) for m in older.modules())
+
+
 def test_fixed_ops_interpolate_jumps_of_more_than_one_level_up():
     space = _space(knobs={"sbb": False})
     resample = {src: space.aggregate["N1_0"].align[str(i)].resample
