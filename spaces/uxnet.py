@@ -86,6 +86,8 @@ class UXNetSpace(SearchSpace):
     ``arch.json`` written before the knob existed holds the net without it),
     ``search_resampling`` (without SBB: choose each node's reduction and expansion op among the
     paper's sets while the blocks stay 3x3x3; off by default and in older files),
+    ``search_head`` (with MSSA: the head reads a gated sum of the level-0 node of every stage,
+    not only the last one's; off by default and in older files),
     ``gate_reg`` (weight of the sparsity regularizer J on the gates).
     """
 
@@ -107,12 +109,18 @@ class UXNetSpace(SearchSpace):
         resampling = self.knob("search_resampling", [False, True], active_if={"sbb": [False]},
                                absent=False)
         self.search_resampling = self.sbb or resampling  # SBB searches every op
+        self.search_head = self.knob("search_head", [False, True], active_if={"mssa": [True]},
+                                     absent=False)
 
         # Topology: every node with its candidate sources.
         self.grid = [[node_name(i, j) for j in range(levels - i)] for i in range(stages)]
         self.output = self.grid[-1][0]
         self.fixed_edge("input", self.grid[0][0])
-        self.fixed_edge(self.output, "out")
+        self.head_sources = [row[0] for row in self.grid] if self.search_head else [self.output]
+        if self.search_head:
+            self.declare_connection("out_in", "out", self.head_sources)
+        else:
+            self.fixed_edge(self.output, "out")
         self.set_outputs("out")
         sources = {name: self._sources(i, j) for i, row in enumerate(self.grid)
                    for j, name in enumerate(row)}
@@ -133,6 +141,8 @@ class UXNetSpace(SearchSpace):
                 if sources[name]:
                     self.aggregate[name] = self._aggregation(name, j, sources[name])
                 self.blocks[name] = self._block(name, j)
+        self.head_input = (self.connection_choice("out_in", "out", self.head_sources)
+                           if self.search_head else None)
         # With ``image_skip`` the head also reads the image: each voxel's own intensity reaches
         # the decision without passing through the blocks' 3x3x3 smoothing.
         self.head = OutputHead(spatial_dims, self.channels[0] + in_channels * self.image_skip,
@@ -213,7 +223,8 @@ class UXNetSpace(SearchSpace):
                     srcs = self._sources_of(name)
                     agg = self.aggregate[name]([feats[s] for s in srcs], sizes[j])
                 feats[name] = self.blocks[name](agg)
-        last = feats[self.output]
+        last = (self.head_input([feats[n] for n in self.head_sources])
+                if self.head_input is not None else feats[self.output])
         return self.head(torch.cat([last, x], dim=1) if self.image_skip else last)
 
     def _sources_of(self, name: str) -> list[str]:

@@ -195,6 +195,23 @@ def test_a_file_written_before_search_resampling_existed_builds_fixed_resampling
     assert any(isinstance(m, torch.nn.ConvTranspose3d) for m in older.modules())
 
 
+def test_search_head_gates_the_level0_node_of_every_stage_into_the_head():
+    """``search_head``: the head sums the kept level-0 nodes; a net that drops the last stage's
+    node loses the nodes only it needed, and the U-Net ablation has no such choice."""
+    space = _space(knobs={"sbb": False, "search_head": True})
+    spec = space.graph.connections["out_in"]
+    assert (spec.node, spec.sources) == ("out", ("N0_0", "N1_0", "N2_0"))
+    sample = space.default_sample()
+    assert space.freeze(sample)(torch.randn(1, 1, 12, 12, 12)).shape == (1, 3, 12, 12, 12)
+    net = space.freeze({**sample, "out_in": [0, 1]})
+    assert "N2_0" not in net.blocks and "N1_1" not in net.blocks and "N1_0" in net.blocks
+    assert net(torch.randn(1, 1, 12, 12, 12)).shape == (1, 3, 12, 12, 12)
+    assert count_parameters(net) < count_parameters(space.freeze(sample))
+    unet = _space(knobs={"sbb": False, "mssa": False, "search_head": True})
+    assert not unet.search_head and "out_in" not in unet.graph.connections
+    assert ("N2_0" in unet.graph.fixed["out"]) and not _space(knobs={"sbb": False}).search_head
+
+
 def test_fixed_ops_interpolate_jumps_of_more_than_one_level_up():
     space = _space(knobs={"sbb": False})
     resample = {src: space.aggregate["N1_0"].align[str(i)].resample
