@@ -87,7 +87,7 @@ class UXNetSpace(SearchSpace):
     ``search_resampling`` (without SBB: choose each node's reduction and expansion op among the
     paper's sets while the blocks stay 3x3x3; off by default and in older files),
     ``search_head`` (with MSSA: the head reads a gated sum of the level-0 node of every stage,
-    not only the last one's; off by default and in older files),
+    not only the last one's; on by default, off in older files),
     ``gate_reg`` (weight of the sparsity regularizer J on the gates).
     """
 
@@ -109,8 +109,8 @@ class UXNetSpace(SearchSpace):
         resampling = self.knob("search_resampling", [False, True], active_if={"sbb": [False]},
                                absent=False)
         self.search_resampling = self.sbb or resampling  # SBB searches every op
-        self.search_head = self.knob("search_head", [False, True], active_if={"mssa": [True]},
-                                     absent=False)
+        head = self.knob("search_head", [True, False], active_if={"mssa": [True]}, absent=False)
+        self.search_head = self.mssa and head  # the U-Net ablation's head reads its last node
 
         # Topology: every node with its candidate sources.
         self.grid = [[node_name(i, j) for j in range(levels - i)] for i in range(stages)]

@@ -209,7 +209,17 @@ def test_search_head_gates_the_level0_node_of_every_stage_into_the_head():
     assert count_parameters(net) < count_parameters(space.freeze(sample))
     unet = _space(knobs={"sbb": False, "mssa": False, "search_head": True})
     assert not unet.search_head and "out_in" not in unet.graph.connections
-    assert ("N2_0" in unet.graph.fixed["out"]) and not _space(knobs={"sbb": False}).search_head
+    assert ("N2_0" in unet.graph.fixed["out"]) and _space(knobs={"sbb": False}).search_head
+
+
+def test_a_file_written_before_search_head_existed_builds_the_head_on_the_last_node():
+    args = {"in_channels": 1, "num_classes": 3, "spatial_dims": 3, "features": 2}
+    space = _space(knobs={"sbb": False, "search_head": False})
+    sample = {k: v for k, v in space.default_sample().items() if k != "search_head"}
+    older = build_derived({"space": "uxnet", "space_args": args, "knobs": {"sbb": False},
+                           "sample": sample})
+    assert not older.search_head and older.head_input is None
+    assert older.graph.fixed["out"] == ["N2_0"]
 
 
 def test_fixed_ops_interpolate_jumps_of_more_than_one_level_up():

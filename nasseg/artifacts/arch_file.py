@@ -73,17 +73,22 @@ def build_derived(arch: dict[str, Any], source: str | Path = "architecture") -> 
     came from.
     """
     sample = arch["sample"]
+    knobs = {k: v for k, v in sample.items() if k in arch.get("knobs", {})}
     try:
         with torch.random.fork_rng(devices=[]):
-            space = create_space(arch["space"], knobs={k: v for k, v in sample.items()
-                                                       if k in arch.get("knobs", {})},
-                                 **arch["space_args"])
+            space = create_space(arch["space"], knobs=knobs, **arch["space_args"])
+            # A knob added to the space after the file was written takes the value that keeps
+            # the net the file was derived as; where that is not its default, the choices it
+            # declares may differ, so the space is made again with it.
+            absent = {label: space.knob_absent[label] for label, info in space.choice_infos.items()
+                      if info.kind == "knob" and label not in sample}
+            if any(space.knob_values[label] != value for label, value in absent.items()):
+                space = create_space(arch["space"], knobs={**knobs, **absent},
+                                     **arch["space_args"])
     except (KnobError, SampleError, TypeError) as exc:
         raise SampleError(f"{source}: {exc}") from None
-    # A knob added to the space after the file was written takes the value that keeps the net
-    # the file was derived as; a missing op or connection choice cannot be filled in.
-    sample = {**{label: space.knob_absent[label] for label, info in space.choice_infos.items()
-                 if info.kind == "knob" and label not in sample}, **sample}
+    # A missing op or connection choice cannot be filled in.
+    sample = {**absent, **sample}
     missing = sorted(set(space.choice_infos) - set(sample))
     unknown = sorted(set(sample) - set(space.choice_infos))
     if missing or unknown:
