@@ -124,5 +124,5 @@ def test_the_fixed_variant_keeps_the_first_nets_other_knobs(small3d, tmp_path):
     args = argparse.Namespace(out=tmp_path, fixed_variant="UNet")
     unet = json.loads(fixed_variant_net(args, net, str(small3d)).read_text())
     assert unet["knobs"] == {"image_skip": False, "mssa": False, "sbb": False,
-                             "search_resampling": False}
+                             "search_head": False, "search_resampling": False}
     assert net["knobs"]["mssa"] is True and "gate_reg" in net["knobs"]
